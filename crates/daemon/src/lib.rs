@@ -1,0 +1,1 @@
+//! cc-ci's daemon (`cc-ci serve`).

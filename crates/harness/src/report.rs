@@ -1,0 +1,405 @@
+//! The run report: `run.json` (machine-readable, schema in docs/report.md), `summary.md` (the
+//! pull-request comment body) and `junit.xml`. Pure data and rendering; writing files is
+//! the caller's business.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Pass,
+    Fail,
+    Skipped,
+    Error,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Pass => "pass",
+            Verdict::Fail => "fail",
+            Verdict::Skipped => "skipped",
+            Verdict::Error => "error",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CheckSource {
+    Generic,
+    Overlay,
+    RepoLocal,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckResult {
+    pub name: String,
+    pub source: CheckSource,
+    pub verdict: Verdict,
+    pub detail: String,
+}
+
+impl CheckResult {
+    pub fn new(
+        name: impl Into<String>,
+        source: CheckSource,
+        verdict: Verdict,
+        detail: impl Into<String>,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            source,
+            verdict,
+            detail: detail.into(),
+        }
+    }
+    pub fn generic(name: impl Into<String>, verdict: Verdict, detail: impl Into<String>) -> Self {
+        Self::new(name, CheckSource::Generic, verdict, detail)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TierReport {
+    pub name: String,
+    pub verdict: Verdict,
+    pub duration_ms: u64,
+    pub checks: Vec<CheckResult>,
+}
+
+impl TierReport {
+    pub fn skipped(name: &str, reason: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            verdict: Verdict::Skipped,
+            duration_ms: 0,
+            checks: vec![CheckResult::generic("tier", Verdict::Skipped, reason)],
+        }
+    }
+
+    /// A tier's verdict from its checks: any error → error, else any fail → fail, else pass
+    /// (all skipped → skipped).
+    pub fn verdict_of(checks: &[CheckResult]) -> Verdict {
+        if checks.iter().any(|c| c.verdict == Verdict::Error) {
+            Verdict::Error
+        } else if checks.iter().any(|c| c.verdict == Verdict::Fail) {
+            Verdict::Fail
+        } else if !checks.is_empty() && checks.iter().all(|c| c.verdict == Verdict::Skipped) {
+            Verdict::Skipped
+        } else {
+            Verdict::Pass
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TeardownReport {
+    pub verdict: Option<Verdict>,
+    pub leftovers: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunReport {
+    pub recipe: String,
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    pub head_sha: String,
+    pub base_version: Option<String>,
+    pub app_domain: String,
+    /// pass | fail | error (never skipped: a run where everything was skipped passed).
+    pub verdict: Verdict,
+    pub deploy_count: u32,
+    pub tiers: Vec<TierReport>,
+    pub teardown: TeardownReport,
+    /// Extra notes shown in the summary (ignored repo-local tests, generic checks opted out, ...).
+    #[serde(default)]
+    pub notes: Vec<String>,
+}
+
+impl RunReport {
+    /// Overall verdict: error beats fail beats pass; a teardown that left objects behind is an error.
+    pub fn overall(tiers: &[TierReport], teardown: &TeardownReport) -> Verdict {
+        if tiers.iter().any(|t| t.verdict == Verdict::Error)
+            || teardown.verdict == Some(Verdict::Error)
+        {
+            Verdict::Error
+        } else if tiers.iter().any(|t| t.verdict == Verdict::Fail)
+            || teardown.verdict == Some(Verdict::Fail)
+        {
+            Verdict::Fail
+        } else {
+            Verdict::Pass
+        }
+    }
+
+    /// Markdown for the pull-request comment.
+    pub fn summary_markdown(&self, log_url: Option<&str>) -> String {
+        let mut out = String::new();
+        let icon = |v: Verdict| match v {
+            Verdict::Pass => "✅ pass",
+            Verdict::Fail => "❌ fail",
+            Verdict::Skipped => "⏭️ skipped",
+            Verdict::Error => "⚠️ error",
+        };
+        let short = self.head_sha.get(..10).unwrap_or(&self.head_sha);
+        out.push_str(&format!(
+            "### cc-ci: {} — `{}` at `{}`\n\n",
+            icon(self.verdict),
+            self.recipe,
+            short
+        ));
+        if let Some(base) = &self.base_version {
+            out.push_str(&format!("Upgrade base: `{base}` · "));
+        }
+        out.push_str(&format!("deploys: {}\n\n", self.deploy_count));
+        out.push_str("| tier | verdict | duration |\n|---|---|---|\n");
+        for t in &self.tiers {
+            out.push_str(&format!(
+                "| {} | {} | {:.1} s |\n",
+                t.name,
+                icon(t.verdict),
+                t.duration_ms as f64 / 1000.0
+            ));
+        }
+        if let Some(v) = self.teardown.verdict {
+            out.push_str(&format!("| teardown | {} | |\n", icon(v)));
+        }
+        let failing: Vec<_> = self
+            .tiers
+            .iter()
+            .flat_map(|t| t.checks.iter().map(move |c| (t, c)))
+            .filter(|(_, c)| matches!(c.verdict, Verdict::Fail | Verdict::Error))
+            .collect();
+        if !failing.is_empty() {
+            out.push_str("\n**Failing checks**\n\n");
+            for (t, c) in failing {
+                out.push_str(&format!(
+                    "- `{}` / `{}` ({}): {}\n",
+                    t.name,
+                    c.name,
+                    match c.source {
+                        CheckSource::Generic => "generic",
+                        CheckSource::Overlay => "overlay",
+                        CheckSource::RepoLocal => "repo-local",
+                    },
+                    excerpt(&c.detail, 300).replace('\n', " ")
+                ));
+            }
+        }
+        let skipped: Vec<_> = self
+            .tiers
+            .iter()
+            .filter(|t| t.verdict == Verdict::Skipped)
+            .filter_map(|t| t.checks.first().map(|c| (t, c)))
+            .collect();
+        if !skipped.is_empty() {
+            out.push_str("\n**Skipped**\n\n");
+            for (t, c) in skipped {
+                out.push_str(&format!("- `{}`: {}\n", t.name, excerpt(&c.detail, 200)));
+            }
+        }
+        if !self.teardown.leftovers.is_empty() {
+            out.push_str(&format!(
+                "\n**Teardown left:** {}\n",
+                self.teardown.leftovers.join(", ")
+            ));
+        }
+        for n in &self.notes {
+            out.push_str(&format!("\n> {n}\n"));
+        }
+        out.push_str(&format!("\nCommit tested: `{}`", self.head_sha));
+        if let Some(url) = log_url {
+            out.push_str(&format!(" · [log]({url})"));
+        }
+        out.push('\n');
+        out
+    }
+
+    /// JUnit XML: one testsuite per tier, one testcase per check.
+    pub fn junit_xml(&self) -> String {
+        let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+        let total: usize = self.tiers.iter().map(|t| t.checks.len()).sum();
+        let count = |v: Verdict| {
+            self.tiers
+                .iter()
+                .flat_map(|t| &t.checks)
+                .filter(|c| c.verdict == v)
+                .count()
+        };
+        out.push_str(&format!(
+            "<testsuites name=\"cc-ci {}\" tests=\"{total}\" failures=\"{}\" errors=\"{}\" skipped=\"{}\">\n",
+            xml_escape(&self.recipe),
+            count(Verdict::Fail),
+            count(Verdict::Error),
+            count(Verdict::Skipped)
+        ));
+        for t in &self.tiers {
+            let c = |v: Verdict| t.checks.iter().filter(|c| c.verdict == v).count();
+            out.push_str(&format!(
+                "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{}\" errors=\"{}\" skipped=\"{}\" time=\"{:.3}\">\n",
+                xml_escape(&t.name),
+                t.checks.len(),
+                c(Verdict::Fail),
+                c(Verdict::Error),
+                c(Verdict::Skipped),
+                t.duration_ms as f64 / 1000.0
+            ));
+            for check in &t.checks {
+                out.push_str(&format!(
+                    "    <testcase classname=\"{}.{}\" name=\"{}\"",
+                    xml_escape(&self.recipe),
+                    xml_escape(&t.name),
+                    xml_escape(&check.name)
+                ));
+                let detail = xml_escape(&check.detail);
+                match check.verdict {
+                    Verdict::Pass => out.push_str("/>\n"),
+                    Verdict::Fail => out.push_str(&format!(
+                        "><failure message=\"{}\">{detail}</failure></testcase>\n",
+                        xml_escape(&excerpt(&check.detail, 200))
+                    )),
+                    Verdict::Error => out.push_str(&format!(
+                        "><error message=\"{}\">{detail}</error></testcase>\n",
+                        xml_escape(&excerpt(&check.detail, 200))
+                    )),
+                    Verdict::Skipped => {
+                        out.push_str(&format!("><skipped message=\"{detail}\"/></testcase>\n"))
+                    }
+                }
+            }
+            out.push_str("  </testsuite>\n");
+        }
+        out.push_str("</testsuites>\n");
+        out
+    }
+}
+
+/// At most `max` characters of `s`, cut on a character boundary, with an ellipsis when cut.
+pub fn excerpt(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_string()
+    } else {
+        let mut cut: String = s.chars().take(max).collect();
+        cut.push('…');
+        cut
+    }
+}
+
+fn xml_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            // XML 1.0 forbids most control characters even when escaped.
+            c if (c as u32) < 0x20 && c != '\n' && c != '\t' && c != '\r' => out.push('?'),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> RunReport {
+        let tiers = vec![
+            TierReport {
+                name: "install".into(),
+                verdict: Verdict::Pass,
+                duration_ms: 1200,
+                checks: vec![CheckResult::generic("converged", Verdict::Pass, "")],
+            },
+            TierReport {
+                name: "upgrade".into(),
+                verdict: Verdict::Fail,
+                duration_ms: 3400,
+                checks: vec![CheckResult::generic(
+                    "data-continuity",
+                    Verdict::Fail,
+                    "volume <db> lost canary & more",
+                )],
+            },
+        ];
+        let teardown = TeardownReport {
+            verdict: Some(Verdict::Pass),
+            leftovers: vec![],
+        };
+        RunReport {
+            recipe: "web".into(),
+            git_ref: "main".into(),
+            head_sha: "0123456789abcdef".into(),
+            base_version: Some("1.0.0+1".into()),
+            app_domain: "web-abcdef.ci.local".into(),
+            verdict: RunReport::overall(&tiers, &teardown),
+            deploy_count: 1,
+            tiers,
+            teardown,
+            notes: vec![],
+        }
+    }
+
+    #[test]
+    fn json_shape_matches_contract() {
+        let v = serde_json::to_value(sample()).unwrap();
+        for key in [
+            "recipe",
+            "ref",
+            "head_sha",
+            "base_version",
+            "app_domain",
+            "verdict",
+            "deploy_count",
+            "tiers",
+            "teardown",
+        ] {
+            assert!(v.get(key).is_some(), "missing {key}");
+        }
+        assert_eq!(v["verdict"], "fail");
+        assert_eq!(v["tiers"][1]["checks"][0]["source"], "generic");
+        assert_eq!(v["teardown"]["leftovers"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn verdict_rules() {
+        let c = |v| CheckResult::generic("c", v, "");
+        assert_eq!(
+            TierReport::verdict_of(&[c(Verdict::Pass), c(Verdict::Fail)]),
+            Verdict::Fail
+        );
+        assert_eq!(
+            TierReport::verdict_of(&[c(Verdict::Fail), c(Verdict::Error)]),
+            Verdict::Error
+        );
+        assert_eq!(
+            TierReport::verdict_of(&[c(Verdict::Skipped)]),
+            Verdict::Skipped
+        );
+        assert_eq!(
+            TierReport::verdict_of(&[c(Verdict::Skipped), c(Verdict::Pass)]),
+            Verdict::Pass
+        );
+        let t = TeardownReport {
+            verdict: Some(Verdict::Error),
+            leftovers: vec!["x".into()],
+        };
+        assert_eq!(RunReport::overall(&[], &t), Verdict::Error);
+    }
+
+    #[test]
+    fn summary_and_junit() {
+        let r = sample();
+        let md = r.summary_markdown(Some("http://ci/runs/1/log"));
+        assert!(md.contains("| upgrade | ❌ fail |"), "{md}");
+        assert!(md.contains("data-continuity"), "{md}");
+        assert!(md.contains("0123456789abcdef"), "{md}");
+        let xml = r.junit_xml();
+        assert!(xml.contains("failures=\"1\""), "{xml}");
+        assert!(xml.contains("&lt;db&gt;"), "{xml}");
+        assert!(xml.contains("&amp;"), "{xml}");
+    }
+}
