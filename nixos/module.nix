@@ -1,0 +1,591 @@
+# NixOS module `services.cc-ci`: the socket-activated `cc-ci serve` daemon, a timer for `cc-ci gc`,
+# and the single-node Docker Swarm both need. Every option is documented in docs/nixos.md.
+#
+# crates/harness/tests/nix_agreement.rs reads this file as text: an option is a line
+# `<name> = lib.mkOption ...` (or mkEnableOption/mkPackageOption) and a config-file key is a quoted
+# `"<section>.<key>" = ...` line in `settingsOptions`. Keep those on one line each.
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+let
+  inherit (lib) mkOption types literalExpression;
+
+  cfg = config.services.cc-ci;
+  format = pkgs.formats.toml { };
+
+  isUnixSocket = lib.hasPrefix "/" cfg.listen;
+  listenPort = lib.toInt (lib.last (lib.splitString ":" cfg.listen));
+
+  # A config-file key left `null` is omitted from the file, so cc-ci's built-in default applies
+  # and is written down only once (crates/harness/src/config.rs).
+  builtin =
+    {
+      type,
+      builtinDefault,
+      description,
+      example ? null,
+    }:
+    mkOption (
+      {
+        type = types.nullOr type;
+        default = null;
+        description = "${description}\n\n`null` leaves the key out of the file: cc-ci's default, ${builtinDefault}, applies.";
+      }
+      // lib.optionalAttrs (example != null) { inherit example; }
+    );
+
+  # A list whose empty value is also cc-ci's default.
+  list =
+    description: example:
+    mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      inherit example description;
+    };
+
+  # Keys owned by a top-level option of this module: one place to set each.
+  ownedBy =
+    name: type: value:
+    mkOption {
+      inherit type;
+      default = value;
+      defaultText = literalExpression "config.services.cc-ci.${name}";
+      readOnly = true;
+      description = "Set through {option}`services.cc-ci.${name}`; read-only here.";
+    };
+
+  # Secret files never appear in the config file: the daemon reads them from its systemd
+  # credentials ($CREDENTIALS_DIRECTORY), loaded from the `*File` options.
+  credential =
+    name: option:
+    mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      readOnly = true;
+      description = "Always unset: the daemon reads the systemd credential `${name}`, loaded from {option}`services.cc-ci.${option}`.";
+    };
+
+  # Every key of the config file, by its dotted name. Keep in step with `known_keys()`.
+  settingsOptions = {
+    "harness.abra" = mkOption {
+      type = types.str;
+      default = lib.getExe pkgs.abra;
+      defaultText = literalExpression "lib.getExe pkgs.abra";
+      description = "The abra binary runs use (a path, or a name looked up on PATH).";
+    };
+    "harness.domain_suffix" = builtin {
+      type = types.str;
+      builtinDefault = "`ci.local`";
+      example = "ci.example.org";
+      description = "Suffix of the per-run app domains, `<recipe[:4]>-<6 hex>.<domain_suffix>`. Point a wildcard DNS record `*.<domain_suffix>` at this host so Traefik can route the apps under test.";
+    };
+    "harness.server" = builtin {
+      type = types.str;
+      builtinDefault = "`default`";
+      description = "Name of the abra server the apps are deployed to (`abra server add --local` names it `default`).";
+    };
+    "harness.work_dir" = builtin {
+      type = types.str;
+      builtinDefault = "`$STATE_DIRECTORY/work`, i.e. `/var/lib/cc-ci/work`";
+      description = "Where per-run state lives: the per-run `ABRA_DIR`, run locks, reports. Made writable for the service when set.";
+    };
+    "harness.overlay_dirs" = list "Operator overlay folders, searched after the overlays shipped with cc-ci (a later folder wins per key)." [
+      "/etc/cc-ci/overlays"
+    ];
+    "harness.repo_local_allowlist" = ownedBy "repoLocalAllowlist" (types.listOf types.str) cfg.repoLocalAllowlist;
+    "harness.skip_generic" = list "Recipes whose generic checks are turned off (every report says so)." [
+      "some-recipe"
+    ];
+    "harness.abra_timeout_secs" = builtin {
+      type = types.ints.positive;
+      builtinDefault = "900";
+      description = "Deadline of one abra call, in seconds.";
+    };
+    "harness.converge_timeout_secs" = builtin {
+      type = types.ints.positive;
+      builtinDefault = "300";
+      description = "Deadline for a deployment to converge (replicas running, healthy, updates settled), in seconds.";
+    };
+    "harness.stability_window_secs" = builtin {
+      type = types.ints.unsigned;
+      builtinDefault = "10";
+      description = "How long services must run without a task restart after converging, in seconds.";
+    };
+    "harness.poll_interval_ms" = builtin {
+      type = types.ints.positive;
+      builtinDefault = "250";
+      description = "How often the swarm state is polled while waiting, in milliseconds.";
+    };
+
+    "daemon.listen" = ownedBy "listen" types.str cfg.listen;
+    "daemon.state_dir" = builtin {
+      type = types.str;
+      builtinDefault = "`$STATE_DIRECTORY`, i.e. `/var/lib/cc-ci`";
+      description = "Database, run logs and reports. Made writable for the service when set.";
+    };
+    "daemon.concurrency" = builtin {
+      type = types.ints.positive;
+      builtinDefault = "1";
+      description = "Runs executed at once.";
+    };
+    "daemon.run_timeout_secs" = builtin {
+      type = types.ints.positive;
+      builtinDefault = "3600";
+      description = "Deadline of one run, in seconds.";
+    };
+    "daemon.cancel_grace_secs" = builtin {
+      type = types.ints.unsigned;
+      builtinDefault = "30";
+      description = "Grace period of a running run on shutdown or cancel before it is killed and torn down, in seconds.";
+    };
+    "daemon.public_url" = builtin {
+      type = types.str;
+      builtinDefault = "`http://127.0.0.1:8088`";
+      example = "https://ci.example.org";
+      description = "Base URL of this daemon as the forge links it (run pages, logs).";
+    };
+    "daemon.poll_interval_secs" = builtin {
+      type = types.ints.unsigned;
+      builtinDefault = "0 (no polling)";
+      example = 60;
+      description = "Interval of the pull-request comment poll of `forge.poll_repos`, in seconds; 0 disables polling.";
+    };
+    "daemon.max_body_bytes" = builtin {
+      type = types.ints.positive;
+      builtinDefault = "1048576";
+      description = "Largest webhook body accepted, in bytes (at least 1024).";
+    };
+    "daemon.request_timeout_secs" = builtin {
+      type = types.ints.positive;
+      builtinDefault = "10";
+      description = "Deadline to read one webhook request, in seconds.";
+    };
+    "daemon.max_requeues" = builtin {
+      type = types.ints.unsigned;
+      builtinDefault = "1";
+      description = "How often a run interrupted by a daemon crash is re-queued before it is reported as an error.";
+    };
+
+    "forge.url" = builtin {
+      type = types.str;
+      builtinDefault = "`http://127.0.0.1:3000`";
+      example = "https://git.coopcloud.tech";
+      description = "Base URL of the Gitea or Forgejo instance (the API is under `/api/v1`).";
+    };
+    "forge.token_file" = credential "forge-token" "forge.tokenFile";
+    "forge.webhook_secret_file" = credential "webhook-secret" "forge.webhookSecretFile";
+    "forge.repo_allowlist" = ownedBy "repoAllowlist" (types.listOf types.str) cfg.repoAllowlist;
+    "forge.org_allowlist" = ownedBy "orgAllowlist" (types.listOf types.str) cfg.orgAllowlist;
+    "forge.user_allowlist" = ownedBy "userAllowlist" (types.listOf types.str) cfg.userAllowlist;
+    "forge.poll_repos" = list "Repositories (`owner/name`) whose open pull requests are polled for `!testme` comments (with `daemon.poll_interval_secs` > 0)." [
+      "coop-cloud/traefik"
+    ];
+    "forge.status_context" = builtin {
+      type = types.str;
+      builtinDefault = "`cc-ci/testme`";
+      description = "Context of the commit statuses cc-ci posts.";
+    };
+  };
+
+  settingsOptionTree = lib.foldl' lib.recursiveUpdate { } (
+    lib.mapAttrsToList (
+      key: option: lib.setAttrByPath (lib.splitString "." key) option
+    ) settingsOptions
+  );
+
+  settingsFile = format.generate "cc-ci.toml" (
+    lib.filterAttrsRecursive (_: value: value != null) cfg.settings
+  );
+
+  # The file the units use: validated at build time by the daemon's own parser, so a typo in a
+  # key or a bad value fails `nixos-rebuild`, not the service at run time.
+  configFile =
+    if cfg.checkConfig then
+      pkgs.runCommand "cc-ci-config.toml" { nativeBuildInputs = [ cfg.package ]; } ''
+        cc-ci check-config ${settingsFile}
+        cp ${settingsFile} $out
+      ''
+    else
+      settingsFile;
+
+  dockerPackage = config.virtualisation.docker.package;
+
+  servicePath = [
+    cfg.package
+    pkgs.abra
+    pkgs.git
+    dockerPackage
+    pkgs.util-linux # script(1): abra needs a terminal
+    pkgs.coreutils
+  ]
+  ++ cfg.extraPackages;
+
+  statePath = "/var/lib/cc-ci";
+
+  extraWritablePaths = lib.filter (path: path != null) [
+    cfg.settings.daemon.state_dir
+    cfg.settings.harness.work_dir
+  ];
+
+  cancelGraceSecs =
+    if cfg.settings.daemon.cancel_grace_secs != null then cfg.settings.daemon.cancel_grace_secs else 30;
+
+  swarmUnits = lib.optional cfg.swarm.enable "cc-ci-swarm.service";
+
+  # Shared by the daemon and the gc job: the same dynamic user, hence the same state directory.
+  sandbox = {
+    User = "cc-ci";
+    Group = "cc-ci";
+    DynamicUser = true;
+    # The docker socket is root:docker 0660. Membership is root-equivalent on this host: see
+    # docs/operator-guide.md. Without it cc-ci cannot deploy anything.
+    SupplementaryGroups = [ "docker" ];
+    StateDirectory = "cc-ci";
+    StateDirectoryMode = "0700";
+    ReadWritePaths = extraWritablePaths;
+    UMask = "0077";
+
+    ProtectSystem = "strict";
+    ProtectHome = true;
+    PrivateTmp = true;
+    # Keeps /dev/null and friends and the pseudo-terminal subsystem (/dev/ptmx, /dev/pts), which
+    # abra needs: it refuses to run without a terminal.
+    PrivateDevices = true;
+    ProtectKernelTunables = true;
+    ProtectKernelModules = true;
+    ProtectKernelLogs = true;
+    ProtectControlGroups = true;
+    ProtectClock = true;
+    ProtectHostname = true;
+    ProtectProc = "invisible";
+    ProcSubset = "pid";
+    RestrictNamespaces = true;
+    RestrictRealtime = true;
+    RestrictSUIDSGID = true;
+    LockPersonality = true;
+    MemoryDenyWriteExecute = true;
+    NoNewPrivileges = true;
+    RemoveIPC = true;
+    CapabilityBoundingSet = "";
+    AmbientCapabilities = "";
+    SystemCallArchitectures = "native";
+    SystemCallFilter = [
+      "@system-service"
+      "~@privileged"
+    ];
+    SystemCallErrorNumber = "EPERM";
+
+    # Relaxed: runs reach the forge and the apps under test over IP, and the docker engine over
+    # its unix socket, so no PrivateNetwork= and no IPAddressDeny=. AF_NETLINK: glibc's
+    # getaddrinfo asks the kernel which address families are configured.
+    RestrictAddressFamilies = [
+      "AF_UNIX"
+      "AF_INET"
+      "AF_INET6"
+      "AF_NETLINK"
+    ];
+    # Relaxed: no PrivateUsers=, which would unmap the docker group inside the service's user
+    # namespace and so lose access to the docker socket.
+  };
+
+  environment = {
+    # abra, git and the docker client keep dotfiles in $HOME; the dynamic user has none.
+    HOME = statePath;
+  };
+
+  storePathMessage =
+    option:
+    "services.cc-ci.${option} must be a path outside the Nix store (it is world-readable); a Nix path literal such as ./secret is copied into the store, so write the path as a string.";
+
+  isOutsideStore =
+    path:
+    path == null || (!builtins.isPath path && !lib.hasPrefix "${builtins.storeDir}/" (toString path));
+in
+{
+  options.services.cc-ci = {
+    enable = lib.mkEnableOption "cc-ci, continuous integration for Co-op Cloud recipes (the `cc-ci serve` daemon, its socket and the gc timer)";
+
+    package = lib.mkPackageOption pkgs "cc-ci" { };
+
+    listen = mkOption {
+      type = types.strMatching "(/.+)|(.+:[0-9]+)";
+      default = "127.0.0.1:8088";
+      example = "/run/cc-ci/http.sock";
+      description = ''
+        Where the socket unit `cc-ci.socket` listens: `HOST:PORT` (`[::]:8088` for every address)
+        or the absolute path of a unix socket. The daemon is started on the first connection.
+        Also written to the config file as `daemon.listen`.
+      '';
+    };
+
+    openFirewall = mkOption {
+      type = types.bool;
+      default = false;
+      description = "Open the TCP port of {option}`services.cc-ci.listen` in the firewall. Only for a `HOST:PORT` listen address.";
+    };
+
+    startAtBoot = mkOption {
+      type = types.bool;
+      default = cfg.settings.daemon.poll_interval_secs != null && cfg.settings.daemon.poll_interval_secs > 0;
+      defaultText = literalExpression "config.services.cc-ci.settings.daemon.poll_interval_secs > 0";
+      description = ''
+        Start the daemon at boot rather than on the first connection to its socket. Polling
+        needs a running daemon; so does resuming queued runs right after a reboot (otherwise
+        they resume on the first request).
+      '';
+    };
+
+    checkConfig = mkOption {
+      type = types.bool;
+      default = true;
+      description = "Validate the generated config file at build time with `cc-ci check-config`. Turn off only when the build machine cannot run the package (cross builds).";
+    };
+
+    extraPackages = mkOption {
+      type = types.listOf types.package;
+      default = [ ];
+      example = literalExpression "[ pkgs.curl ]";
+      description = "Extra packages on the PATH of the daemon, its runs and the gc job.";
+    };
+
+    repoAllowlist = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "coop-cloud/traefik" ];
+      description = "Repositories (`owner/name`) whose pull requests may be tested. `[]` denies every repository. Written as `forge.repo_allowlist`.";
+    };
+
+    orgAllowlist = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "coop-cloud" ];
+      description = "Members of these forge organisations may trigger runs with `!testme`. `[]` trusts no organisation. Written as `forge.org_allowlist`.";
+    };
+
+    userAllowlist = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "alice" ];
+      description = "These forge users may trigger runs with `!testme`. `[]` trusts no user by name. Written as `forge.user_allowlist`.";
+    };
+
+    repoLocalAllowlist = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "traefik" ];
+      description = ''
+        Recipes whose own tests (the `.cc-ci/` folder of the recipe repository: an overlay and
+        scripts) may run. That is code from a pull request running with docker access: list only
+        recipes whose every committer you trust. `[]` denies all. Written as
+        `harness.repo_local_allowlist`.
+      '';
+    };
+
+    forge.tokenFile = mkOption {
+      type = types.path;
+      example = "/run/secrets/cc-ci-forge-token";
+      description = ''
+        File holding the forge API token (commit statuses, pull-request comments, membership
+        look-ups). Loaded with `LoadCredential=` as `forge-token`, so it may stay readable by
+        root only. Must not be in the Nix store.
+      '';
+    };
+
+    forge.webhookSecretFile = mkOption {
+      type = types.nullOr types.path;
+      default = null;
+      example = "/run/secrets/cc-ci-webhook-secret";
+      description = ''
+        File holding the webhook secret shared with Gitea/Forgejo. Loaded with `LoadCredential=`
+        as `webhook-secret`. Must not be in the Nix store. `null`: no secret is configured, so
+        the daemon cannot verify any delivery and triggers come only from polling.
+      '';
+    };
+
+    swarm.enable = mkOption {
+      type = types.bool;
+      default = true;
+      description = "Initialise a single-node Docker Swarm and the `proxy` overlay network recipes expect (unit `cc-ci-swarm.service`, idempotent). Turn off when the swarm is managed elsewhere.";
+    };
+
+    swarm.advertiseAddress = mkOption {
+      type = types.str;
+      default = "127.0.0.1";
+      example = "192.168.1.10";
+      description = "`--advertise-addr` of `docker swarm init`. Required by docker when the host has several addresses; the loopback address suits a single-node swarm.";
+    };
+
+    gc.enable = mkOption {
+      type = types.bool;
+      default = true;
+      description = "Run `cc-ci gc` on a timer: it tears down what runs that died left on the swarm (a live run is never touched).";
+    };
+
+    gc.dates = mkOption {
+      type = types.str;
+      default = "hourly";
+      example = "*:0/15";
+      description = "When `cc-ci gc` runs, as a systemd calendar event (`systemd.time(7)`).";
+    };
+
+    settings = mkOption {
+      type = types.submodule {
+        freeformType = format.type;
+        options = settingsOptionTree;
+      };
+      default = { };
+      example = literalExpression ''
+        {
+          harness.domain_suffix = "ci.example.org";
+          daemon.public_url = "https://ci.example.org";
+          forge.url = "https://git.coopcloud.tech";
+        }
+      '';
+      description = ''
+        The cc-ci config file (TOML), see docs/config.md. Every key is a typed option below;
+        a key cc-ci does not know fails the build (`cc-ci check-config`). Keys left `null` take
+        cc-ci's built-in default.
+      '';
+    };
+  };
+
+  config = lib.mkIf cfg.enable {
+    assertions = [
+      {
+        assertion = isOutsideStore cfg.forge.tokenFile;
+        message = storePathMessage "forge.tokenFile";
+      }
+      {
+        assertion = isOutsideStore cfg.forge.webhookSecretFile;
+        message = storePathMessage "forge.webhookSecretFile";
+      }
+      {
+        assertion = cfg.openFirewall -> !isUnixSocket;
+        message = "services.cc-ci.openFirewall needs a HOST:PORT listen address, not the unix socket ${cfg.listen}.";
+      }
+      {
+        assertion = !config.virtualisation.docker.liveRestore;
+        message = "services.cc-ci needs Docker Swarm, which dockerd refuses while live-restore is on: set virtualisation.docker.liveRestore = false.";
+      }
+    ];
+
+    warnings =
+      lib.optional
+        (
+          cfg.forge.webhookSecretFile == null
+          && (cfg.settings.daemon.poll_interval_secs == null || cfg.settings.daemon.poll_interval_secs == 0)
+        )
+        "services.cc-ci: no webhook secret and no polling (settings.daemon.poll_interval_secs) are configured, so nothing can trigger a run.";
+
+    virtualisation.docker.enable = true;
+    virtualisation.docker.liveRestore = lib.mkDefault false;
+
+    environment.systemPackages = [ cfg.package ];
+    # So that `cc-ci queue --config /etc/cc-ci/config.toml` and friends read what the daemon reads.
+    environment.etc."cc-ci/config.toml".source = configFile;
+
+    networking.firewall.allowedTCPPorts = lib.optional cfg.openFirewall listenPort;
+
+    systemd.sockets.cc-ci = {
+      description = "cc-ci webhook and API socket";
+      wantedBy = [ "sockets.target" ];
+      listenStreams = [ cfg.listen ];
+    };
+
+    systemd.services.cc-ci = {
+      description = "cc-ci daemon: tests Co-op Cloud recipes on !testme";
+      requires = [
+        "cc-ci.socket"
+        "docker.service"
+      ]
+      ++ swarmUnits;
+      after = [
+        "cc-ci.socket"
+        "docker.service"
+        "network-online.target"
+      ]
+      ++ swarmUnits;
+      wants = [ "network-online.target" ];
+      wantedBy = lib.optional cfg.startAtBoot "multi-user.target";
+      path = servicePath;
+      inherit environment;
+      serviceConfig = sandbox // {
+        Type = "notify";
+        NotifyAccess = "main";
+        ExecStart = "${lib.getExe cfg.package} serve --config ${configFile}";
+        WatchdogSec = "60s";
+        Restart = "on-failure";
+        RestartSec = "5s";
+        # SIGTERM goes to the daemon only: it stops taking runs, gives the running run its grace
+        # period and tears it down. Whatever is left after TimeoutStopSec is killed.
+        KillMode = "mixed";
+        TimeoutStopSec = "${toString (cancelGraceSecs + 300)}s";
+        LoadCredential = [
+          "forge-token:${cfg.forge.tokenFile}"
+        ]
+        ++ lib.optional (cfg.forge.webhookSecretFile != null) "webhook-secret:${cfg.forge.webhookSecretFile}";
+      };
+    };
+
+    systemd.services.cc-ci-gc = {
+      description = "cc-ci gc: tear down what dead runs left on the swarm";
+      requires = [ "docker.service" ] ++ swarmUnits;
+      after = [ "docker.service" ] ++ swarmUnits;
+      path = servicePath;
+      inherit environment;
+      serviceConfig = sandbox // {
+        Type = "oneshot";
+        ExecStart = "${lib.getExe cfg.package} gc --config ${configFile}";
+      };
+    };
+
+    systemd.timers.cc-ci-gc = lib.mkIf cfg.gc.enable {
+      description = "Timer of cc-ci gc";
+      wantedBy = [ "timers.target" ];
+      timerConfig = {
+        OnCalendar = cfg.gc.dates;
+        Persistent = true;
+        RandomizedDelaySec = "5min";
+      };
+    };
+
+    systemd.services.cc-ci-swarm = lib.mkIf cfg.swarm.enable {
+      description = "Single-node Docker Swarm and the proxy network for cc-ci";
+      requires = [ "docker.service" ];
+      after = [ "docker.service" ];
+      wantedBy = [ "multi-user.target" ];
+      path = [ dockerPackage ];
+      serviceConfig = {
+        Type = "oneshot";
+        RemainAfterExit = true;
+      };
+      script = ''
+        state=$(docker info --format '{{.Swarm.LocalNodeState}}')
+        case "$state" in
+          active) echo "swarm: already active" ;;
+          inactive)
+            docker swarm init --advertise-addr ${lib.escapeShellArg cfg.swarm.advertiseAddress} >/dev/null
+            echo "swarm: initialised (advertise address ${cfg.swarm.advertiseAddress})"
+            ;;
+          *)
+            echo "swarm is in state '$state'; repair it by hand (e.g. docker swarm leave --force) and restart cc-ci-swarm.service" >&2
+            exit 1
+            ;;
+        esac
+        if driver=$(docker network inspect --format '{{.Driver}}/{{.Scope}}' proxy 2>/dev/null); then
+          if [ "$driver" != overlay/swarm ]; then
+            echo "a network 'proxy' exists but is $driver, not a swarm overlay; remove it (docker network rm proxy) and restart cc-ci-swarm.service" >&2
+            exit 1
+          fi
+          echo "network proxy: present"
+        else
+          docker network create --driver overlay --attachable proxy >/dev/null
+          echo "network proxy: created"
+        fi
+      '';
+    };
+  };
+}

@@ -1,0 +1,70 @@
+# The `cc-ci` command (run, serve, gc, ...). Only the `cc-ci` package of the workspace is built and
+# installed: `abra-standin` is test support and must never reach an operator's PATH.
+{
+  lib,
+  rustPlatform,
+  makeWrapper,
+  abra,
+  git,
+  util-linux,
+  docker-client,
+}:
+let
+  fs = lib.fileset;
+  # Only what cargo reads: editing docs/, nixos/, tests/ or any Markdown file does not rebuild.
+  src = fs.toSource {
+    root = ../.;
+    fileset = fs.difference (fs.unions [
+      ../Cargo.toml
+      ../Cargo.lock
+      ../crates
+    ]) (fs.fileFilter (file: file.hasExt "md") ../crates);
+  };
+  workspace = lib.importTOML ../Cargo.toml;
+in
+rustPlatform.buildRustPackage {
+  pname = "cc-ci";
+  inherit (workspace.workspace.package) version;
+  inherit src;
+
+  cargoLock.lockFile = ../Cargo.lock;
+
+  # `-p cc-ci` builds the binary and the two libraries it links; the install hook copies every
+  # executable of the build directory, so abra-standin must not be built at all.
+  cargoBuildFlags = [
+    "-p"
+    "cc-ci"
+  ];
+
+  # The pure unit tests only. The integration tests under crates/*/tests need a Docker Swarm and
+  # are run by scripts/setup-swarm + `cargo test` in CI, and end to end by the NixOS VM tests.
+  cargoTestFlags = [
+    "-p"
+    "cc-ci-harness"
+    "-p"
+    "cc-ci-daemon"
+    "--lib"
+  ];
+
+  nativeBuildInputs = [ makeWrapper ];
+
+  # `nix run .#cc-ci -- run ...` works without anything installed: abra, git, script(1) and the
+  # docker CLI are appended to PATH, so an operator's own versions on PATH still win.
+  postInstall = ''
+    wrapProgram $out/bin/cc-ci --suffix PATH : ${
+      lib.makeBinPath [
+        abra
+        git
+        util-linux
+        docker-client
+      ]
+    }
+  '';
+
+  meta = {
+    description = "Continuous integration for Co-op Cloud recipes: install, upgrade, backup and restore on Docker Swarm";
+    license = lib.licenses.agpl3Plus;
+    mainProgram = "cc-ci";
+    platforms = lib.platforms.linux;
+  };
+}
