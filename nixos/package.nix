@@ -11,13 +11,15 @@
 }:
 let
   fs = lib.fileset;
-  # Only what cargo reads: editing docs/, nixos/, tests/ or any Markdown file does not rebuild.
+  # Only what cargo reads, and the overlays shipped with cc-ci: editing docs/, nixos/, tests/ or
+  # any Markdown file does not rebuild.
   src = fs.toSource {
     root = ../.;
     fileset = fs.difference (fs.unions [
       ../Cargo.toml
       ../Cargo.lock
       ../crates
+      (fs.maybeMissing ../overlays)
     ]) (fs.fileFilter (file: file.hasExt "md") ../crates);
   };
   workspace = lib.importTOML ../Cargo.toml;
@@ -48,9 +50,14 @@ rustPlatform.buildRustPackage {
 
   nativeBuildInputs = [ makeWrapper ];
 
-  # `nix run .#cc-ci -- run ...` works without anything installed: abra, git, script(1) and the
-  # docker CLI are appended to PATH, so an operator's own versions on PATH still win.
+  # The shipped overlays go where the binary looks for them: <prefix>/share/cc-ci/overlays.
   postInstall = ''
+    if [ -d overlays ]; then
+      mkdir -p $out/share/cc-ci
+      cp -r overlays $out/share/cc-ci/overlays
+    fi
+    # `nix run .#cc-ci -- run ...` works without anything installed: abra, git, script(1) and the
+    # docker CLI are appended to PATH, so an operator's own versions on PATH still win.
     wrapProgram $out/bin/cc-ci --suffix PATH : ${
       lib.makeBinPath [
         abra
