@@ -90,7 +90,7 @@ let
     "harness.work_dir" = builtin {
       type = types.str;
       builtinDefault = "`$STATE_DIRECTORY/work`, i.e. `/var/lib/cc-ci/work`";
-      description = "Where per-run state lives: the per-run `ABRA_DIR`, run locks, reports. Made writable for the service when set.";
+      description = "Where per-run state lives: the per-run `ABRA_DIR`, run locks, reports. Keep it unset or inside `/var/lib/cc-ci`: the service's dynamic user can write nowhere else.";
     };
     "harness.overlay_dirs" = list "Operator overlay folders, searched after the overlays shipped with cc-ci (a later folder wins per key)." [
       "/etc/cc-ci/overlays"
@@ -124,7 +124,7 @@ let
     "daemon.state_dir" = builtin {
       type = types.str;
       builtinDefault = "`$STATE_DIRECTORY`, i.e. `/var/lib/cc-ci`";
-      description = "Database, run logs and reports. Made writable for the service when set.";
+      description = "Database, run logs and reports. Keep it unset or inside `/var/lib/cc-ci`: the service's dynamic user can write nowhere else.";
     };
     "daemon.concurrency" = builtin {
       type = types.ints.positive;
@@ -225,11 +225,6 @@ let
 
   statePath = "/var/lib/cc-ci";
 
-  extraWritablePaths = lib.filter (path: path != null) [
-    cfg.settings.daemon.state_dir
-    cfg.settings.harness.work_dir
-  ];
-
   cancelGraceSecs =
     if cfg.settings.daemon.cancel_grace_secs != null then cfg.settings.daemon.cancel_grace_secs else 30;
 
@@ -245,7 +240,6 @@ let
     SupplementaryGroups = [ "docker" ];
     StateDirectory = "cc-ci";
     StateDirectoryMode = "0700";
-    ReadWritePaths = extraWritablePaths;
     UMask = "0077";
 
     ProtectSystem = "strict";
