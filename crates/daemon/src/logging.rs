@@ -1,0 +1,46 @@
+//! Log output: the systemd journal (structured fields) when stderr is connected to it, else
+//! human-readable lines on stderr. Filter with `CC_CI_LOG` (tracing `EnvFilter` syntax).
+
+use std::os::fd::AsRawFd;
+
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+/// Whether stderr is the journal stream systemd announced in `JOURNAL_STREAM` (`dev:inode`).
+fn stderr_is_journal() -> bool {
+    let Some(value) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let value = value.to_string_lossy();
+    let Some((dev, ino)) = value.split_once(':') else {
+        return false;
+    };
+    let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else {
+        return false;
+    };
+    // SAFETY: fstat writes into the zeroed struct; fd 2 is valid or fstat fails.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(std::io::stderr().as_raw_fd(), &mut st) } != 0 {
+        return false;
+    }
+    st.st_dev as u64 == dev && st.st_ino as u64 == ino
+}
+
+/// Install the global subscriber (once; later calls do nothing).
+pub fn init() {
+    let filter = || EnvFilter::try_from_env("CC_CI_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    if stderr_is_journal()
+        && let Ok(journald) = tracing_journald::layer()
+    {
+        let _ = tracing_subscriber::registry()
+            .with(filter())
+            .with(journald.with_syslog_identifier("cc-ci".into()))
+            .try_init();
+        return;
+    }
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter())
+        .with_writer(std::io::stderr)
+        .try_init();
+}

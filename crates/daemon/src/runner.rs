@@ -1,0 +1,608 @@
+//! One run as a supervised child process: `<exe> run ... --report-dir <state>/runs/<id>`.
+//!
+//! The child gets its own process group and dies with the daemon (`PR_SET_PDEATHSIG`), so a
+//! run can neither take the daemon down nor outlive it unnoticed. Its stdout and stderr go,
+//! with secrets removed, to `log.txt`. Cancelling = SIGTERM (the harness tears down by itself),
+//! then after the grace period SIGKILL to the whole group and `<exe> gc`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cc_ci_harness::report::{RunReport, TierReport, Verdict};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+
+use crate::daemon::Shared;
+use crate::store::{RunRow, RunVerdict, now};
+use crate::systemd::PRIVATE_ENV;
+
+/// Why a running run is being stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cancel {
+    /// Superseded, pull request closed, or `cc-ci cancel`: verdict `cancelled`.
+    Requested(String),
+    /// The run exceeded `run_timeout_secs`: verdict `error`.
+    Deadline,
+    /// The daemon is stopping: re-queued (or `error` once re-queued too often).
+    Shutdown,
+}
+
+/// Files of a run under `<state_dir>/runs/<id>`.
+pub fn run_dir(state_dir: &Path, id: i64) -> PathBuf {
+    state_dir.join("runs").join(id.to_string())
+}
+
+pub fn read_report(dir: &Path) -> Option<RunReport> {
+    let text = std::fs::read(dir.join("run.json")).ok()?;
+    serde_json::from_slice(&text).ok()
+}
+
+/// Tiers finished so far (`progress.json`; only `tiers` is meaningful there).
+pub fn read_progress(dir: &Path) -> Option<Vec<TierReport>> {
+    #[derive(serde::Deserialize)]
+    struct Partial {
+        tiers: Vec<TierReport>,
+    }
+    let text = std::fs::read(dir.join("progress.json")).ok()?;
+    serde_json::from_slice::<Partial>(&text)
+        .ok()
+        .map(|p| p.tiers)
+}
+
+/// The run's log, append-only, shared by the output pumps. Every write wakes log followers.
+#[derive(Clone)]
+pub struct LogSink {
+    file: Arc<Mutex<std::fs::File>>,
+    shared: Arc<Shared>,
+}
+
+impl LogSink {
+    pub fn open(shared: Arc<Shared>, path: &Path) -> std::io::Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        Ok(Self {
+            file: Arc::new(Mutex::new(file)),
+            shared,
+        })
+    }
+
+    pub fn line(&self, text: &str) {
+        let clean = self.shared.secrets.redact(text);
+        {
+            let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = f.write_all(clean.as_bytes());
+            if !clean.ends_with('\n') {
+                let _ = f.write_all(b"\n");
+            }
+        }
+        self.shared
+            .log_epoch
+            .send_modify(|e| *e = e.wrapping_add(1));
+    }
+}
+
+/// Copy a child's output stream into the log, line by line.
+async fn pump(reader: impl AsyncRead + Unpin, sink: LogSink) {
+    let mut reader = BufReader::new(reader);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => sink.line(&String::from_utf8_lossy(&buf)),
+        }
+    }
+}
+
+fn base_command(shared: &Shared) -> Command {
+    let mut cmd = Command::new(&shared.exe);
+    for var in PRIVATE_ENV {
+        cmd.env_remove(var);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(false);
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: only async-signal-safe calls (prctl, getppid, _exit) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // The signal fires when the thread that forked exits: runs are spawned from tokio
+            // worker threads, which live as long as the daemon's runtime.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The daemon may have died between fork and prctl.
+            if libc::getppid() != parent {
+                libc::_exit(137);
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
+fn config_args(shared: &Shared) -> Vec<String> {
+    match &shared.config_path {
+        Some(p) => vec!["--config".into(), p.display().to_string()],
+        None => vec![],
+    }
+}
+
+/// Spawn `<exe> <args>` with output into `sink`; returns the child and its output pumps.
+fn spawn_logged(
+    shared: &Arc<Shared>,
+    args: &[String],
+    sink: &LogSink,
+) -> std::io::Result<(Child, Vec<tokio::task::JoinHandle<()>>)> {
+    let mut cmd = base_command(shared);
+    cmd.args(args);
+    let mut child = cmd.spawn()?;
+    let mut pumps = Vec::new();
+    if let Some(out) = child.stdout.take() {
+        pumps.push(tokio::spawn(pump(out, sink.clone())));
+    }
+    if let Some(err) = child.stderr.take() {
+        pumps.push(tokio::spawn(pump(err, sink.clone())));
+    }
+    Ok((child, pumps))
+}
+
+/// Wait for the output pumps; a grandchild that keeps the pipe open must not hold us forever.
+async fn drain(pumps: Vec<tokio::task::JoinHandle<()>>) {
+    for p in pumps {
+        let abort = p.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(5), p)
+            .await
+            .is_err()
+        {
+            abort.abort();
+        }
+    }
+}
+
+fn signal(pid: Option<u32>, group: bool, sig: libc::c_int) {
+    if let Some(pid) = pid {
+        let pid = pid as libc::pid_t;
+        // SAFETY: plain syscalls on a pid we spawned and have not reaped yet.
+        unsafe {
+            if group {
+                libc::killpg(pid, sig);
+            } else {
+                libc::kill(pid, sig);
+            }
+        }
+    }
+}
+
+/// `<exe> gc`: tear down what dead runs left. Output goes to `sink` when given, else the
+/// daemon log. Returns whether gc succeeded.
+pub async fn run_gc(shared: &Arc<Shared>, sink: Option<&LogSink>) -> bool {
+    let mut args = vec!["gc".to_string()];
+    args.extend(config_args(shared));
+    let log_path = shared.state_dir.join("gc.log");
+    let own_sink;
+    let sink = match sink {
+        Some(s) => s,
+        None => match LogSink::open(shared.clone(), &log_path) {
+            Ok(s) => {
+                own_sink = s;
+                &own_sink
+            }
+            Err(e) => {
+                tracing::error!(path = %log_path.display(), error = %e, "cannot open gc log");
+                return false;
+            }
+        },
+    };
+    sink.line(&format!(
+        "cc-ci: running `{} gc` at {}",
+        shared.exe.display(),
+        now()
+    ));
+    let (mut child, pumps) = match spawn_logged(shared, &args, sink) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(exe = %shared.exe.display(), error = %e, "cannot start gc");
+            sink.line(&format!("cc-ci: cannot start gc: {e}"));
+            return false;
+        }
+    };
+    let pid = child.id();
+    let status = match tokio::time::timeout(shared.tuning.gc_timeout, child.wait()).await {
+        Ok(s) => s.ok(),
+        Err(_) => {
+            signal(pid, true, libc::SIGKILL);
+            let _ = child.wait().await;
+            None
+        }
+    };
+    drain(pumps).await;
+    let ok = status.is_some_and(|s| s.success());
+    if ok {
+        tracing::info!("gc finished");
+    } else {
+        tracing::error!(status = ?status, log = %log_path.display(), "gc failed: leftovers of dead runs may remain; run `cc-ci gc` by hand");
+    }
+    sink.line(&format!(
+        "cc-ci: gc {}",
+        if ok { "finished" } else { "FAILED" }
+    ));
+    ok
+}
+
+/// What a finished child means.
+pub fn outcome(
+    code: Option<i32>,
+    signal: Option<i32>,
+    report: Option<&RunReport>,
+) -> (RunVerdict, Option<String>) {
+    let failing = |r: &RunReport| {
+        r.tiers
+            .iter()
+            .filter(|t| matches!(t.verdict, Verdict::Fail | Verdict::Error))
+            .map(|t| t.name.clone())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match (code, report) {
+        (Some(0), Some(r)) => match r.verdict {
+            Verdict::Pass | Verdict::Skipped => (RunVerdict::Pass, None),
+            Verdict::Fail => (RunVerdict::Fail, Some(format!("failed: {}", failing(r)))),
+            Verdict::Error => (
+                RunVerdict::Error,
+                Some("the run reported an error but exited 0".into()),
+            ),
+        },
+        (Some(0), None) => (
+            RunVerdict::Error,
+            Some("the run exited 0 but wrote no run.json".into()),
+        ),
+        (Some(1), Some(r)) if r.verdict == Verdict::Error => {
+            (RunVerdict::Error, Some(format!("error in: {}", failing(r))))
+        }
+        (Some(1), Some(r)) => (RunVerdict::Fail, Some(format!("failed: {}", failing(r)))),
+        (Some(1), None) => (
+            RunVerdict::Fail,
+            Some("a tier failed (no run.json was written)".into()),
+        ),
+        (Some(2), _) => (
+            RunVerdict::Error,
+            Some("bad input or configuration (exit 2): nothing was deployed, see the log".into()),
+        ),
+        (Some(3), _) => (
+            RunVerdict::Error,
+            Some("infrastructure error (exit 3), see the log".into()),
+        ),
+        (Some(c), _) => (
+            RunVerdict::Error,
+            Some(format!("the run process exited with code {c}")),
+        ),
+        (None, _) => (
+            RunVerdict::Error,
+            Some(format!(
+                "the run process was killed by signal {}",
+                signal.unwrap_or(0)
+            )),
+        ),
+    }
+}
+
+/// Supervise one claimed run to its end and record the result. Never panics on outside input.
+pub async fn supervise(
+    shared: Arc<Shared>,
+    run: RunRow,
+    mut cancel: watch::Receiver<Option<Cancel>>,
+) {
+    let dir = run_dir(&shared.state_dir, run.id);
+    let recipe = crate::render::recipe_of(&run.repo).to_string();
+    if let Err(e) = prepare_dir(&dir) {
+        finish(
+            &shared,
+            &run,
+            RunVerdict::Error,
+            Some(format!("cannot prepare {}: {e}", dir.display())),
+            None,
+        );
+        return;
+    }
+    let sink = match LogSink::open(shared.clone(), &dir.join("log.txt")) {
+        Ok(s) => s,
+        Err(e) => {
+            finish(
+                &shared,
+                &run,
+                RunVerdict::Error,
+                Some(format!("cannot open the run log: {e}")),
+                None,
+            );
+            return;
+        }
+    };
+    sink.line(&format!(
+        "cc-ci: run #{} of {}#{} at {} (stages: {}){}",
+        run.id,
+        run.repo,
+        run.pr,
+        run.head_sha,
+        if run.stages.is_empty() {
+            "all".to_string()
+        } else {
+            run.stages.join(",")
+        },
+        if run.requeues > 0 {
+            format!(", attempt {}", run.requeues + 1)
+        } else {
+            String::new()
+        }
+    ));
+
+    // The queued trigger was for a head commit; if the pull request moved on, this run would
+    // test (and report on) something nobody asked for.
+    if let Ok(Ok(pr)) = tokio::time::timeout(
+        Duration::from_secs(15),
+        shared.forge.pull_request(&run.repo, run.pr),
+    )
+    .await
+    {
+        let reason = if pr.state != "open" {
+            Some("the pull request was closed before the run started".to_string())
+        } else if pr.head.sha != run.head_sha {
+            Some(format!(
+                "the pull request's head moved to {} before the run started: comment again to test it",
+                pr.head.sha.get(..10).unwrap_or(&pr.head.sha)
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            sink.line(&format!("cc-ci: not started: {reason}"));
+            finish(&shared, &run, RunVerdict::Cancelled, Some(reason), None);
+            return;
+        }
+    }
+
+    let mut args = vec![
+        "run".to_string(),
+        "--recipe".into(),
+        format!(
+            "{}/{}.git",
+            shared.config.forge.url.trim_end_matches('/'),
+            run.repo
+        ),
+        "--ref".into(),
+        format!("refs/pull/{}/head", run.pr),
+    ];
+    if !run.stages.is_empty() {
+        args.push("--stages".into());
+        args.push(run.stages.join(","));
+    }
+    args.push("--report-dir".into());
+    args.push(dir.display().to_string());
+    args.extend(config_args(&shared));
+
+    let (mut child, pumps) = match spawn_logged(&shared, &args, &sink) {
+        Ok(c) => c,
+        Err(e) => {
+            let reason = format!("cannot start the run process {}: {e}", shared.exe.display());
+            sink.line(&format!("cc-ci: {reason}"));
+            finish(&shared, &run, RunVerdict::Error, Some(reason), None);
+            return;
+        }
+    };
+    let pid = child.id();
+    tracing::info!(run_id = run.id, recipe = %recipe, pr = run.pr, pid = ?pid, "run started");
+
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_secs(shared.config.daemon.run_timeout_secs);
+    let mut progress_tick = tokio::time::interval(shared.tuning.progress_interval);
+    let mut last_progress = progress_stamp(&dir);
+    let mut cancelled: Option<Cancel> = None;
+
+    let status = loop {
+        tokio::select! {
+            s = child.wait() => break s.ok(),
+            changed = cancel.changed(), if cancelled.is_none() => {
+                let c = if changed.is_ok() { cancel.borrow().clone() } else { Some(Cancel::Shutdown) };
+                if let Some(c) = c {
+                    cancelled = Some(c);
+                }
+            }
+            _ = tokio::time::sleep_until(deadline), if cancelled.is_none() => {
+                cancelled = Some(Cancel::Deadline);
+            }
+            _ = progress_tick.tick() => {
+                let stamp = progress_stamp(&dir);
+                if stamp != last_progress {
+                    last_progress = stamp;
+                    let _ = shared.store.bump_version(run.id);
+                    shared.wake_reporter.notify_one();
+                }
+            }
+        }
+        if let Some(c) = &cancelled {
+            break stop_child(&shared, &mut child, pid, c, &sink).await;
+        }
+    };
+
+    drain(pumps).await;
+    let (code, sig) = match status {
+        Some(s) => {
+            use std::os::unix::process::ExitStatusExt;
+            (s.code(), s.signal())
+        }
+        None => (None, None),
+    };
+    if cancelled.is_some() {
+        // SIGKILL may have left the deployment up.
+        if sig == Some(libc::SIGKILL) {
+            run_gc(&shared, Some(&sink)).await;
+        }
+    }
+    let report = read_report(&dir);
+    match cancelled {
+        None => {
+            let (verdict, reason) = outcome(code, sig, report.as_ref());
+            sink.line(&format!(
+                "cc-ci: run finished: {}{}",
+                verdict.as_str(),
+                reason
+                    .as_deref()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default()
+            ));
+            finish(&shared, &run, verdict, reason, code);
+        }
+        Some(Cancel::Requested(reason)) => {
+            sink.line(&format!("cc-ci: run cancelled: {reason}"));
+            finish(&shared, &run, RunVerdict::Cancelled, Some(reason), code);
+        }
+        Some(Cancel::Deadline) => {
+            let reason = format!(
+                "the run exceeded its deadline of {} s and was cancelled",
+                shared.config.daemon.run_timeout_secs
+            );
+            sink.line(&format!("cc-ci: {reason}"));
+            finish(&shared, &run, RunVerdict::Error, Some(reason), code);
+        }
+        Some(Cancel::Shutdown) => {
+            if run.requeues < shared.config.daemon.max_requeues {
+                sink.line("cc-ci: the daemon is stopping: run interrupted, re-queued");
+                if let Err(e) = shared.store.requeue_run(run.id) {
+                    tracing::error!(run_id = run.id, error = %e, "cannot re-queue run");
+                }
+                shared.wake_reporter.notify_one();
+            } else {
+                let reason =
+                    "interrupted by a daemon shutdown (and re-queued too often)".to_string();
+                sink.line(&format!("cc-ci: {reason}"));
+                finish(&shared, &run, RunVerdict::Error, Some(reason), code);
+            }
+        }
+    }
+}
+
+/// SIGTERM, wait the grace period, then SIGKILL the whole process group.
+async fn stop_child(
+    shared: &Arc<Shared>,
+    child: &mut Child,
+    pid: Option<u32>,
+    why: &Cancel,
+    sink: &LogSink,
+) -> Option<std::process::ExitStatus> {
+    sink.line(&format!("cc-ci: stopping the run ({why:?}): SIGTERM"));
+    signal(pid, false, libc::SIGTERM);
+    let grace = Duration::from_secs(shared.config.daemon.cancel_grace_secs);
+    match tokio::time::timeout(grace, child.wait()).await {
+        Ok(s) => {
+            // Helpers the run left in its group (abra, docker) go too.
+            signal(pid, true, libc::SIGKILL);
+            s.ok()
+        }
+        Err(_) => {
+            sink.line(&format!(
+                "cc-ci: the run did not stop within {} s: SIGKILL",
+                grace.as_secs()
+            ));
+            signal(pid, true, libc::SIGKILL);
+            child.wait().await.ok()
+        }
+    }
+}
+
+fn prepare_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    // A re-queued run starts afresh; its earlier log is kept (appended to).
+    for f in ["run.json", "progress.json", "summary.md", "junit.xml"] {
+        match std::fs::remove_file(dir.join(f)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn progress_stamp(dir: &Path) -> Option<(u64, std::time::SystemTime)> {
+    let m = std::fs::metadata(dir.join("progress.json")).ok()?;
+    Some((m.len(), m.modified().ok()?))
+}
+
+fn finish(
+    shared: &Arc<Shared>,
+    run: &RunRow,
+    verdict: RunVerdict,
+    reason: Option<String>,
+    code: Option<i32>,
+) {
+    tracing::info!(run_id = run.id, recipe = %crate::render::recipe_of(&run.repo), pr = run.pr,
+        verdict = verdict.as_str(), reason = reason.as_deref().unwrap_or(""), "run finished");
+    if let Err(e) = shared
+        .store
+        .finish_run(run.id, verdict, reason.as_deref(), code)
+    {
+        tracing::error!(run_id = run.id, error = %e, "cannot record the run's result");
+    }
+    shared.wake_reporter.notify_one();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cc_ci_harness::report::TeardownReport;
+
+    fn report(v: Verdict) -> RunReport {
+        RunReport {
+            recipe: "web".into(),
+            git_ref: "x".into(),
+            head_sha: "abc".into(),
+            base_version: None,
+            app_domain: "d".into(),
+            verdict: v,
+            deploy_count: 1,
+            tiers: vec![TierReport {
+                name: "upgrade".into(),
+                verdict: v,
+                duration_ms: 1,
+                checks: vec![],
+            }],
+            teardown: TeardownReport::default(),
+            notes: vec![],
+        }
+    }
+
+    #[test]
+    fn exit_codes_and_reports() {
+        assert_eq!(
+            outcome(Some(0), None, Some(&report(Verdict::Pass))).0,
+            RunVerdict::Pass
+        );
+        assert_eq!(outcome(Some(0), None, None).0, RunVerdict::Error);
+        assert_eq!(
+            outcome(Some(0), None, Some(&report(Verdict::Fail))).0,
+            RunVerdict::Fail
+        );
+        let (v, r) = outcome(Some(1), None, Some(&report(Verdict::Fail)));
+        assert_eq!(v, RunVerdict::Fail);
+        assert_eq!(r.as_deref(), Some("failed: upgrade"));
+        assert_eq!(outcome(Some(1), None, None).0, RunVerdict::Fail);
+        assert_eq!(outcome(Some(2), None, None).0, RunVerdict::Error);
+        assert!(
+            outcome(Some(3), None, None)
+                .1
+                .unwrap()
+                .contains("infrastructure")
+        );
+        assert_eq!(
+            outcome(Some(3), None, Some(&report(Verdict::Pass))).0,
+            RunVerdict::Error
+        );
+        assert!(outcome(None, Some(9), None).1.unwrap().contains("signal 9"));
+    }
+}
