@@ -33,6 +33,95 @@ let
     )
   ) (lib.filterAttrs (file: type: type == "regular" && lib.hasSuffix ".nix" file) (builtins.readDir vmTestDir));
 
+  # Evaluation-only tests of the module (no VM, no KVM): what it generates and what it refuses.
+  evalNode =
+    extra:
+    pkgs.nixos {
+      imports = [
+        self.nixosModules.cc-ci
+        extra
+      ];
+      boot.loader.grub.enable = false;
+      fileSystems."/" = {
+        device = "none";
+        fsType = "tmpfs";
+      };
+      system.stateVersion = "26.05";
+    };
+  ourFailedAssertions =
+    node:
+    lib.filter (lib.hasInfix "services.cc-ci") (
+      map (a: a.message) (lib.filter (a: !a.assertion) node.config.assertions)
+    );
+  refuses =
+    what: node: fragment:
+    lib.assertMsg (lib.any (lib.hasInfix fragment) (ourFailedAssertions node)) "the module accepted ${what}";
+
+  good = evalNode {
+    services.cc-ci = {
+      enable = true;
+      forge.tokenFile = "/run/keys/forge-token";
+      forge.webhookSecretFile = "/run/keys/webhook-secret";
+      repoAllowlist = [ "coop-cloud/web" ];
+      orgAllowlist = [ "coop-cloud" ];
+      settings.harness.domain_suffix = "ci.example.org";
+    };
+  };
+  goodService = good.config.systemd.services.cc-ci.serviceConfig;
+  storeSecret = evalNode {
+    services.cc-ci = {
+      enable = true;
+      forge.tokenFile = "${pkgs.writeText "token" "not-a-secret-any-more"}";
+    };
+  };
+  unixFirewall = evalNode {
+    services.cc-ci = {
+      enable = true;
+      forge.tokenFile = "/run/keys/forge-token";
+      listen = "/run/cc-ci/http.sock";
+      openFirewall = true;
+    };
+  };
+  liveRestore = evalNode {
+    services.cc-ci = {
+      enable = true;
+      forge.tokenFile = "/run/keys/forge-token";
+    };
+    virtualisation.docker.liveRestore = true;
+  };
+
+  moduleEval =
+    assert lib.assertMsg (ourFailedAssertions good == [ ]) (
+      "a valid configuration fails: " + lib.concatStringsSep "; " (ourFailedAssertions good)
+    );
+    assert refuses "a forge token in the Nix store" storeSecret "forge.tokenFile";
+    assert refuses "openFirewall with a unix socket" unixFirewall "openFirewall";
+    assert refuses "live-restore with swarm" liveRestore "live-restore";
+    assert lib.assertMsg (goodService.Type == "notify") "cc-ci.service is not Type=notify";
+    assert lib.assertMsg (
+      goodService.LoadCredential == [
+        "forge-token:/run/keys/forge-token"
+        "webhook-secret:/run/keys/webhook-secret"
+      ]
+    ) "the secrets are not passed as credentials: ${toString goodService.LoadCredential}";
+    assert lib.assertMsg (
+      good.config.systemd.sockets.cc-ci.listenStreams == [ "127.0.0.1:8088" ]
+    ) "cc-ci.socket does not listen on the default address";
+    assert lib.assertMsg (!good.config.virtualisation.docker.liveRestore) "live-restore stays on";
+    # The config file's derivation already ran `cc-ci check-config` on it.
+    pkgs.runCommand "cc-ci-module-eval" { } ''
+      config=${good.config.environment.etc."cc-ci/config.toml".source}
+      cat "$config"
+      grep -q 'ci.example.org' "$config"
+      grep -q 'coop-cloud/web' "$config"
+      # The secrets reach the daemon as credentials only, never through the config file.
+      if grep -q /run/keys "$config"; then
+        echo "a secret file path leaked into the config file" >&2
+        exit 1
+      fi
+      touch $out
+    '';
+
   # An option without a description, or a default that cannot be shown, fails this build.
   optionsDoc = pkgs.nixosOptionsDoc {
     options = (pkgs.nixos { imports = [ self.nixosModules.cc-ci ]; }).options.services.cc-ci;
@@ -45,5 +134,6 @@ in
   clippy = cargoCheck "clippy" "cargo clippy --offline --workspace --all-targets -- -D warnings";
   fmt = cargoCheck "fmt" "cargo fmt --all --check";
   options-doc = optionsDoc.optionsCommonMark;
+  module-eval = moduleEval;
 }
 // vmTests
