@@ -16,6 +16,9 @@ let
   cfg = config.services.cc-ci;
   format = pkgs.formats.toml { };
 
+  # The service's StateDirectory=cc-ci.
+  statePath = "/var/lib/cc-ci";
+
   isUnixSocket = lib.hasPrefix "/" cfg.listen;
   listenPort = lib.toInt (lib.last (lib.splitString ":" cfg.listen));
 
@@ -90,7 +93,7 @@ let
     "harness.work_dir" = builtin {
       type = types.str;
       builtinDefault = "`$STATE_DIRECTORY/work`, i.e. `/var/lib/cc-ci/work`";
-      description = "Where per-run state lives: the per-run `ABRA_DIR`, run locks, reports. Keep it unset or inside `/var/lib/cc-ci`: the service's dynamic user can write nowhere else.";
+      description = "Where per-run state lives: the per-run `ABRA_DIR`, run locks, reports. Keep it unset or inside `/var/lib/cc-ci`, the only place the service may write. Unset, the daemon and the gc job use `/var/lib/cc-ci/work`, and a `cc-ci run` by hand uses its user's own cache directory, so manual runs never leave files the service cannot remove.";
     };
     "harness.overlay_dirs" = list "Operator overlay folders, searched after the overlays shipped with cc-ci (a later folder wins per key)." [
       "/etc/cc-ci/overlays"
@@ -121,10 +124,11 @@ let
     };
 
     "daemon.listen" = ownedBy "listen" types.str cfg.listen;
-    "daemon.state_dir" = builtin {
+    "daemon.state_dir" = mkOption {
       type = types.str;
-      builtinDefault = "`$STATE_DIRECTORY`, i.e. `/var/lib/cc-ci`";
-      description = "Database, run logs and reports. Keep it unset or inside `/var/lib/cc-ci`: the service's dynamic user can write nowhere else.";
+      default = statePath;
+      readOnly = true;
+      description = "Database, run logs and reports: the service's `StateDirectory`. Written to the file so that `cc-ci queue`, `cc-ci logs` and `cc-ci cancel` run with `--config /etc/cc-ci/config.toml` find the daemon's database.";
     };
     "daemon.concurrency" = builtin {
       type = types.ints.positive;
@@ -223,18 +227,17 @@ let
   ]
   ++ cfg.extraPackages;
 
-  statePath = "/var/lib/cc-ci";
-
   cancelGraceSecs =
     if cfg.settings.daemon.cancel_grace_secs != null then cfg.settings.daemon.cancel_grace_secs else 30;
 
   swarmUnits = lib.optional cfg.swarm.enable "cc-ci-swarm.service";
 
-  # Shared by the daemon and the gc job: the same dynamic user, hence the same state directory.
+  # Shared by the daemon and the gc job: the same user and state directory. A static system
+  # user rather than DynamicUser=, so that an operator can run `sudo -u cc-ci cc-ci queue ...`
+  # on the daemon's database without leaving files the service could not write.
   sandbox = {
     User = "cc-ci";
     Group = "cc-ci";
-    DynamicUser = true;
     # The docker socket is root:docker 0660. Membership is root-equivalent on this host: see
     # docs/operator-guide.md. Without it cc-ci cannot deploy anything.
     SupplementaryGroups = [ "docker" ];
@@ -286,7 +289,7 @@ let
   };
 
   environment = {
-    # abra, git and the docker client keep dotfiles in $HOME; the dynamic user has none.
+    # abra, git and the docker client keep dotfiles in $HOME.
     HOME = statePath;
   };
 
@@ -473,6 +476,16 @@ in
           && (cfg.settings.daemon.poll_interval_secs == null || cfg.settings.daemon.poll_interval_secs == 0)
         )
         "services.cc-ci: no webhook secret and no polling (settings.daemon.poll_interval_secs) are configured, so nothing can trigger a run.";
+
+    # Not in the docker group: only the units get it (SupplementaryGroups=), not a login as
+    # cc-ci.
+    users.users.cc-ci = {
+      isSystemUser = true;
+      group = "cc-ci";
+      home = statePath;
+      description = "cc-ci daemon";
+    };
+    users.groups.cc-ci = { };
 
     virtualisation.docker.enable = true;
     virtualisation.docker.liveRestore = lib.mkDefault false;
