@@ -92,6 +92,12 @@ pkgs.testers.runNixOSTest {
             "/tmp/backup",
             '[.tiers[] | select(.name == "backup") | .verdict] | . == ["fail"] or . == ["error"]',
         )
+        # It failed where it should: abra could not back up (no backup-bot-two on the swarm).
+        expect(
+            "/tmp/backup",
+            '[.tiers[] | select(.name == "backup") | .checks[] | select(.name == "backup-create")'
+            ' | .verdict] == ["fail"]',
+        )
         expect("/tmp/backup", '[.tiers[] | select(.name == "restore") | .verdict] | all(. != "pass")')
         expect("/tmp/backup", '(.teardown.leftovers | length) == 0')
         swarm_is_clean()
