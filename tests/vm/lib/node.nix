@@ -42,6 +42,8 @@ in
 {
   imports = [ self.nixosModules.cc-ci ];
 
+  system.stateVersion = lib.mkDefault "26.05";
+
   virtualisation = {
     memorySize = 4096;
     diskSize = 10240;
