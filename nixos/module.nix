@@ -494,7 +494,7 @@ in
     # So that `cc-ci queue --config /etc/cc-ci/config.toml` and friends read what the daemon reads.
     environment.etc."cc-ci/config.toml".source = configFile;
 
-    networking.firewall.allowedTCPPorts = lib.optional cfg.openFirewall listenPort;
+    networking.firewall.allowedTCPPorts = lib.optional (cfg.openFirewall && !isUnixSocket) listenPort;
 
     systemd.sockets.cc-ci = {
       description = "cc-ci webhook and API socket";
