@@ -1,0 +1,657 @@
+//! Test support: an in-process Gitea/Forgejo double, a fake `cc-ci` run command, signed
+//! webhook deliveries shaped like the real ones, and waits with deadlines.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashSet};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cc_ci_daemon::{Daemon, ServeOptions, Tuning};
+use cc_ci_harness::config::Config;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+
+pub const TOKEN: &str = "forge-token-0123456789";
+pub const SECRET: &str = "webhook-secret-abcdef";
+pub const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
+pub const SHA2: &str = "fedcba9876543210fedcba9876543210fedcba98";
+
+#[derive(Debug, Clone)]
+pub struct StatusRec {
+    pub repo: String,
+    pub sha: String,
+    pub state: String,
+    pub description: String,
+    pub target_url: String,
+    pub context: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct CommentRec {
+    pub id: i64,
+    pub repo: String,
+    pub pr: i64,
+    pub user: String,
+    pub body: String,
+    pub edits: usize,
+}
+
+#[derive(Default)]
+pub struct ForgeState {
+    /// (repo, number) → (head sha, state)
+    pub prs: BTreeMap<(String, i64), (String, String)>,
+    pub members: HashSet<(String, String)>,
+    /// Orgs whose membership the bot cannot see (303 redirect).
+    pub hidden_orgs: HashSet<String>,
+    pub statuses: Vec<StatusRec>,
+    pub comments: BTreeMap<i64, CommentRec>,
+    pub next_comment: i64,
+    /// Answer 500 to this many status posts.
+    pub fail_statuses: usize,
+    /// Answer 500 to every write while set.
+    pub down: bool,
+    pub unauthenticated: usize,
+}
+
+#[derive(Clone)]
+pub struct Gitea {
+    pub addr: SocketAddr,
+    pub state: Arc<Mutex<ForgeState>>,
+}
+
+fn resp(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(serde_json::to_vec(&body).unwrap())));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    r
+}
+
+fn empty(status: StatusCode) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = status;
+    r
+}
+
+fn pr_json(url: &str, repo: &str, n: i64, sha: &str, state: &str) -> Value {
+    json!({
+        "id": n + 100, "number": n, "state": state, "title": "change",
+        "html_url": format!("{url}/{repo}/pulls/{n}"),
+        "head": {"ref": "feature", "sha": sha, "repo": {"full_name": repo}},
+        "base": {"ref": "main", "sha": "1111111111111111111111111111111111111111"},
+        "user": {"login": "alice"}
+    })
+}
+
+fn comment_json(url: &str, c: &CommentRec) -> Value {
+    json!({
+        "id": c.id, "body": c.body, "user": {"id": 5, "login": c.user},
+        "html_url": format!("{url}/{}/pulls/{}#issuecomment-{}", c.repo, c.pr, c.id),
+        "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z"
+    })
+}
+
+impl Gitea {
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(ForgeState {
+            next_comment: 1000,
+            ..Default::default()
+        }));
+        let g = Gitea { addr, state };
+        let g2 = g.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((s, _)) = listener.accept().await else {
+                    return;
+                };
+                let g = g2.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let g = g.clone();
+                        async move { Ok::<_, Infallible>(g.handle(req).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(s), svc)
+                        .await;
+                });
+            }
+        });
+        g
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn add_pr(&self, repo: &str, n: i64, sha: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .prs
+            .insert((repo.into(), n), (sha.into(), "open".into()));
+    }
+
+    pub fn set_head(&self, repo: &str, n: i64, sha: &str) {
+        self.add_pr(repo, n, sha);
+    }
+
+    pub fn add_member(&self, org: &str, user: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .members
+            .insert((org.into(), user.into()));
+    }
+
+    /// A comment made by a person (for polling).
+    pub fn add_comment(&self, repo: &str, pr: i64, user: &str, body: &str) -> i64 {
+        let mut st = self.state.lock().unwrap();
+        st.next_comment += 1;
+        let id = st.next_comment;
+        st.comments.insert(
+            id,
+            CommentRec {
+                id,
+                repo: repo.into(),
+                pr,
+                user: user.into(),
+                body: body.into(),
+                edits: 0,
+            },
+        );
+        id
+    }
+
+    pub fn statuses(&self) -> Vec<StatusRec> {
+        self.state.lock().unwrap().statuses.clone()
+    }
+
+    /// Comments written by the bot.
+    pub fn bot_comments(&self) -> Vec<CommentRec> {
+        self.state
+            .lock()
+            .unwrap()
+            .comments
+            .values()
+            .filter(|c| c.user == "cc-ci-bot")
+            .cloned()
+            .collect()
+    }
+
+    pub fn describe(&self) -> String {
+        let st = self.state.lock().unwrap();
+        let mut out = String::from("statuses:\n");
+        for s in &st.statuses {
+            out.push_str(&format!(
+                "  {} {} {} {}\n",
+                s.repo,
+                &s.sha[..7],
+                s.state,
+                s.description
+            ));
+        }
+        out.push_str("bot comments:\n");
+        for c in st.comments.values().filter(|c| c.user == "cc-ci-bot") {
+            out.push_str(&format!(
+                "  #{} on {}#{} ({} edits): {}\n",
+                c.id,
+                c.repo,
+                c.pr,
+                c.edits,
+                c.body.lines().next().unwrap_or("")
+            ));
+        }
+        out
+    }
+
+    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let auth_ok = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            == Some(&format!("token {TOKEN}"));
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        let mut st = self.state.lock().unwrap();
+        if !auth_ok {
+            st.unauthenticated += 1;
+            return resp(
+                StatusCode::UNAUTHORIZED,
+                json!({"message": "token is required"}),
+            );
+        }
+        let seg: Vec<&str> = path.trim_start_matches("/api/v1/").split('/').collect();
+        let url = self.url();
+        let write = method != Method::GET;
+        if write && st.down {
+            return resp(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                json!({"message": "down"}),
+            );
+        }
+        match (method, seg.as_slice()) {
+            (Method::GET, ["repos", o, r, "pulls", n]) => {
+                let repo = format!("{o}/{r}");
+                match st.prs.get(&(repo.clone(), n.parse().unwrap_or(-1))) {
+                    Some((sha, state)) => resp(
+                        StatusCode::OK,
+                        pr_json(&url, &repo, n.parse().unwrap(), sha, state),
+                    ),
+                    None => resp(StatusCode::NOT_FOUND, json!({"message": "not found"})),
+                }
+            }
+            (Method::GET, ["repos", o, r, "pulls"]) => {
+                let repo = format!("{o}/{r}");
+                let list: Vec<Value> = st
+                    .prs
+                    .iter()
+                    .filter(|((rp, _), (_, state))| rp == &repo && state == "open")
+                    .map(|((rp, n), (sha, state))| pr_json(&url, rp, *n, sha, state))
+                    .collect();
+                resp(StatusCode::OK, Value::Array(list))
+            }
+            (Method::GET, ["repos", o, r, "issues", n, "comments"]) => {
+                let repo = format!("{o}/{r}");
+                let n: i64 = n.parse().unwrap_or(-1);
+                let list: Vec<Value> = st
+                    .comments
+                    .values()
+                    .filter(|c| c.repo == repo && c.pr == n)
+                    .map(|c| comment_json(&url, c))
+                    .collect();
+                resp(StatusCode::OK, Value::Array(list))
+            }
+            (Method::POST, ["repos", o, r, "issues", n, "comments"]) => {
+                let v: Value = serde_json::from_slice(&body).unwrap();
+                st.next_comment += 1;
+                let id = st.next_comment;
+                let c = CommentRec {
+                    id,
+                    repo: format!("{o}/{r}"),
+                    pr: n.parse().unwrap(),
+                    user: "cc-ci-bot".into(),
+                    body: v["body"].as_str().unwrap().to_string(),
+                    edits: 0,
+                };
+                let j = comment_json(&url, &c);
+                st.comments.insert(id, c);
+                resp(StatusCode::CREATED, j)
+            }
+            (Method::PATCH, ["repos", _o, _r, "issues", "comments", id]) => {
+                let v: Value = serde_json::from_slice(&body).unwrap();
+                let id: i64 = id.parse().unwrap();
+                match st.comments.get_mut(&id) {
+                    Some(c) => {
+                        c.body = v["body"].as_str().unwrap().to_string();
+                        c.edits += 1;
+                        let j = comment_json(&url, c);
+                        resp(StatusCode::OK, j)
+                    }
+                    None => resp(StatusCode::NOT_FOUND, json!({"message": "not found"})),
+                }
+            }
+            (Method::POST, ["repos", o, r, "statuses", sha]) => {
+                if st.fail_statuses > 0 {
+                    st.fail_statuses -= 1;
+                    return resp(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        json!({"message": "boom"}),
+                    );
+                }
+                let v: Value = serde_json::from_slice(&body).unwrap();
+                st.statuses.push(StatusRec {
+                    repo: format!("{o}/{r}"),
+                    sha: sha.to_string(),
+                    state: v["state"].as_str().unwrap().into(),
+                    description: v["description"].as_str().unwrap_or("").into(),
+                    target_url: v["target_url"].as_str().unwrap_or("").into(),
+                    context: v["context"].as_str().unwrap_or("").into(),
+                });
+                resp(StatusCode::CREATED, v)
+            }
+            (Method::GET, ["orgs", org, "members", user]) => {
+                if st.hidden_orgs.contains(*org) {
+                    let mut r = empty(StatusCode::SEE_OTHER);
+                    r.headers_mut().insert(
+                        "location",
+                        format!("/api/v1/orgs/{org}/public_members/{user}")
+                            .parse()
+                            .unwrap(),
+                    );
+                    r
+                } else if st.members.contains(&(org.to_string(), user.to_string())) {
+                    empty(StatusCode::NO_CONTENT)
+                } else {
+                    empty(StatusCode::NOT_FOUND)
+                }
+            }
+            _ => resp(StatusCode::NOT_FOUND, json!({"message": "no route"})),
+        }
+    }
+}
+
+/// Which header family a delivery carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavour {
+    Gitea,
+    Forgejo,
+}
+
+pub fn comment_payload(
+    action: &str,
+    repo: &str,
+    pr: i64,
+    comment_id: i64,
+    user: &str,
+    body: &str,
+    is_pull: bool,
+) -> Vec<u8> {
+    let (owner, name) = repo.split_once('/').unwrap();
+    let v = json!({
+        "action": action,
+        "issue": {
+            "id": pr + 500, "url": format!("http://forge/api/v1/repos/{repo}/issues/{pr}"),
+            "html_url": format!("http://forge/{repo}/pulls/{pr}"), "number": pr,
+            "user": {"id": 2, "login": "bob", "full_name": "", "email": "bob@example.org"},
+            "title": "Bump the image", "body": "", "labels": [], "state": "open", "comments": 1,
+            "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z",
+            "pull_request": if is_pull { json!({"merged": false, "merged_at": null, "html_url": format!("http://forge/{repo}/pulls/{pr}")}) } else { Value::Null },
+            "repository": {"id": 3, "name": name, "owner": owner, "full_name": repo}
+        },
+        "comment": {
+            "id": comment_id, "html_url": format!("http://forge/{repo}/pulls/{pr}#issuecomment-{comment_id}"),
+            "pull_request_url": if is_pull { format!("http://forge/{repo}/pulls/{pr}") } else { String::new() },
+            "issue_url": "",
+            "user": {"id": 1, "login": user, "full_name": "", "email": format!("{user}@example.org"), "username": user},
+            "original_author": "", "original_author_id": 0,
+            "body": body, "assets": [],
+            "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z"
+        },
+        "repository": {
+            "id": 3, "owner": {"id": 9, "login": owner, "username": owner}, "name": name,
+            "full_name": repo, "private": false, "fork": false,
+            "html_url": format!("http://forge/{repo}"), "clone_url": format!("http://forge/{repo}.git"),
+            "default_branch": "main"
+        },
+        "sender": {"id": 1, "login": user, "username": user},
+        "is_pull": is_pull
+    });
+    serde_json::to_vec_pretty(&v).unwrap()
+}
+
+pub fn pull_request_payload(action: &str, repo: &str, pr: i64, sha: &str) -> Vec<u8> {
+    let (owner, name) = repo.split_once('/').unwrap();
+    serde_json::to_vec_pretty(&json!({
+        "action": action, "number": pr,
+        "pull_request": {"id": pr + 100, "number": pr, "state": if action == "closed" { "closed" } else { "open" },
+            "head": {"label": "feature", "ref": "feature", "sha": sha, "repo_id": 3},
+            "base": {"label": "main", "ref": "main", "sha": "1111111111111111111111111111111111111111", "repo_id": 3}},
+        "repository": {"id": 3, "owner": {"login": owner}, "name": name, "full_name": repo},
+        "sender": {"login": "alice"},
+        "commit_id": ""
+    }))
+    .unwrap()
+}
+
+/// Send a delivery; `signature`: None = correct signature, Some(s) = send s verbatim.
+pub async fn deliver(
+    daemon: SocketAddr,
+    flavour: Flavour,
+    event: &str,
+    event_type: &str,
+    delivery: &str,
+    body: &[u8],
+    signature: Option<&str>,
+) -> (u16, String) {
+    let sig = signature
+        .map(str::to_string)
+        .unwrap_or_else(|| cc_ci_daemon::trigger::sign(SECRET.as_bytes(), body));
+    let client = reqwest::Client::new();
+    let mut req = client
+        .post(format!("http://{daemon}/hooks/gitea"))
+        .header("Content-Type", "application/json")
+        .header("X-Gitea-Event", event)
+        .header("X-Gitea-Event-Type", event_type)
+        .header("X-Gitea-Delivery", delivery)
+        .header("X-GitHub-Event", event)
+        .header("X-GitHub-Delivery", delivery)
+        .header("X-Gitea-Signature", &sig)
+        .header("X-Hub-Signature-256", format!("sha256={sig}"))
+        .body(body.to_vec());
+    if flavour == Flavour::Forgejo {
+        req = req
+            .header("X-Forgejo-Event", event)
+            .header("X-Forgejo-Event-Type", event_type)
+            .header("X-Forgejo-Delivery", delivery)
+            .header("X-Forgejo-Signature", &sig);
+    }
+    let r = req.send().await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+pub async fn comment(
+    daemon: SocketAddr,
+    repo: &str,
+    pr: i64,
+    comment_id: i64,
+    user: &str,
+    body: &str,
+) -> (u16, String) {
+    let payload = comment_payload("created", repo, pr, comment_id, user, body, true);
+    deliver(
+        daemon,
+        Flavour::Gitea,
+        "issue_comment",
+        "pull_request_comment",
+        &format!("delivery-{comment_id}"),
+        &payload,
+        None,
+    )
+    .await
+}
+
+/// Poll `cond` every 20 ms until it yields, or fail after `secs` naming what was awaited and
+/// the state it was stuck in.
+pub async fn eventually<T>(
+    what: &str,
+    secs: u64,
+    mut cond: impl FnMut() -> Option<T>,
+    state: impl Fn() -> String,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = cond() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "timed out after {secs} s waiting for {what}; state:\n{}",
+                state()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The fake `cc-ci`: `run` behaves as `<marks>/mode.<run id>` (else `<marks>/mode`) says:
+/// pass | fail | infra | hang | stubborn (ignores SIGTERM) | gated (waits for `<marks>/go`).
+/// `gc` appends to `<marks>/gc.log`. Every run appends its arguments to `<marks>/runs.log`.
+pub fn fake_exe(marks: &Path) -> PathBuf {
+    let script = format!(
+        r#"#!/bin/bash
+MARK='{marks}'
+cmd=$1; shift
+if [ "$cmd" = gc ]; then echo "gc $*" >> "$MARK/gc.log"; echo "gc: 0 collected"; exit 0; fi
+[ "$cmd" = run ] || exit 2
+dir=""; stages=""; recipe=""; ref=""; config=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --report-dir) dir=$2; shift 2;;
+    --stages) stages=$2; shift 2;;
+    --recipe) recipe=$2; shift 2;;
+    --ref) ref=$2; shift 2;;
+    --config) config=$2; shift 2;;
+    *) shift;;
+  esac
+done
+id=$(basename "$dir")
+echo "run id=$id recipe=$recipe ref=$ref stages=$stages config=$config" >> "$MARK/runs.log"
+mode=$(cat "$MARK/mode.$id" 2>/dev/null || cat "$MARK/mode" 2>/dev/null || echo pass)
+echo "[0.0s] cloning $recipe at $ref (leaky: {token})" >&2
+tier() {{ echo "{{\"name\":\"$1\",\"verdict\":\"$2\",\"duration_ms\":1500,\"checks\":[{{\"name\":\"converged\",\"source\":\"generic\",\"verdict\":\"$2\",\"detail\":\"$3\"}}]}}"; }}
+report() {{
+  echo "{{\"recipe\":\"web\",\"ref\":\"$ref\",\"head_sha\":\"{sha}\",\"base_version\":null,\"app_domain\":\"web-abcdef.ci.local\",\"verdict\":\"$1\",\"deploy_count\":1,\"tiers\":[$2],\"teardown\":{{\"verdict\":\"pass\",\"leftovers\":[]}},\"notes\":[]}}" > "$dir/$3"
+}}
+report error "$(tier install pass)" progress.json
+echo "[1.5s] install: pass"
+case "$mode" in
+  pass) report pass "$(tier install pass)" run.json; echo "| install | pass |"; exit 0;;
+  fail) report fail "$(tier install fail 'service web never became healthy')" run.json; exit 1;;
+  infra) echo "docker engine unreachable at /var/run/docker.sock" >&2; exit 3;;
+  hang) trap 'echo "term $id" >> "$MARK/term.log"; exit 143' TERM; sleep 1000 & wait $!;;
+  stubborn) trap 'echo "ignored term $id" >> "$MARK/term.log"' TERM; echo "stubborn $$" >> "$MARK/pids"; while :; do sleep 1000 & wait $!; done;;
+  gated) trap 'echo "term $id" >> "$MARK/term.log"; exit 143' TERM; read -r line < "$MARK/go"; report pass "$(tier install pass)" run.json; exit 0;;
+esac
+exit 2
+"#,
+        marks = marks.display(),
+        token = TOKEN,
+        sha = SHA,
+    );
+    let path = marks.join("fake-cc-ci");
+    std::fs::write(&path, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+pub fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// A test environment: forge double, config, state dir and fake run command.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub gitea: Gitea,
+    pub config: Config,
+    pub exe: PathBuf,
+}
+
+impl Env {
+    pub async fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let gitea = Gitea::start().await;
+        let marks = dir.path().join("marks");
+        std::fs::create_dir_all(&marks).unwrap();
+        let exe = fake_exe(&marks);
+        std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).unwrap();
+        std::fs::write(dir.path().join("secret"), SECRET).unwrap();
+        let mut config = Config::default();
+        config.daemon.state_dir = Some(dir.path().join("state"));
+        config.daemon.listen = "127.0.0.1:0".into();
+        config.daemon.public_url = "http://ci.test".into();
+        config.daemon.cancel_grace_secs = 2;
+        config.forge.url = gitea.url();
+        config.forge.token_file = Some(dir.path().join("token"));
+        config.forge.webhook_secret_file = Some(dir.path().join("secret"));
+        config.forge.repo_allowlist = vec!["coop/web".into(), "coop/other".into()];
+        config.forge.org_allowlist = vec!["coop".into()];
+        config.forge.user_allowlist = vec!["alice".into()];
+        gitea.add_pr("coop/web", 1, SHA);
+        Env {
+            dir,
+            gitea,
+            config,
+            exe,
+        }
+    }
+
+    pub fn marks(&self) -> PathBuf {
+        self.dir.path().join("marks")
+    }
+
+    pub fn set_mode(&self, run: Option<i64>, mode: &str) {
+        let name = match run {
+            Some(id) => format!("mode.{id}"),
+            None => "mode".into(),
+        };
+        std::fs::write(self.marks().join(name), mode).unwrap();
+    }
+
+    pub fn options(&self) -> ServeOptions {
+        ServeOptions {
+            config_path: Some(self.dir.path().join("config.toml")),
+            listen: None,
+            run_exe: Some(self.exe.clone()),
+            tuning: Tuning {
+                tick: Duration::from_millis(100),
+                forge_attempts: 2,
+                forge_backoff: Duration::from_millis(50),
+                retry_base: Duration::from_secs(1),
+                progress_interval: Duration::from_millis(100),
+                inline_intake_timeout: Duration::from_secs(3),
+                gc_timeout: Duration::from_secs(30),
+                final_report_timeout: Duration::from_secs(5),
+            },
+        }
+    }
+
+    pub async fn start(&self) -> Daemon {
+        Daemon::start(self.config.clone(), self.options())
+            .await
+            .unwrap()
+    }
+
+    pub fn state(&self) -> String {
+        format!(
+            "{}runs.log:\n{}term.log:\n{}",
+            self.gitea.describe(),
+            read(&self.marks().join("runs.log")),
+            read(&self.marks().join("term.log"))
+        )
+    }
+
+    /// Wait until the forge shows a final (non-pending) status with `description` containing
+    /// `needle` for commit `sha`.
+    pub async fn wait_status(&self, sha: &str, state: &str, needle: &str) -> StatusRec {
+        eventually(
+            &format!("a `{state}` status containing `{needle}` on {sha}"),
+            20,
+            || {
+                self.gitea
+                    .statuses()
+                    .into_iter()
+                    .find(|s| s.sha == sha && s.state == state && s.description.contains(needle))
+            },
+            || self.state(),
+        )
+        .await
+    }
+
+    /// Wait until the bot comment for run `id` contains `needle`.
+    pub async fn wait_comment(&self, id: i64, needle: &str) -> CommentRec {
+        let marker = format!("<!-- cc-ci run {id} -->");
+        eventually(
+            &format!("the comment of run {id} to contain `{needle}`"),
+            20,
+            || {
+                self.gitea
+                    .bot_comments()
+                    .into_iter()
+                    .find(|c| c.body.contains(&marker) && c.body.contains(needle))
+            },
+            || self.state(),
+        )
+        .await
+    }
+}
