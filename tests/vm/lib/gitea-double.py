@@ -129,8 +129,10 @@ class Handler(SimpleHTTPRequestHandler):
 
     def do_POST(self):  # noqa: N802
         api = self.api_path()
-        if api is None or not self.authorised():
-            return None if api is not None else self.send_json(404, {"message": "not found"})
+        if api is None:
+            return self.send_json(404, {"message": "not found"})
+        if not self.authorised():
+            return None
         if m := re.fullmatch(r"/repos/([^/]+)/([^/]+)/statuses/([0-9a-f]+)", api):
             status = self.read_json()
             status["sha"] = m.group(3)
@@ -153,8 +155,10 @@ class Handler(SimpleHTTPRequestHandler):
 
     def do_PATCH(self):  # noqa: N802
         api = self.api_path()
-        if api is None or not self.authorised():
-            return None if api is not None else self.send_json(404, {"message": "not found"})
+        if api is None:
+            return self.send_json(404, {"message": "not found"})
+        if not self.authorised():
+            return None
         if m := re.fullmatch(r"/repos/([^/]+)/([^/]+)/issues/comments/(\d+)", api):
             body = self.read_json().get("body", "")
             with lock:
