@@ -505,6 +505,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 id=$(basename "$dir")
+echo "$id $$" >> "$MARK/pids"
 echo "run id=$id recipe=$recipe ref=$ref stages=$stages config=$config" >> "$MARK/runs.log"
 mode=$(cat "$MARK/mode.$id" 2>/dev/null || cat "$MARK/mode" 2>/dev/null || echo pass)
 echo "[0.0s] cloning $recipe at $ref (leaky: {token})" >&2
@@ -519,7 +520,7 @@ case "$mode" in
   fail) report fail "$(tier install fail 'service web never became healthy')" run.json; exit 1;;
   infra) echo "docker engine unreachable at /var/run/docker.sock" >&2; exit 3;;
   hang) trap 'echo "term $id" >> "$MARK/term.log"; exit 143' TERM; sleep 1000 & wait $!;;
-  stubborn) trap 'echo "ignored term $id" >> "$MARK/term.log"' TERM; echo "stubborn $$" >> "$MARK/pids"; while :; do sleep 1000 & wait $!; done;;
+  stubborn) trap 'echo "ignored term $id" >> "$MARK/term.log"' TERM; while :; do sleep 1000 & wait $!; done;;
   gated) trap 'echo "term $id" >> "$MARK/term.log"; exit 143' TERM; read -r line < "$MARK/go"; report pass "$(tier install pass)" run.json; exit 0;;
 esac
 exit 2
@@ -533,6 +534,26 @@ exit 2
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
     path
+}
+
+/// The process id of the fake run process of run `id` (its last attempt).
+pub fn run_pid(marks: &Path, id: i64) -> Option<i32> {
+    read(&marks.join("pids"))
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .filter(|(i, _)| *i == id.to_string())
+        .filter_map(|(_, p)| p.trim().parse().ok())
+        .next_back()
+}
+
+pub fn alive(pid: i32) -> bool {
+    // Zombies count as dead: signal 0 succeeds on them, /proc status says Z.
+    let status = read(Path::new(&format!("/proc/{pid}/stat")));
+    !status.is_empty()
+        && !status
+            .split(") ")
+            .nth(1)
+            .is_some_and(|s| s.starts_with('Z'))
 }
 
 pub fn read(path: &Path) -> String {

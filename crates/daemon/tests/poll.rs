@@ -1,0 +1,67 @@
+//! The polling fallback: no webhook, the daemon reads open pull requests' comments.
+
+mod common;
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polling_triggers_on_new_comments_only_and_follows_head_changes() {
+    let env = Env::new().await;
+    // A trigger that was there before the daemon ever looked must not run.
+    env.gitea.add_comment("coop/web", 1, "alice", "!testme");
+    let mut config = env.config.clone();
+    config.forge.webhook_secret_file = None;
+    config.forge.poll_repos = vec!["coop/web".into()];
+    config.daemon.poll_interval_secs = 1;
+    env.set_mode(None, "pass");
+    let d = cc_ci_daemon::Daemon::start(config.clone(), env.options())
+        .await
+        .unwrap();
+    let addr = d.local_addr().unwrap();
+    let db = cc_ci_daemon::store::Store::open_existing(&cc_ci_daemon::database_path(d.state_dir()))
+        .unwrap();
+    eventually(
+        "the first poll",
+        10,
+        || db.poll_watermark("coop/web").unwrap(),
+        || env.state(),
+    )
+    .await;
+
+    // Without a webhook secret every delivery is refused.
+    assert_eq!(
+        comment(addr, "coop/web", 1, 5000, "alice", "!testme")
+            .await
+            .0,
+        401
+    );
+
+    env.gitea.add_comment("coop/web", 1, "bob", "nice");
+    env.gitea.add_comment("coop/web", 1, "mallory", "!testme");
+    env.gitea.add_comment("coop/web", 1, "alice", "!testme");
+    env.wait_status(SHA, "success", "run #1").await;
+    eventually(
+        "one reply to mallory",
+        10,
+        || {
+            env.gitea
+                .bot_comments()
+                .into_iter()
+                .find(|c| c.body.contains("@mallory"))
+        },
+        || env.state(),
+    )
+    .await;
+
+    // A hanging run is superseded when the poll sees a new head.
+    env.set_mode(None, "hang");
+    env.gitea.add_comment("coop/web", 1, "alice", "!testme");
+    env.wait_comment(2, "⏳ running").await;
+    env.gitea.set_head("coop/web", 1, SHA2);
+    let c = env.wait_comment(2, "🛑 cancelled").await;
+    assert!(c.body.contains("new commits"), "{}", c.body);
+
+    let runs = read(&env.marks().join("runs.log"));
+    assert_eq!(runs.lines().count(), 2, "{runs}");
+    d.shutdown().await;
+}
