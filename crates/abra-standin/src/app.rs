@@ -1,0 +1,189 @@
+//! Servers, apps, secrets, volumes and recipe versions: everything except deploying and backups.
+
+use std::fs;
+
+use anyhow::{Context, Result, bail};
+use rand::Rng;
+use rand::distributions::Alphanumeric;
+
+use crate::docker::{self, docker};
+use crate::envfile;
+use crate::git;
+use crate::state::{self, AbraDir, stack_name};
+
+pub fn server_add_local(dir: &AbraDir) -> Result<()> {
+    let p = dir.servers().join("default");
+    fs::create_dir_all(&p).with_context(|| format!("cannot create {}", p.display()))?;
+    println!(
+        "server `default` (the local Docker engine) added: {}",
+        p.display()
+    );
+    Ok(())
+}
+
+pub fn app_new(
+    dir: &AbraDir,
+    recipe: &str,
+    server: &str,
+    domain: &str,
+    secrets: bool,
+) -> Result<()> {
+    let checkout = dir.recipe(recipe)?;
+    if !git::is_repo(&checkout) {
+        bail!(
+            "recipe `{recipe}` is not checked out at {}: clone it there first",
+            checkout.display()
+        );
+    }
+    let env_path = dir.env_file_for_new(server, domain)?;
+    if env_path.exists() {
+        bail!(
+            "app `{domain}` already exists ({}); remove it first with `abra app rm {domain}`",
+            env_path.display()
+        );
+    }
+    // Like abra: a new app starts from the recipe's latest release.
+    if let Some(tag) = git::latest_release(&checkout)? {
+        git::checkout(&checkout, &tag)?;
+        println!("recipe `{recipe}` checked out at its latest release {tag}");
+    } else {
+        println!("recipe `{recipe}` has no release tags; staying on the current checkout");
+    }
+    let sample_path = checkout.join(".env.sample");
+    let sample = state::read(&sample_path)
+        .with_context(|| format!("recipe `{recipe}` has no readable .env.sample"))?;
+    let env = envfile::from_sample(&sample, domain);
+    state::write(&env_path, &env)?;
+    println!("app `{domain}` created: {}", env_path.display());
+    if secrets {
+        generate_secrets(domain, &env)?;
+    }
+    Ok(())
+}
+
+fn generate_secrets(domain: &str, env: &str) -> Result<()> {
+    let stack = stack_name(domain);
+    let decls = envfile::secret_decls(env);
+    if decls.is_empty() {
+        println!("the recipe declares no secrets");
+        return Ok(());
+    }
+    let mut rows = Vec::new();
+    for d in &decls {
+        let value: String = rand::thread_rng()
+            .sample_iter(&Alphanumeric)
+            .take(d.length)
+            .map(char::from)
+            .collect();
+        let name = format!("{stack}_{}_{}", d.name, d.version);
+        if name.len() > 64 {
+            bail!(
+                "secret name `{name}` is longer than swarm's 64 characters: use a shorter domain"
+            );
+        }
+        // No stack namespace label: like abra's, these secrets outlive `app undeploy`.
+        docker(["secret", "create", &name, "-"])
+            .stdin(value.as_bytes())
+            .run()
+            .with_context(|| format!("cannot create secret {name}"))?;
+        rows.push((d.name.clone(), value));
+    }
+    println!("generated secrets:");
+    print!("{}", secret_table(&rows));
+    Ok(())
+}
+
+/// The table of generated secrets: a header with `NAME` and `VALUE`, then a row per secret,
+/// cells between `│` with a space on each side and no padding (cc-ci parses this to redact).
+pub fn secret_table(rows: &[(String, String)]) -> String {
+    let mut s = String::from("│ NAME │ VALUE │\n");
+    for (name, value) in rows {
+        s.push_str(&format!("│ {name} │ {value} │\n"));
+    }
+    s
+}
+
+pub fn secret_rm_all(dir: &AbraDir, domain: &str) -> Result<()> {
+    let env = state::read(&dir.env_file(domain)?)?;
+    let stack = stack_name(domain);
+    let prefixes: Vec<String> = envfile::secret_decls(&env)
+        .iter()
+        .map(|d| format!("{stack}_{}_", d.name))
+        .collect();
+    let existing = docker::lines(&docker(["secret", "ls", "--format", "{{.Name}}"]).run()?);
+    let doomed: Vec<String> = existing
+        .into_iter()
+        .filter(|n| prefixes.iter().any(|p| n.starts_with(p)))
+        .collect();
+    if doomed.is_empty() {
+        println!("no secrets of `{domain}` to remove");
+        return Ok(());
+    }
+    let mut args = vec!["secret".to_string(), "rm".into()];
+    args.extend(doomed.iter().cloned());
+    docker(args).run().with_context(|| {
+        format!("cannot remove the secrets of `{domain}` (is it still deployed?)")
+    })?;
+    for n in &doomed {
+        println!("secret removed: {n}");
+    }
+    Ok(())
+}
+
+pub fn volume_rm(dir: &AbraDir, domain: &str) -> Result<()> {
+    dir.env_file(domain)?;
+    let stack = stack_name(domain);
+    let vols = docker::stack_volume_names(&stack)?;
+    if vols.is_empty() {
+        println!("no volumes of `{domain}` to remove");
+        return Ok(());
+    }
+    let mut args = vec!["volume".to_string(), "rm".into()];
+    args.extend(vols.iter().cloned());
+    docker(args).run().with_context(|| {
+        format!("cannot remove the volumes of `{domain}` (is it still deployed?)")
+    })?;
+    for v in &vols {
+        println!("volume removed: {v}");
+    }
+    Ok(())
+}
+
+pub fn app_rm(dir: &AbraDir, domain: &str) -> Result<()> {
+    let env_path = dir.env_file(domain)?;
+    let stack = stack_name(domain);
+    if !docker::stack_service_ids(&stack)?.is_empty() {
+        bail!("app `{domain}` is still deployed: run `abra app undeploy {domain}` first");
+    }
+    fs::remove_file(&env_path).with_context(|| format!("cannot remove {}", env_path.display()))?;
+    println!("app `{domain}` removed ({})", env_path.display());
+    Ok(())
+}
+
+pub fn recipe_versions(dir: &AbraDir, recipe: &str) -> Result<()> {
+    let checkout = dir.recipe(recipe)?;
+    if !git::is_repo(&checkout) {
+        bail!(
+            "recipe `{recipe}` is not checked out at {}",
+            checkout.display()
+        );
+    }
+    for v in git::releases(&checkout)? {
+        println!("{v}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_table_has_header_and_unpadded_rows() {
+        let t = secret_table(&[
+            ("db_password".into(), "Zx81".into()),
+            ("k".into(), "v".into()),
+        ]);
+        assert_eq!(t, "│ NAME │ VALUE │\n│ db_password │ Zx81 │\n│ k │ v │\n");
+    }
+}

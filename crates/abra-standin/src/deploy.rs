@@ -1,0 +1,476 @@
+//! `app deploy` and `app undeploy`: the stack on the swarm, abra's labels, waiting for convergence.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::converge::{self, ServiceView, TaskView, Verdict};
+use crate::docker::{self, Container, docker};
+use crate::envfile;
+use crate::git;
+use crate::state::{self, AbraDir, stack_name};
+
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+const UNDEPLOY_TIMEOUT: Duration = Duration::from_secs(120);
+const POLL: Duration = Duration::from_millis(500);
+
+pub struct DeployArgs<'a> {
+    pub domain: &'a str,
+    pub version: Option<&'a str>,
+    pub chaos: bool,
+}
+
+pub fn deploy(dir: &AbraDir, a: &DeployArgs) -> Result<()> {
+    let env_path = dir.env_file(a.domain)?;
+    let env_text = state::read(&env_path)?;
+    let (recipe, pinned) = envfile::recipe_of(&env_text)
+        .with_context(|| format!("{} has no `TYPE=<recipe>` line", env_path.display()))?;
+    let checkout = dir.recipe(&recipe)?;
+    if !git::is_repo(&checkout) {
+        bail!(
+            "recipe `{recipe}` is not checked out at {}",
+            checkout.display()
+        );
+    }
+    let stack = stack_name(a.domain);
+    let app_service = format!("{stack}_app");
+
+    // What to deploy, and the version abra records.
+    let (version, type_version, chaos_version) = if a.chaos {
+        if let Some(v) = a.version {
+            bail!("--chaos deploys the current checkout; drop the version argument `{v}`");
+        }
+        let hash = git::head_short(&checkout)?;
+        let dirty = !git::dirty_files(&checkout)?.is_empty();
+        let previous = deployed_label(&app_service, &format!("coop-cloud.{stack}.version"))?;
+        let version = previous
+            .or_else(|| git::describe_tag(&checkout))
+            .unwrap_or_else(|| "unknown".into());
+        let type_version = if dirty {
+            format!("{hash}+U")
+        } else {
+            hash.clone()
+        };
+        println!(
+            "chaos deploy of the current checkout {hash}{}",
+            if dirty {
+                " (with uncommitted changes)"
+            } else {
+                ""
+            }
+        );
+        (version, type_version, Some(hash))
+    } else {
+        let dirty = git::dirty_files(&checkout)?;
+        if !dirty.is_empty() {
+            bail!(
+                "the recipe checkout {} has untracked or modified files ({}): commit or remove them, or deploy with --chaos",
+                checkout.display(),
+                dirty.join(", ")
+            );
+        }
+        let version = match a.version.map(str::to_string).or(pinned) {
+            Some(v) => v,
+            None => git::latest_release(&checkout)?.with_context(|| {
+                format!(
+                    "recipe `{recipe}` has no release tags: name a version or deploy with --chaos"
+                )
+            })?,
+        };
+        git::checkout(&checkout, &version)?;
+        println!("deploying {recipe} {version}");
+        (version.clone(), version, None)
+    };
+
+    let compose_files = compose_files(&env_text, &checkout)?;
+    let has_app = compose_files
+        .iter()
+        .map(|f| service_names(f))
+        .collect::<Result<Vec<_>>>()?
+        .iter()
+        .any(|names| names.iter().any(|n| n == "app"));
+
+    let env = interpolation_env(&env_text, &checkout, a.domain, &stack)?;
+    let labels_file = if has_app {
+        let mut labels = BTreeMap::new();
+        labels.insert(format!("coop-cloud.{stack}.version"), version.clone());
+        labels.insert(format!("coop-cloud.{stack}.chaos"), a.chaos.to_string());
+        labels.insert(format!("coop-cloud.{stack}.recipe"), recipe.clone());
+        if let Some(h) = &chaos_version {
+            labels.insert(format!("coop-cloud.{stack}.chaos-version"), h.clone());
+        }
+        Some(TempFile::write(&labels_yaml(&labels)?)?)
+    } else {
+        println!("the recipe has no `app` service: no version labels are written");
+        None
+    };
+
+    let before = update_starts(&stack)?;
+    let started = Instant::now();
+    let mut args: Vec<String> = vec![
+        "stack".into(),
+        "deploy".into(),
+        "--prune".into(),
+        "--resolve-image".into(),
+        "never".into(),
+    ];
+    for f in &compose_files {
+        args.push("-c".into());
+        args.push(f.display().to_string());
+    }
+    if let Some(l) = &labels_file {
+        args.push("-c".into());
+        args.push(l.path.display().to_string());
+    }
+    args.push(stack.clone());
+    let out = docker(args).env(env).dir(&checkout).output()?;
+    print!("{}", out.stdout);
+    if !out.success {
+        bail!(
+            "`docker stack deploy` of {stack} failed: {}",
+            out.stderr.trim()
+        );
+    }
+    drop(labels_file);
+
+    let timeout = deployed_label(&app_service, &format!("coop-cloud.{stack}.timeout"))?
+        .and_then(|t| t.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(DEFAULT_TIMEOUT);
+    println!(
+        "waiting up to {}s for {stack} to converge",
+        timeout.as_secs()
+    );
+    wait_converged(&stack, &before, started, timeout)?;
+
+    state::write(
+        &env_path,
+        &envfile::with_type_line(&env_text, &format!("{recipe}:{type_version}")),
+    )?;
+    println!(
+        "{} deployed and converged in {:.1}s",
+        a.domain,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Compose files named by `COMPOSE_FILE` (colon-separated) in the env file, default `compose.yml`.
+fn compose_files(env_text: &str, checkout: &Path) -> Result<Vec<PathBuf>> {
+    let vars = envfile::vars(env_text);
+    let spec = vars
+        .get("COMPOSE_FILE")
+        .filter(|s| !s.trim().is_empty())
+        .map_or("compose.yml", String::as_str);
+    let mut files = Vec::new();
+    for name in spec.split(':').map(str::trim).filter(|s| !s.is_empty()) {
+        let p = checkout.join(name);
+        if !p.is_file() {
+            bail!(
+                "compose file `{name}` (from COMPOSE_FILE) does not exist in the recipe checkout {}",
+                checkout.display()
+            );
+        }
+        files.push(p);
+    }
+    if files.is_empty() {
+        bail!("COMPOSE_FILE names no compose file");
+    }
+    Ok(files)
+}
+
+/// Service names a compose file declares; a file that is not valid YAML is an error naming it.
+fn service_names(file: &Path) -> Result<Vec<String>> {
+    let text = state::read(file)?;
+    let doc: serde_yaml::Value = serde_yaml::from_str(&text)
+        .with_context(|| format!("{} is not valid YAML", file.display()))?;
+    Ok(doc
+        .get("services")
+        .and_then(|s| s.as_mapping())
+        .map(|m| {
+            m.keys()
+                .filter_map(|k| k.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// Variables compose interpolation sees: the env file, `abra.sh` exports, `STACK_NAME`, `DOMAIN`.
+fn interpolation_env(
+    env_text: &str,
+    checkout: &Path,
+    domain: &str,
+    stack: &str,
+) -> Result<Vec<(String, String)>> {
+    let mut vars = envfile::vars(env_text);
+    let abra_sh = checkout.join("abra.sh");
+    if abra_sh.is_file() {
+        vars.extend(envfile::abra_sh_exports(&state::read(&abra_sh)?));
+    }
+    vars.insert("STACK_NAME".into(), stack.into());
+    vars.insert("DOMAIN".into(), domain.into());
+    Ok(vars.into_iter().collect())
+}
+
+fn labels_yaml(labels: &BTreeMap<String, String>) -> Result<String> {
+    let scalar = |s: &str| -> Result<String> {
+        Ok(
+            serde_yaml::to_string(&serde_yaml::Value::String(s.to_string()))
+                .context("cannot render the labels file")?
+                .trim_end()
+                .to_string(),
+        )
+    };
+    let mut y = String::from(
+        "# generated by abra-standin: abra's labels on the app service\nversion: \"3.8\"\nservices:\n  app:\n    deploy:\n      labels:\n",
+    );
+    for (k, v) in labels {
+        y.push_str(&format!("        {}: {}\n", scalar(k)?, scalar(v)?));
+    }
+    Ok(y)
+}
+
+/// A temporary file removed when dropped.
+struct TempFile {
+    path: PathBuf,
+}
+
+impl TempFile {
+    fn write(text: &str) -> Result<TempFile> {
+        let path = std::env::temp_dir().join(format!(
+            "abra-standin-labels-{}-{}.yml",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        state::write(&path, text)?;
+        Ok(TempFile { path })
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// A label of a deployed service, if the service and label exist.
+fn deployed_label(service: &str, key: &str) -> Result<Option<String>> {
+    let ids = docker::lines(
+        &docker([
+            "service",
+            "ls",
+            "-q",
+            "--filter",
+            &format!("name={service}"),
+        ])
+        .run()?,
+    );
+    let services: Vec<docker::Service> = docker::inspect("service", &ids)?;
+    Ok(services
+        .into_iter()
+        .find(|s| s.spec.name == service)
+        .and_then(|s| s.labels().get(key).cloned()))
+}
+
+/// When each service's current update status began, to tell this deploy's updates from old ones.
+fn update_starts(stack: &str) -> Result<HashMap<String, Option<String>>> {
+    Ok(docker::stack_services(stack)?
+        .into_iter()
+        .map(|s| {
+            let started = s.update_status.and_then(|u| u.started_at);
+            (s.spec.name, started)
+        })
+        .collect())
+}
+
+fn snapshot(stack: &str, before: &HashMap<String, Option<String>>) -> Result<Vec<ServiceView>> {
+    let services = docker::stack_services(stack)?;
+    let ids: Vec<String> = services.iter().map(|s| s.id.clone()).collect();
+    let tasks = docker::service_tasks(&ids)?;
+    let container_ids: Vec<String> = tasks
+        .iter()
+        .filter(|t| matches!(t.status.state.as_str(), "starting" | "running"))
+        .filter_map(|t| t.status.container_status.as_ref()?.container_id.clone())
+        .filter(|c| !c.is_empty())
+        .collect();
+    let health: HashMap<String, String> =
+        docker::inspect::<Container>("container", &container_ids)?
+            .into_iter()
+            .filter_map(|c| Some((c.id, c.state.health?.status)))
+            .collect();
+    let nodes = docker::lines(&docker(["node", "ls", "-q"]).run()?).len() as u64;
+    Ok(services
+        .into_iter()
+        .map(|s| {
+            let update = s.update_status.clone().unwrap_or_default();
+            let update_is_new = update.started_at.is_some()
+                && before.get(&s.spec.name).cloned().flatten() != update.started_at;
+            ServiceView {
+                name: s.spec.name.clone(),
+                desired: s.replicas().unwrap_or(nodes),
+                update_state: update.state,
+                update_message: update.message,
+                update_is_new,
+                tasks: tasks
+                    .iter()
+                    .filter(|t| t.service_id == s.id)
+                    .map(|t| {
+                        let cid = t
+                            .status
+                            .container_status
+                            .as_ref()
+                            .and_then(|c| c.container_id.clone());
+                        TaskView {
+                            id: t.id.clone(),
+                            desired_state: t.desired_state.clone(),
+                            state: t.status.state.clone(),
+                            error: t.status.err.clone(),
+                            message: t.status.message.clone(),
+                            health: cid.and_then(|c| health.get(&c).cloned()),
+                            timestamp: t.status.timestamp.clone(),
+                        }
+                    })
+                    .collect(),
+            }
+        })
+        .collect())
+}
+
+fn wait_converged(
+    stack: &str,
+    before: &HashMap<String, Option<String>>,
+    started: Instant,
+    timeout: Duration,
+) -> Result<()> {
+    loop {
+        let verdict = converge::judge(&snapshot(stack, before)?);
+        match verdict {
+            Verdict::Converged => return Ok(()),
+            Verdict::Failed(why) => bail!("deploy of {stack} failed: {why}"),
+            Verdict::Waiting(why) => {
+                if started.elapsed() >= timeout {
+                    bail!(
+                        "{stack} did not converge within {}s (timeout label coop-cloud.{stack}.timeout or the default 300s): {why}",
+                        timeout.as_secs()
+                    );
+                }
+            }
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+pub fn undeploy(dir: &AbraDir, domain: &str) -> Result<()> {
+    dir.env_file(domain)?;
+    let stack = stack_name(domain);
+    let objects = remaining(&stack)?;
+    if objects.is_empty() {
+        bail!("app `{domain}` is not deployed");
+    }
+    let out = docker(["stack", "rm", &stack]).output()?;
+    print!("{}", out.stdout);
+    // Removing networks can race with containers still stopping; that is retried below.
+    if !out.success && !out.stderr.contains("network") {
+        bail!("`docker stack rm {stack}` failed: {}", out.stderr.trim());
+    }
+    let started = Instant::now();
+    loop {
+        let left = remaining(&stack)?;
+        if left.is_empty() {
+            println!(
+                "{domain} undeployed in {:.1}s (volumes and secrets are kept)",
+                started.elapsed().as_secs_f64()
+            );
+            return Ok(());
+        }
+        let only_networks = left.iter().all(|o| o.starts_with("network "));
+        if only_networks {
+            for o in &left {
+                if let Some(n) = o.strip_prefix("network ") {
+                    let _ = docker(["network", "rm", n]).output();
+                }
+            }
+        }
+        if started.elapsed() >= UNDEPLOY_TIMEOUT {
+            bail!(
+                "{stack} was not gone {}s after `docker stack rm`; still there: {}",
+                UNDEPLOY_TIMEOUT.as_secs(),
+                left.join(", ")
+            );
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Objects of a stack that `docker stack rm` removes, and its containers.
+fn remaining(stack: &str) -> Result<Vec<String>> {
+    let mut left = Vec::new();
+    left.extend(
+        docker::stack_service_ids(stack)?
+            .into_iter()
+            .map(|s| format!("service {s}")),
+    );
+    left.extend(
+        docker::stack_container_ids(stack)?
+            .into_iter()
+            .map(|c| format!("container {}", &c[..c.len().min(12)])),
+    );
+    left.extend(
+        docker::stack_config_names(stack)?
+            .into_iter()
+            .map(|c| format!("config {c}")),
+    );
+    left.extend(
+        docker::stack_network_names(stack)?
+            .into_iter()
+            .map(|n| format!("network {n}")),
+    );
+    Ok(left)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_file_targets_app_deploy_labels() {
+        let mut l = BTreeMap::new();
+        l.insert("coop-cloud.s.version".to_string(), "1.0.0+1.0".to_string());
+        l.insert("coop-cloud.s.chaos".to_string(), "false".to_string());
+        let y = labels_yaml(&l).unwrap();
+        let doc: serde_yaml::Value = serde_yaml::from_str(&y).unwrap();
+        let labels = &doc["services"]["app"]["deploy"]["labels"];
+        assert_eq!(labels["coop-cloud.s.version"].as_str(), Some("1.0.0+1.0"));
+        assert_eq!(labels["coop-cloud.s.chaos"].as_str(), Some("false"));
+        assert_eq!(doc["version"].as_str(), Some("3.8"));
+    }
+
+    #[test]
+    fn compose_file_list_is_checked() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("compose.yml"), "services: {}\n").unwrap();
+        std::fs::write(d.path().join("compose.x.yml"), "services: {}\n").unwrap();
+        let f = compose_files("TYPE=r\n", d.path()).unwrap();
+        assert_eq!(f, vec![d.path().join("compose.yml")]);
+        let f = compose_files("COMPOSE_FILE=\"compose.yml:compose.x.yml\"\n", d.path()).unwrap();
+        assert_eq!(f.len(), 2);
+        let e = compose_files("COMPOSE_FILE=compose.yml:compose.nope.yml\n", d.path()).unwrap_err();
+        assert!(e.to_string().contains("compose.nope.yml"), "{e}");
+    }
+
+    #[test]
+    fn malformed_compose_is_named() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("compose.yml");
+        std::fs::write(&p, "services:\n  app:\n    ports: [ \"1:2\"\n").unwrap();
+        let e = service_names(&p).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("compose.yml is not valid YAML"),
+            "{e:#}"
+        );
+        std::fs::write(&p, "services:\n  app: {}\n  db: {}\n").unwrap();
+        assert_eq!(service_names(&p).unwrap(), vec!["app", "db"]);
+    }
+}
