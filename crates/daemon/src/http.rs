@@ -400,6 +400,7 @@ async fn decide(
         Err(e) => return (StatusCode::BAD_REQUEST, e),
     };
     match delivery_kind {
+        Delivery::Unhandled(reason) => (StatusCode::OK, format!("ignored: {reason}")),
         Delivery::Ignored(reason) => (
             StatusCode::UNPROCESSABLE_ENTITY,
             format!("ignored: {reason}"),

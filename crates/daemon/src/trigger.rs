@@ -117,8 +117,12 @@ pub enum Delivery {
         head_sha: String,
         closed: bool,
     },
-    /// Understood, but nothing to do (the reason is returned to the sender).
+    /// A comment or pull-request event that does not concern cc-ci (the reason is returned to
+    /// the sender with a 4xx).
     Ignored(String),
+    /// An event cc-ci does not use at all, e.g. the `push` of the forge's "Test delivery"
+    /// button: acknowledged with a 2xx so that a working hook looks working.
+    Unhandled(String),
 }
 
 #[derive(Deserialize)]
@@ -246,8 +250,8 @@ pub fn classify(event: &str, body: &[u8]) -> Result<Delivery, String> {
                 closed,
             })
         }
-        other => Ok(Delivery::Ignored(format!(
-            "event `{other}` is not handled (subscribe to issue comments and pull request synchronisation)"
+        other => Ok(Delivery::Unhandled(format!(
+            "event `{other}` is not used by cc-ci (it needs pull request comments and pull request synchronisation)"
         ))),
     }
 }
@@ -394,7 +398,7 @@ mod tests {
         assert!(classify("issue_comment", b"not json").is_err());
         assert!(matches!(
             classify("push", b"{}").unwrap(),
-            Delivery::Ignored(_)
+            Delivery::Unhandled(_)
         ));
     }
 
