@@ -710,3 +710,42 @@ async fn live_log_follow_streams_until_the_run_ends() {
     assert!(rest.contains("run finished: pass"), "{got}{rest}");
     d.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unix_socket_listener_and_slow_senders() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = Env::new().await;
+    let sock = env.dir.path().join("cc-ci.sock");
+    // A stale socket file from an earlier daemon is replaced.
+    drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+    let mut config = env.config.clone();
+    config.daemon.listen = sock.display().to_string();
+    config.daemon.request_timeout_secs = 1;
+    let d = cc_ci_daemon::Daemon::start(config, env.options())
+        .await
+        .unwrap();
+    assert!(d.local_addr().is_none());
+    let mut s = tokio::net::UnixStream::connect(&sock).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+
+    // A body that never completes is cut off after request_timeout_secs with 408.
+    let mut s = tokio::net::UnixStream::connect(&sock).await.unwrap();
+    s.write_all(
+        b"POST /hooks/gitea HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\nX-Gitea-Event: issue_comment\r\n\r\n{\"a\"",
+    )
+    .await
+    .unwrap();
+    let mut buf = vec![0u8; 512];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .expect("no answer to a stalled body")
+        .unwrap();
+    let out = String::from_utf8_lossy(&buf[..n]);
+    assert!(out.starts_with("HTTP/1.1 408"), "{out}");
+    d.shutdown().await;
+}
