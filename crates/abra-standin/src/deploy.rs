@@ -1,4 +1,18 @@
 //! `app deploy` and `app undeploy`: the stack on the swarm, abra's labels, waiting for convergence.
+//!
+//! Choices (where real abra's are unconfirmed):
+//! - version: the argument, else the version pinned in the env file's `TYPE=<recipe>:<version>`,
+//!   else the latest release tag; a release deploy checks that version out and refuses a checkout
+//!   with untracked or modified files. `--chaos` deploys the checkout as it is and takes no version.
+//! - labels go on the `app` service only (none when the recipe has no `app`), through a generated
+//!   compose file passed as the last `-c`: `coop-cloud.<stack>.version` (chaos: the deployed
+//!   value is kept, else the nearest tag, else `unknown`), `.chaos`, `.recipe`, and for chaos
+//!   `.chaos-version` = the first 8 hex digits of HEAD (never a `+U` suffix).
+//! - after convergence the env file's first line becomes `TYPE=<recipe>:<version>`; for chaos
+//!   `TYPE=<recipe>:<8 hex of HEAD>`, with `+U` appended when the checkout had uncommitted changes.
+//! - compose interpolation sees the process environment, the env file, the `export X=Y` lines of
+//!   `abra.sh` (parsed, not run), `STACK_NAME` and `DOMAIN`.
+//! - converge timeout: the deployed app's `coop-cloud.<stack>.timeout` label, else 300 s.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

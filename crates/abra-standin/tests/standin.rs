@@ -1,0 +1,350 @@
+//! The stand-in's behaviour on the real swarm (run `scripts/setup-swarm` first). Each test uses its
+//! own `ABRA_DIR` and a unique domain, and removes what it created even when it fails.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{App, BIN, docker, git};
+
+#[test]
+fn refuses_to_run_without_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        &["recipe", "versions", "web"][..],
+        &["-n", "server", "add", "--local"],
+    ] {
+        let out = Command::new(BIN)
+            .args(args)
+            .env("ABRA_DIR", dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("inappropriate ioctl for device"), "{err}");
+        assert!(out.stdout.is_empty());
+    }
+    // Nothing was created: the refusal comes before any work.
+    assert!(!dir.path().join("servers").exists());
+    // --help explains what it is, terminal or not.
+    let help = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(String::from_utf8_lossy(&help.stdout).contains("TEST SUPPORT ONLY"));
+}
+
+#[test]
+fn app_new_env_secrets_versions_and_removal() {
+    let app = App::new("web", "new");
+    // `-n` is accepted anywhere.
+    let versions = app.ok(&["-n", "recipe", "versions", "web"]);
+    assert_eq!(
+        versions.lines().collect::<Vec<_>>(),
+        vec!["1.0.0+1.0", "1.1.0+1.1"]
+    );
+
+    let secrets = app.new_app();
+    assert_eq!(secrets.len(), 1, "{secrets:?}");
+    let (name, value) = &secrets[0];
+    assert_eq!(name, "api_key");
+    assert_eq!(value.len(), 24, "length= comment honoured");
+    assert!(value.chars().all(|c| c.is_ascii_alphanumeric()));
+    docker(&["secret", "inspect", &format!("{}_api_key_v1", app.stack)]);
+
+    let env = app.env_text();
+    assert!(env.starts_with("TYPE=web\n"), "{env}");
+    assert!(env.contains(&format!("\nDOMAIN={}\n", app.domain)), "{env}");
+    assert!(env.contains("SECRET_API_KEY_VERSION=v1"), "{env}");
+    // The checkout moved to the latest release, detached.
+    assert_eq!(
+        git(&app.recipe_dir(), &["rev-parse", "HEAD"]),
+        git(&app.recipe_dir(), &["rev-parse", "1.1.0+1.1^{commit}"])
+    );
+
+    let again = app.fails(&[
+        "app",
+        "new",
+        "web",
+        "--server",
+        "default",
+        "--domain",
+        &app.domain,
+    ]);
+    assert!(again.contains("already exists"), "{again}");
+    let missing = app.fails(&[
+        "app", "new", "nope", "--server", "default", "--domain", "x.test",
+    ]);
+    assert!(missing.contains("not checked out"), "{missing}");
+
+    // COMPOSE_FILE is honoured: a file it names must exist.
+    std::fs::write(
+        app.env_file(),
+        format!("{env}COMPOSE_FILE=\"compose.yml:compose.missing.yml\"\n"),
+    )
+    .unwrap();
+    let bad = app.fails(&["app", "deploy", &app.domain, "-n"]);
+    assert!(bad.contains("compose.missing.yml"), "{bad}");
+
+    app.ok(&["app", "secret", "rm", "--all", &app.domain, "-n"]);
+    app.ok(&["app", "rm", &app.domain, "-f", "-n"]);
+    assert!(!app.env_file().exists());
+    assert_eq!(app.leftovers(), Vec::<String>::new());
+}
+
+#[test]
+fn deploy_release_then_chaos_labels_type_line_and_teardown() {
+    let app = App::new("web", "dep");
+    app.new_app();
+    let d = app.domain.as_str();
+
+    app.ok(&["app", "deploy", d, "1.0.0+1.0", "-n"]);
+    assert_eq!(app.label("app", "version").as_deref(), Some("1.0.0+1.0"));
+    assert_eq!(app.label("app", "chaos").as_deref(), Some("false"));
+    assert_eq!(app.label("app", "recipe").as_deref(), Some("web"));
+    assert_eq!(app.label("app", "chaos-version"), None);
+    assert_eq!(app.label("app", "timeout").as_deref(), Some("60"));
+    assert!(app.env_text().starts_with("TYPE=web:1.0.0+1.0\n"));
+    assert!(
+        app.exec("app", "wget -q -O- http://127.0.0.1/")
+            .contains("version 1")
+    );
+    // abra.sh's PAGE_VERSION named the config.
+    docker(&["config", "inspect", &format!("{}_page_v1", app.stack)]);
+
+    // Untracked files stop a release deploy, not a chaos one.
+    let repo = app.recipe_dir();
+    git(&repo, &["checkout", "-q", "main"]);
+    let head = git(&repo, &["rev-parse", "--short=8", "HEAD"]);
+    std::fs::write(
+        repo.join("compose.extra.yml"),
+        "version: \"3.8\"\nservices:\n  app:\n    deploy:\n      labels:\n        - \"extra=from-compose-file\"\n",
+    )
+    .unwrap();
+    let refused = app.fails(&["app", "deploy", d, "1.1.0+1.1", "-n"]);
+    assert!(
+        refused.contains("compose.extra.yml") && refused.contains("--chaos"),
+        "{refused}"
+    );
+    assert_eq!(app.label("app", "version").as_deref(), Some("1.0.0+1.0"));
+
+    let env = app.env_text();
+    std::fs::write(
+        app.env_file(),
+        format!("{env}COMPOSE_FILE=compose.yml:compose.extra.yml\n"),
+    )
+    .unwrap();
+    app.ok(&["app", "deploy", d, "--chaos", "-n"]);
+    let labels = app.service_labels("app");
+    assert_eq!(labels["extra"], "from-compose-file", "{labels}");
+    assert_eq!(app.label("app", "chaos").as_deref(), Some("true"));
+    assert_eq!(app.label("app", "chaos-version"), Some(head.clone()));
+    // The version label keeps the last release deployed.
+    assert_eq!(app.label("app", "version").as_deref(), Some("1.0.0+1.0"));
+    assert!(
+        app.env_text().starts_with(&format!("TYPE=web:{head}+U\n")),
+        "{}",
+        app.env_text()
+    );
+    assert!(
+        app.exec("app", "wget -q -O- http://127.0.0.1/")
+            .contains("version 2")
+    );
+    docker(&["config", "inspect", &format!("{}_page_v3", app.stack)]);
+
+    let busy = app.fails(&["app", "rm", d, "-f", "-n"]);
+    assert!(busy.contains("still deployed"), "{busy}");
+
+    let started = Instant::now();
+    app.ok(&["app", "undeploy", d, "-n"]);
+    let left = app.leftovers();
+    assert!(
+        left.iter()
+            .all(|o| o.starts_with("volume ") || o.starts_with("secret ")),
+        "undeploy keeps only volumes and secrets: {left:?}"
+    );
+    assert!(left.iter().any(|o| o.starts_with("volume ")), "{left:?}");
+    assert!(started.elapsed() < Duration::from_secs(60));
+    let again = app.fails(&["app", "undeploy", d, "-n"]);
+    assert!(again.contains("not deployed"), "{again}");
+
+    app.ok(&["app", "volume", "rm", d, "-f", "-n"]);
+    app.ok(&["app", "secret", "rm", "--all", d, "-n"]);
+    app.ok(&["app", "rm", d, "-f", "-n"]);
+    assert_eq!(app.leftovers(), Vec::<String>::new());
+}
+
+#[test]
+fn unhealthy_deploy_fails_at_the_timeout_label_naming_the_service() {
+    let app = App::new("web-unhealthy", "unh");
+    app.new_app();
+    git(&app.recipe_dir(), &["checkout", "-q", "main"]);
+    let started = Instant::now();
+    let out = app.fails(&["app", "deploy", &app.domain, "--chaos", "-n"]);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(15) && took < Duration::from_secs(40),
+        "{took:?}"
+    );
+    assert!(
+        out.contains("did not converge within 15s") && out.contains(&format!("{}_app", app.stack)),
+        "{out}"
+    );
+    // A failed deploy records no version.
+    assert!(app.env_text().starts_with("TYPE=web-unhealthy\n"));
+}
+
+#[test]
+fn upgrade_that_swarm_rolls_back_fails_and_keeps_the_old_labels() {
+    let app = App::new("web-upgrade-broken", "ubr");
+    app.new_app();
+    app.ok(&["app", "deploy", &app.domain, "-n"]);
+    assert_eq!(app.label("app", "version").as_deref(), Some("1.0.0+1.0"));
+    git(&app.recipe_dir(), &["checkout", "-q", "main"]);
+    let out = app.fails(&["app", "deploy", &app.domain, "--chaos", "-n"]);
+    assert!(out.contains("rolled back") && out.contains("_app"), "{out}");
+    assert_eq!(app.label("app", "chaos-version"), None);
+    assert!(
+        app.env_text()
+            .starts_with("TYPE=web-upgrade-broken:1.0.0+1.0\n")
+    );
+}
+
+#[test]
+fn main_service_not_called_app_gets_no_labels() {
+    let app = App::new("web-nolabel", "nol");
+    app.new_app();
+    let out = app.ok(&["app", "deploy", &app.domain, "-n"]);
+    assert!(out.contains("no `app` service"), "{out}");
+    let labels = app.service_labels("web");
+    let keys: Vec<&String> = labels.as_object().unwrap().keys().collect();
+    assert!(
+        !keys.iter().any(|k| k.starts_with("coop-cloud.")),
+        "{keys:?}"
+    );
+    let bad = App::new("web-badcompose", "bad");
+    bad.new_app();
+    let out = bad.fails(&["app", "deploy", &bad.domain, "-n"]);
+    assert!(out.contains("compose.yml is not valid YAML"), "{out}");
+    assert_eq!(
+        bad.leftovers()
+            .iter()
+            .filter(|o| !o.starts_with("secret "))
+            .count(),
+        0
+    );
+}
+
+fn last_line(s: &str) -> String {
+    s.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn backup_and_restore_run_hooks_and_bring_data_back() {
+    let app = App::new("two-service", "two");
+    app.new_app();
+    let d = app.domain.as_str();
+    app.ok(&["app", "deploy", d, "-n"]);
+    app.exec(
+        "db",
+        "echo 'row 2' >> /var/lib/db/data/rows; echo one > /var/lib/db/canary",
+    );
+    app.exec("app", "echo one > /data/canary");
+
+    let first = app.ok(&["app", "backup", "create", d, "-n"]);
+    assert!(
+        first.contains(&format!("backupbot.backup.pre-hook in {}_db", app.stack)),
+        "{first}"
+    );
+    let first = last_line(&first);
+    let files = app.ok(&["app", "backup", "ls", d, "--snapshot", &first, "-n"]);
+    let files: Vec<&str> = files
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    for want in [
+        "data/canary",
+        "data/site.txt",
+        "db/canary",
+        "db/data/rows",
+        "db/dump/rows.dump",
+    ] {
+        assert!(files.contains(&want), "{want} missing from {files:?}");
+    }
+    let snap = app.abra_dir.path().join("backups").join(d).join(&first);
+    let dump = std::fs::read_to_string(snap.join("db/dump/rows.dump")).unwrap();
+    assert!(dump.contains("row 2"), "pre-hook dumped the rows: {dump}");
+
+    app.exec("app", "echo two > /data/canary");
+    let second = last_line(&app.ok(&["app", "backup", "create", d, "-n"]));
+    let list = app.ok(&["app", "backup", "list", d, "-n"]);
+    assert_eq!(
+        list.split_whitespace().collect::<Vec<_>>(),
+        vec![first.as_str(), second.as_str()]
+    );
+
+    app.exec("app", "echo three > /data/canary; rm /data/site.txt");
+    app.exec(
+        "db",
+        "echo corrupt > /var/lib/db/data/rows; echo three > /var/lib/db/canary",
+    );
+    let out = app.ok(&["app", "restore", d, "--snapshot", &first, "-n"]);
+    assert!(
+        out.contains(&format!("backupbot.restore.post-hook in {}_db", app.stack)),
+        "{out}"
+    );
+    assert_eq!(app.exec("app", "cat /data/canary").trim(), "one");
+    assert!(
+        app.exec("app", "cat /data/site.txt")
+            .contains("site created")
+    );
+    assert_eq!(app.exec("db", "cat /var/lib/db/canary").trim(), "one");
+    assert!(
+        app.exec("db", "cat /var/lib/db/data/rows")
+            .contains("row 2")
+    );
+
+    app.ok(&["app", "restore", d, "-n"]);
+    assert_eq!(app.exec("app", "cat /data/canary").trim(), "two");
+}
+
+#[test]
+fn backup_label_errors_and_empty_snapshots() {
+    let missing = App::new("web-backup-missing-volume", "bmv");
+    missing.new_app();
+    missing.ok(&["app", "deploy", &missing.domain, "-n"]);
+    let out = missing.fails(&["app", "backup", "create", &missing.domain, "-n"]);
+    assert!(out.contains("`uploads`") && out.contains("data"), "{out}");
+    assert_eq!(
+        missing
+            .ok(&["app", "backup", "list", &missing.domain])
+            .trim(),
+        ""
+    );
+
+    let empty = App::new("web-backup-empty", "bem");
+    empty.new_app();
+    empty.ok(&["app", "deploy", &empty.domain, "-n"]);
+    let out = empty.ok(&["app", "backup", "create", &empty.domain, "-n"]);
+    assert!(out.contains("holds no files"), "{out}");
+    let id = last_line(&out);
+    assert_eq!(
+        empty
+            .ok(&["app", "backup", "ls", &empty.domain, "--snapshot", &id])
+            .trim(),
+        ""
+    );
+    let none = empty.fails(&["app", "backup", "ls", &empty.domain, "--snapshot", "nope"]);
+    assert!(none.contains("no snapshot"), "{none}");
+
+    // No stack, no backup.
+    let web = App::new("web", "nob");
+    web.new_app();
+    let out = web.fails(&["app", "backup", "create", &web.domain, "-n"]);
+    assert!(out.contains("not deployed"), "{out}");
+}
