@@ -43,9 +43,17 @@ pub struct Head {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct PullRequest {
+    /// Absent in some minimal API answers; the single-PR call fills it from the request.
+    #[serde(default)]
     pub number: i64,
+    /// `open` | `closed`; absent is taken as open.
+    #[serde(default = "open")]
     pub state: String,
     pub head: Head,
+}
+
+fn open() -> String {
+    "open".into()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -198,7 +206,9 @@ impl Forge {
         let what = format!("reading pull request {repo}#{pr}");
         let url = format!("{}/repos/{repo}/pulls/{pr}", self.api);
         let (_, body) = self.call(&what, |c| c.get(&url)).await?;
-        Self::decode(&what, &body)
+        let mut p: PullRequest = Self::decode(&what, &body)?;
+        p.number = pr;
+        Ok(p)
     }
 
     pub async fn open_pull_requests(&self, repo: &str) -> Result<Vec<PullRequest>, ForgeError> {
@@ -213,7 +223,11 @@ impl Forge {
             let (_, body) = self.call(&what, |c| c.get(&url)).await?;
             let batch: Vec<PullRequest> = Self::decode(&what, &body)?;
             let n = batch.len();
-            out.extend(batch);
+            out.extend(
+                batch
+                    .into_iter()
+                    .filter(|p| p.number > 0 && p.state == "open"),
+            );
             if n < LIMIT {
                 break;
             }
