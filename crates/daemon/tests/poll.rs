@@ -56,7 +56,7 @@ async fn polling_triggers_on_new_comments_only_and_follows_head_changes() {
     // A hanging run is superseded when the poll sees a new head.
     env.set_mode(None, "hang");
     env.gitea.add_comment("coop/web", 1, "alice", "!testme");
-    env.wait_comment(2, "⏳ running").await;
+    env.wait_hanging(2).await;
     env.gitea.set_head("coop/web", 1, SHA2);
     let c = env.wait_comment(2, "🛑 cancelled").await;
     assert!(c.body.contains("new commits"), "{}", c.body);

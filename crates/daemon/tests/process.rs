@@ -238,7 +238,8 @@ fn socket_activation() {
         let (code, body) = comment(addr, "coop/web", 2, 301, "alice", "!testme").await;
         assert_eq!(code, 202, "{body}");
         eventually("STATUS=running 1, queued 0", 10, || has("STATUS=running 1, queued 0").then_some(()), || state(&env, Some(&msgs))).await;
-        let run_pid = eventually("run 2 to start", 10, || run_pid(&env.marks(), 2), || state(&env, Some(&msgs))).await;
+        env.wait_hanging(2).await;
+        let run_pid = run_pid(&env.marks(), 2).unwrap();
 
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         eventually("STOPPING=1", 10, || has("STOPPING=1").then_some(()), || state(&env, Some(&msgs))).await;

@@ -288,7 +288,13 @@ async fn replays_and_non_triggers_get_4xx_and_nothing_else() {
     .await;
     assert_eq!(code, 409);
     env.wait_comment(1, "running").await;
-    let runs = read(&env.marks().join("runs.log"));
+    let runs = eventually(
+        "the run process to start",
+        10,
+        || Some(read(&env.marks().join("runs.log"))).filter(|r| !r.is_empty()),
+        || env.state(),
+    )
+    .await;
     assert_eq!(runs.lines().count(), 1, "{runs}");
     let (code, list) = get(addr, "/runs").await;
     assert_eq!(code, 200);
@@ -434,6 +440,7 @@ async fn new_trigger_supersedes_the_running_run() {
         202
     );
     env.wait_comment(1, "⏳ running").await;
+    env.wait_hanging(1).await;
     assert_eq!(
         comment(addr, "coop/web", 1, 121, "alice", "!testme")
             .await
@@ -522,8 +529,8 @@ async fn deadline_and_operator_cancel_tear_the_run_down() {
             .0,
         202
     );
-    env.wait_comment(1, "⏳ running").await;
-    env.wait_comment(2, "⏳ running").await;
+    env.wait_hanging(1).await;
+    env.wait_hanging(2).await;
 
     let mut out = Vec::new();
     cc_ci_daemon::queue(&config, false, &mut out).unwrap();
@@ -605,6 +612,7 @@ async fn queued_trigger_and_interrupted_run_survive_a_restart() {
         202
     );
     let before = env.wait_comment(1, "⏳ running").await;
+    env.wait_hanging(1).await;
     assert_eq!(
         comment(addr, "coop/other", 5, 151, "alice", "!testme")
             .await
@@ -637,8 +645,11 @@ async fn queued_trigger_and_interrupted_run_survive_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forge_outage_delays_reports_but_loses_none() {
     let env = Env::new().await;
+    env.set_mode(None, "gated");
+    env.gate();
     let d = env.start().await;
     let addr = d.local_addr().unwrap();
+    // One failed status post is retried within the call.
     env.gitea.state.lock().unwrap().fail_statuses = 1;
     assert_eq!(
         comment(addr, "coop/web", 1, 160, "alice", "!testme")
@@ -647,8 +658,10 @@ async fn a_forge_outage_delays_reports_but_loses_none() {
         202
     );
     env.wait_status(SHA, "pending", "").await;
-    env.gitea.state.lock().unwrap().down = true;
+    env.wait_comment(1, "⏳ running").await;
     // While the forge is down the run finishes; the result waits in the store.
+    env.gitea.state.lock().unwrap().down = true;
+    env.release().await;
     eventually(
         "run 1 to finish",
         20,
@@ -663,7 +676,11 @@ async fn a_forge_outage_delays_reports_but_loses_none() {
         || env.state(),
     )
     .await;
-    assert!(env.gitea.statuses().iter().all(|s| s.state == "pending"));
+    assert!(
+        env.gitea.statuses().iter().all(|s| s.state == "pending"),
+        "{}",
+        env.state()
+    );
     env.gitea.state.lock().unwrap().down = false;
     env.wait_status(SHA, "success", "passed").await;
     env.wait_comment(1, "✅ pass").await;

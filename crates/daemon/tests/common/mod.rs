@@ -519,8 +519,8 @@ case "$mode" in
   pass) report pass "$(tier install pass)" run.json; echo "| install | pass |"; exit 0;;
   fail) report fail "$(tier install fail 'service web never became healthy')" run.json; exit 1;;
   infra) echo "docker engine unreachable at /var/run/docker.sock" >&2; exit 3;;
-  hang) trap 'echo "term $id" >> "$MARK/term.log"; exit 143' TERM; sleep 1000 & wait $!;;
-  stubborn) trap 'echo "ignored term $id" >> "$MARK/term.log"' TERM; while :; do sleep 1000 & wait $!; done;;
+  hang) trap 'echo "term $id" >> "$MARK/term.log"; exit 143' TERM; echo "$id" >> "$MARK/hanging"; sleep 1000 & wait $!;;
+  stubborn) trap 'echo "ignored term $id" >> "$MARK/term.log"' TERM; echo "$id" >> "$MARK/hanging"; while :; do sleep 1000 & wait $!; done;;
   gated) trap 'echo "term $id" >> "$MARK/term.log"; exit 143' TERM; read -r line < "$MARK/go"; report pass "$(tier install pass)" run.json; exit 0;;
 esac
 exit 2
@@ -607,6 +607,39 @@ impl Env {
             None => "mode".into(),
         };
         std::fs::write(self.marks().join(name), mode).unwrap();
+    }
+
+    /// Wait until run `id` hangs with its SIGTERM handler in place (`hang`, `stubborn`).
+    pub async fn wait_hanging(&self, id: i64) {
+        let file = self.marks().join("hanging");
+        eventually(
+            &format!("run {id} to hang"),
+            20,
+            || {
+                read(&file)
+                    .lines()
+                    .any(|l| l == id.to_string())
+                    .then_some(())
+            },
+            || self.state(),
+        )
+        .await
+    }
+
+    /// Make `gated` runs wait until [`Env::release`].
+    pub fn gate(&self) {
+        let fifo = self.marks().join("go");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    }
+
+    /// Let one waiting `gated` run finish (blocks until it reads).
+    pub async fn release(&self) {
+        let fifo = self.marks().join("go");
+        tokio::task::spawn_blocking(move || std::fs::write(fifo, "go\n"))
+            .await
+            .unwrap()
+            .unwrap();
     }
 
     pub fn options(&self) -> ServeOptions {
