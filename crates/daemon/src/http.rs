@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Frame, Incoming};
-use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap};
+use hyper::header::{CONTENT_TYPE, HeaderMap};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -313,6 +313,29 @@ fn log(shared: Arc<Shared>, id: i64, follow: bool) -> Response<Body> {
     r
 }
 
+/// Read a body of at most `max` bytes. A larger one is read on and discarded up to 16 × `max`
+/// so that the sender, still sending, gets the 413 instead of a reset connection.
+async fn read_body(mut body: Incoming, max: usize) -> Result<Bytes, StatusCode> {
+    let mut buf = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| StatusCode::BAD_REQUEST)?;
+        if let Ok(data) = frame.into_data() {
+            seen = seen.saturating_add(data.len());
+            if seen <= max {
+                buf.extend_from_slice(&data);
+            } else if seen > max.saturating_mul(16) {
+                break;
+            }
+        }
+    }
+    if seen > max {
+        Err(StatusCode::PAYLOAD_TOO_LARGE)
+    } else {
+        Ok(buf.freeze())
+    }
+}
+
 fn header(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get(name)
@@ -324,28 +347,15 @@ fn header(headers: &HeaderMap, name: &str) -> Option<String> {
 async fn webhook(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     let max = shared.config.daemon.max_body_bytes;
     let headers = req.headers().clone();
-    if let Some(len) =
-        header(&headers, CONTENT_LENGTH.as_str()).and_then(|l| l.parse::<usize>().ok())
-        && len > max
-    {
-        return text(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("body larger than {max} bytes"),
-        );
-    }
     let timeout = Duration::from_secs(shared.config.daemon.request_timeout_secs);
-    let body =
-        match tokio::time::timeout(timeout, Limited::new(req.into_body(), max).collect()).await {
-            Err(_) => return text(StatusCode::REQUEST_TIMEOUT, "body not received in time"),
-            Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
-                return text(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("body larger than {max} bytes"),
-                );
-            }
-            Ok(Err(_)) => return text(StatusCode::BAD_REQUEST, "cannot read the body"),
-            Ok(Ok(c)) => c.to_bytes(),
-        };
+    let body = match tokio::time::timeout(timeout, read_body(req.into_body(), max)).await {
+        Err(_) => return text(StatusCode::REQUEST_TIMEOUT, "body not received in time"),
+        Ok(Err(status)) if status == StatusCode::PAYLOAD_TOO_LARGE => {
+            return text(status, format!("body larger than {max} bytes"));
+        }
+        Ok(Err(status)) => return text(status, "cannot read the body"),
+        Ok(Ok(b)) => b,
+    };
     let delivery =
         header(&headers, "x-forgejo-delivery").or_else(|| header(&headers, "x-gitea-delivery"));
     let (status, msg) = decide(&shared, &headers, &body, delivery.as_deref()).await;

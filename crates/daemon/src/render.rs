@@ -125,10 +125,14 @@ fn tier_table(
     out
 }
 
-fn footer(run: &RunRow, links: &Links, log_word: &str) -> String {
+/// `log_word`: None when the text above already links the log.
+fn footer(run: &RunRow, links: &Links, log_word: Option<&str>) -> String {
+    let log = log_word
+        .map(|w| format!(" · [{w}]({})", links.log_url))
+        .unwrap_or_default();
     format!(
-        "\nRun [#{}]({}) · requested by @{} · [{log_word}]({})\n<!-- cc-ci run {} -->\n",
-        run.id, links.run_url, run.user, links.log_url, run.id
+        "\nRun [#{}]({}) · requested by @{}{log}\n<!-- cc-ci run {} -->\n",
+        run.id, links.run_url, run.user, run.id
     )
 }
 
@@ -159,7 +163,7 @@ pub fn comment(
             if run.requeues > 0 {
                 out.push_str("\nRe-queued after the daemon was interrupted.\n");
             }
-            out.push_str(&footer(run, links, "log"));
+            out.push_str(&footer(run, links, Some("log")));
             out
         }
         RunState::Running => {
@@ -168,7 +172,7 @@ pub fn comment(
                 "### cc-ci: ⏳ running — `{recipe}` at `{}`\n\n{}{}",
                 short(&run.head_sha),
                 tier_table(done, &requested, "⏸️ waiting", "⏳ running"),
-                footer(run, links, "live log")
+                footer(run, links, Some("live log"))
             )
         }
         RunState::Done => {
@@ -176,7 +180,7 @@ pub fn comment(
                 && report_agrees(run, r)
             {
                 let mut out = r.summary_markdown(Some(&links.log_url));
-                out.push_str(&footer(run, links, "log"));
+                out.push_str(&footer(run, links, None));
                 return out;
             }
             let headline = match run.verdict {
@@ -212,7 +216,7 @@ pub fn comment(
                 }
                 out.push_str("```\n</details>\n");
             }
-            out.push_str(&footer(run, links, "log"));
+            out.push_str(&footer(run, links, Some("log")));
             out
         }
     }

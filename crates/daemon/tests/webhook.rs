@@ -152,6 +152,7 @@ async fn bad_signatures_get_401_and_nothing_else() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 401);
     // Too large.
+    // Twice the default limit: answered 413 after the sender has sent it all.
     let big = vec![b' '; 2 << 20];
     let (code, _) = deliver(
         addr,
