@@ -527,9 +527,10 @@ in
         Restart = "on-failure";
         RestartSec = "5s";
         # SIGTERM goes to the daemon only: it stops taking runs, gives the running run its grace
-        # period and tears it down. Whatever is left after TimeoutStopSec is killed.
+        # period, then cancels it (another grace period) and tears it down (docs/daemon.md).
+        # Whatever is left after TimeoutStopSec is killed.
         KillMode = "mixed";
-        TimeoutStopSec = "${toString (cancelGraceSecs + 300)}s";
+        TimeoutStopSec = "${toString (2 * cancelGraceSecs + 300)}s";
         LoadCredential = [
           "forge-token:${cfg.forge.tokenFile}"
         ]
