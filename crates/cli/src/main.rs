@@ -1,1 +1,267 @@
-fn main() {}
+//! The `cc-ci` command: `run` (the harness by hand), `teardown`, `gc`, `check-config`, and the
+//! daemon's commands (`serve`, `queue`, `logs`, `cancel`).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use cc_ci_harness::config::Config;
+use cc_ci_harness::engine::Engine;
+use cc_ci_harness::lifecycle::{self, RunOptions, Stage, exit};
+use cc_ci_harness::teardown;
+use clap::{Parser, Subcommand};
+
+mod daemon_cmds;
+
+#[derive(Parser)]
+#[command(
+    name = "cc-ci",
+    version,
+    about = "Continuous integration for Co-op Cloud recipes on Docker Swarm"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Deploy a recipe at a commit with abra and run its tiers on one deployment, then tear down.
+    Run(RunArgs),
+    /// Remove a deployment kept with --keep-on-failure (or stranded) and its run directory.
+    Teardown {
+        /// The app domain printed by the run, e.g. web-1a2b3c.ci.local
+        domain: String,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Remove everything runs that died left behind (stacks, volumes, secrets, run directories).
+    Gc {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a configuration file; errors name the file, key and problem.
+    CheckConfig {
+        file: PathBuf,
+        /// Print every accepted key and exit.
+        #[arg(long)]
+        keys: bool,
+    },
+    #[command(flatten)]
+    Daemon(daemon_cmds::DaemonCommand),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Recipe git repository: a local path or a URL. The recipe name is its last path segment.
+    #[arg(long)]
+    recipe: String,
+    /// Commit, branch or tag to test (default: the repository's HEAD).
+    #[arg(long = "ref")]
+    git_ref: Option<String>,
+    /// Comma-separated tiers: install,upgrade,backup,restore (default: all four).
+    #[arg(long, default_value = "install,upgrade,backup,restore")]
+    stages: String,
+    /// Where run.json, summary.md, junit.xml and diagnostics/ are written.
+    #[arg(long, default_value = "cc-ci-report")]
+    report_dir: PathBuf,
+    /// The abra binary (else CC_CI_ABRA, the config's harness.abra, or abra on PATH).
+    #[arg(long)]
+    abra: Option<String>,
+    /// Configuration file (TOML); see docs/config.md.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Keep a failed deployment for debugging; prints the command that removes it.
+    #[arg(long)]
+    keep_on_failure: bool,
+    /// Skip the generic checks (shown in the report); overlays still run.
+    #[arg(long)]
+    skip_generic: bool,
+    /// Upgrade from this release tag instead of the newest release older than the head.
+    #[arg(long)]
+    base: Option<String>,
+}
+
+fn load_config(path: Option<&Path>) -> Result<Config, ExitCode> {
+    match path {
+        None => Ok(Config::default()),
+        Some(p) => Config::load(p).map_err(|e| {
+            eprintln!("cc-ci: {e}");
+            ExitCode::from(exit::BAD_INPUT as u8)
+        }),
+    }
+}
+
+/// Overlays shipped with cc-ci: `CC_CI_OVERLAYS`, else `overlays/` beside the binary's share
+/// directory (packaged), else the source tree's `overlays/` (development).
+fn shipped_overlays() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("CC_CI_OVERLAYS").filter(|d| !d.is_empty()) {
+        return Some(d.into());
+    }
+    let exe = std::env::current_exe().ok()?;
+    let packaged = exe.parent()?.parent()?.join("share/cc-ci/overlays");
+    if packaged.is_dir() {
+        return Some(packaged);
+    }
+    let dev = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../overlays");
+    dev.is_dir().then_some(dev)
+}
+
+/// Resolves on the first SIGINT or SIGTERM, naming it.
+async fn signalled() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers a run still works; it just cannot clean up on a signal.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
+
+async fn cmd_run(args: RunArgs) -> ExitCode {
+    let stages = match Stage::parse_list(&args.stages) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("cc-ci: --stages: {e}");
+            return ExitCode::from(exit::BAD_INPUT as u8);
+        }
+    };
+    let config = match load_config(args.config.as_deref()) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let opts = RunOptions {
+        recipe_source: args.recipe,
+        git_ref: args.git_ref,
+        stages,
+        report_dir: args.report_dir.clone(),
+        abra: args.abra,
+        config,
+        keep_on_failure: args.keep_on_failure,
+        skip_generic: args.skip_generic,
+        base: args.base,
+        shipped_overlays: shipped_overlays(),
+    };
+    let outcome = lifecycle::run(opts, signalled()).await;
+    if let Some(msg) = &outcome.message {
+        eprintln!("cc-ci: {msg}");
+    }
+    if outcome.report.is_some() {
+        eprintln!("report: {}", args.report_dir.join("run.json").display());
+    }
+    ExitCode::from(outcome.exit_code as u8)
+}
+
+async fn cmd_teardown(domain: String, config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let config = match load_config(config.as_deref()) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let engine = Engine::from_env()?;
+    let left = teardown::teardown_domain(
+        &engine,
+        &lifecycle::work_dir(&config),
+        &domain,
+        &config.harness.domain_suffix,
+        Duration::from_secs(config.harness.converge_timeout_secs.max(60)),
+    )
+    .await
+    .with_context(|| format!("tearing down {domain}"))?;
+    if left.is_empty() {
+        eprintln!("removed {domain}");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("could not remove: {}", left.join(", "));
+        Ok(ExitCode::from(exit::INFRA as u8))
+    }
+}
+
+async fn cmd_gc(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let config = match load_config(config.as_deref()) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let engine = Engine::from_env()?;
+    let work = lifecycle::work_dir(&config);
+    let report = teardown::gc(
+        &engine,
+        &work,
+        &config.harness.domain_suffix,
+        Duration::from_secs(config.harness.converge_timeout_secs.max(60)),
+    )
+    .await
+    .context("garbage collection")?;
+    for d in &report.collected {
+        eprintln!("collected {d}");
+    }
+    for d in &report.alive {
+        eprintln!("alive (left alone) {d}");
+    }
+    eprintln!(
+        "gc: {} collected, {} alive, {} leftovers",
+        report.collected.len(),
+        report.alive.len(),
+        report.leftovers.len()
+    );
+    if report.leftovers.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("could not remove: {}", report.leftovers.join(", "));
+        Ok(ExitCode::from(exit::INFRA as u8))
+    }
+}
+
+fn cmd_check_config(file: &Path, keys: bool) -> ExitCode {
+    if keys {
+        for k in cc_ci_harness::config::known_keys() {
+            println!("{k}");
+        }
+        return ExitCode::SUCCESS;
+    }
+    match Config::load(file) {
+        Ok(_) => {
+            println!("{}: ok", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cc-ci: {e}");
+            ExitCode::from(exit::BAD_INPUT as u8)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cc-ci: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::INFRA as u8);
+        }
+    };
+    let result = rt.block_on(async move {
+        match cli.command {
+            Command::Run(args) => Ok(cmd_run(args).await),
+            Command::Teardown { domain, config } => cmd_teardown(domain, config).await,
+            Command::Gc { config } => cmd_gc(config).await,
+            Command::CheckConfig { file, keys } => Ok(cmd_check_config(&file, keys)),
+            Command::Daemon(cmd) => daemon_cmds::run(cmd).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("cc-ci: {e:#}");
+            ExitCode::from(exit::INFRA as u8)
+        }
+    }
+}

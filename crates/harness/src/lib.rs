@@ -2,8 +2,18 @@
 //! a Docker Swarm node, and the pure decisions behind it.
 //!
 //! I/O lives in [`engine`] (the Docker Engine API), [`abra`] (the abra CLI) and [`recipe`] (git);
-//! what to check and what a result means lives in pure modules ([`checks`], [`report`], [`names`]).
+//! what to check and what a result means lives in pure modules ([`checks`], [`report`], [`names`],
+//! [`overlay`]); [`lifecycle`] puts them together for one run.
 
+pub mod abra;
+pub mod checks;
 pub mod config;
+pub mod engine;
+pub mod lifecycle;
 pub mod names;
+pub mod overlay;
+pub mod recipe;
+pub mod redact;
 pub mod report;
+pub mod teardown;
+pub mod wait;

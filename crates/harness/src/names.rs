@@ -123,6 +123,15 @@ pub fn is_ci_stack(stack: &str, suffix: &str) -> bool {
         && hex.chars().all(|c| c.is_ascii_hexdigit())
 }
 
+/// The cc-ci stack an object name (`<stack>_<rest>`) belongs to, if any: objects abra creates
+/// without the namespace label (secrets) are found this way.
+pub fn ci_stack_of_object(name: &str, suffix: &str) -> Option<String> {
+    let tail = format!("_{}_", stack_name(suffix));
+    let idx = name.find(&tail)?;
+    let stack = &name[..idx + tail.len() - 1];
+    is_ci_stack(stack, suffix).then(|| stack.to_string())
+}
+
 /// Recipe name from a repository path or URL: the last path segment without `.git`.
 pub fn recipe_name_from_source(source: &str) -> String {
     let trimmed = source.trim_end_matches('/');
@@ -180,6 +189,11 @@ mod tests {
         assert!(!is_ci_stack("traefik_example_org", "ci.local"));
         assert!(!is_ci_stack("gite-zzz123_ci_local", "ci.local"));
         assert_eq!(app_domain("--", "x", 1), "app-000001.x");
+        assert_eq!(
+            ci_stack_of_object("gite-abc123_ci_local_db_password_v1", "ci.local").as_deref(),
+            Some("gite-abc123_ci_local")
+        );
+        assert_eq!(ci_stack_of_object("other_db_password_v1", "ci.local"), None);
     }
 
     #[test]

@@ -1,0 +1,448 @@
+//! The recipe under test: its git checkout (I/O through the `git` CLI), and the pure parsing of
+//! what the harness reads from it (`.env.sample`, compose files, release tags).
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecipeError {
+    #[error("cannot run git: {0} (install git)")]
+    GitMissing(String),
+    #[error("`git {args}` failed: {stderr}")]
+    Git { args: String, stderr: String },
+    #[error("recipe source `{0}` is neither an existing directory nor an http(s)/ssh/git URL")]
+    BadSource(String),
+    #[error("ref `{git_ref}` does not exist in the recipe repository {repo}")]
+    UnknownRef { git_ref: String, repo: String },
+    #[error("{file}: {problem}")]
+    Invalid { file: String, problem: String },
+}
+
+/// Accepts a local directory or a remote URL; refuses anything git could read as an option.
+pub fn validate_source(source: &str) -> Result<(), RecipeError> {
+    let remote = ["https://", "http://", "ssh://", "git://", "file://"]
+        .iter()
+        .any(|p| source.starts_with(p))
+        || (source.starts_with("git@") && source.contains(':'));
+    let bad_chars = source.chars().any(|c| c.is_whitespace() || c.is_control());
+    if source.starts_with('-') || bad_chars || !(remote || Path::new(source).is_dir()) {
+        return Err(RecipeError::BadSource(source.into()));
+    }
+    Ok(())
+}
+
+async fn git(dir: Option<&Path>, args: &[&str]) -> Result<String, RecipeError> {
+    let mut cmd = tokio::process::Command::new("git");
+    if let Some(d) = dir {
+        cmd.arg("-C").arg(d);
+    }
+    // Never prompt for credentials: a run has no one to answer.
+    cmd.args(args)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_ASKPASS", "true")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let out = cmd
+        .output()
+        .await
+        .map_err(|e| RecipeError::GitMissing(e.to_string()))?;
+    if !out.status.success() {
+        return Err(RecipeError::Git {
+            args: args.join(" "),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// A clone of the recipe repository inside the run's `ABRA_DIR/recipes/<recipe>`.
+#[derive(Debug, Clone)]
+pub struct Checkout {
+    pub dir: PathBuf,
+    pub source: String,
+}
+
+impl Checkout {
+    pub async fn clone_from(source: &str, dir: &Path) -> Result<Self, RecipeError> {
+        validate_source(source)?;
+        let dest = dir.to_string_lossy().to_string();
+        git(
+            None,
+            &["clone", "--quiet", "--no-checkout", "--", source, &dest],
+        )
+        .await?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            source: source.into(),
+        })
+    }
+
+    /// Resolves a ref (commit, branch, tag, or a forge ref such as `refs/pull/3/head`, fetched on
+    /// demand) to a full commit hash.
+    pub async fn resolve(&self, git_ref: &str) -> Result<String, RecipeError> {
+        let local = [git_ref.to_string(), format!("origin/{git_ref}")];
+        for candidate in &local {
+            if let Ok(sha) = git(
+                Some(&self.dir),
+                &[
+                    "rev-parse",
+                    "--verify",
+                    "--quiet",
+                    &format!("{candidate}^{{commit}}"),
+                ],
+            )
+            .await
+            {
+                return Ok(sha);
+            }
+        }
+        if git(Some(&self.dir), &["fetch", "--quiet", "origin", git_ref])
+            .await
+            .is_ok()
+            && let Ok(sha) = git(
+                Some(&self.dir),
+                &["rev-parse", "--verify", "--quiet", "FETCH_HEAD^{commit}"],
+            )
+            .await
+        {
+            return Ok(sha);
+        }
+        Err(RecipeError::UnknownRef {
+            git_ref: git_ref.into(),
+            repo: self.source.clone(),
+        })
+    }
+
+    /// Checks out a commit or tag (detached) and removes anything not tracked, so a deploy sees
+    /// exactly that tree.
+    pub async fn checkout(&self, rev: &str) -> Result<(), RecipeError> {
+        git(
+            Some(&self.dir),
+            &["checkout", "--quiet", "--force", "--detach", rev],
+        )
+        .await?;
+        git(Some(&self.dir), &["clean", "-qfdx"]).await?;
+        Ok(())
+    }
+
+    /// Release tags of the repository with the commit each points at.
+    pub async fn tags(&self) -> Result<Vec<(String, String)>, RecipeError> {
+        let out = git(
+            Some(&self.dir),
+            &[
+                "for-each-ref",
+                "--format=%(refname:short) %(objectname) %(*objectname)",
+                "refs/tags",
+            ],
+        )
+        .await?;
+        Ok(out
+            .lines()
+            .filter_map(|l| {
+                let mut parts = l.split_whitespace();
+                let tag = parts.next()?;
+                let obj = parts.next()?;
+                // Annotated tags carry the commit in %(*objectname).
+                let commit = parts.next().unwrap_or(obj);
+                Some((tag.to_string(), commit.to_string()))
+            })
+            .collect())
+    }
+
+    pub async fn is_ancestor(&self, ancestor: &str, of: &str) -> Result<bool, RecipeError> {
+        match git(
+            Some(&self.dir),
+            &["merge-base", "--is-ancestor", ancestor, of],
+        )
+        .await
+        {
+            Ok(_) => Ok(true),
+            Err(RecipeError::Git { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The upgrade base: the newest release tag on a commit strictly older than `head`.
+    pub async fn base_release(&self, head: &str) -> Result<Option<String>, RecipeError> {
+        let mut older = Vec::new();
+        for (tag, commit) in self.tags().await? {
+            if parse_version(&tag).is_some()
+                && commit != head
+                && self.is_ancestor(&commit, head).await?
+            {
+                older.push(tag);
+            }
+        }
+        Ok(newest_release(&older).map(String::from))
+    }
+
+    pub fn read_file(&self, name: &str) -> Result<Option<String>, RecipeError> {
+        match std::fs::read_to_string(self.dir.join(name)) {
+            Ok(s) => Ok(Some(s)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(RecipeError::Invalid {
+                file: name.into(),
+                problem: e.to_string(),
+            }),
+        }
+    }
+}
+
+/// A release version `MAJOR.MINOR.PATCH[+upstream]` (Co-op Cloud tags), ordered by the recipe
+/// semver; the upstream part only breaks ties.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleaseVersion {
+    pub major: u64,
+    pub minor: u64,
+    pub patch: u64,
+    pub upstream: String,
+}
+
+impl Ord for ReleaseVersion {
+    fn cmp(&self, other: &Self) -> Ordering {
+        (self.major, self.minor, self.patch)
+            .cmp(&(other.major, other.minor, other.patch))
+            .then_with(|| self.upstream.cmp(&other.upstream))
+    }
+}
+
+impl PartialOrd for ReleaseVersion {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+pub fn parse_version(tag: &str) -> Option<ReleaseVersion> {
+    let (semver, upstream) = tag.split_once('+').unwrap_or((tag, ""));
+    let semver = semver.strip_prefix('v').unwrap_or(semver);
+    let mut nums = semver.split('.').map(|p| p.parse::<u64>().ok());
+    let (major, minor, patch) = (nums.next()??, nums.next()??, nums.next()??);
+    if nums.next().is_some() {
+        return None;
+    }
+    Some(ReleaseVersion {
+        major,
+        minor,
+        patch,
+        upstream: upstream.into(),
+    })
+}
+
+pub fn newest_release(tags: &[String]) -> Option<&str> {
+    tags.iter()
+        .filter_map(|t| parse_version(t).map(|v| (v, t)))
+        .max_by(|a, b| a.0.cmp(&b.0))
+        .map(|(_, t)| t.as_str())
+}
+
+/// `KEY=VALUE` lines of an env file (`.env.sample`, an app env file). Comments and blank lines
+/// are skipped; a trailing ` # comment` is kept apart (it carries `length=` for secrets).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EnvFile {
+    pub vars: BTreeMap<String, String>,
+    pub comments: BTreeMap<String, String>,
+}
+
+pub fn parse_env(text: &str) -> EnvFile {
+    let mut env = EnvFile::default();
+    for line in text.lines() {
+        let line = line.trim();
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some((key, rest)) = line.split_once('=') else {
+            continue;
+        };
+        let key = key.trim();
+        if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            continue;
+        }
+        let (value, comment) = match rest.find(" #") {
+            Some(i) => (&rest[..i], Some(rest[i + 2..].trim())),
+            None => (rest, None),
+        };
+        let value = value.trim().trim_matches(|c| c == '"' || c == '\'');
+        env.vars.insert(key.to_string(), value.to_string());
+        if let Some(c) = comment {
+            env.comments.insert(key.to_string(), c.to_string());
+        }
+    }
+    env
+}
+
+/// Compose files a deploy uses: `COMPOSE_FILE` (colon-separated) from the env, else `compose.yml`.
+pub fn compose_files(env: &EnvFile) -> Vec<String> {
+    env.vars
+        .get("COMPOSE_FILE")
+        .filter(|v| !v.is_empty())
+        .map(|v| {
+            v.split(':')
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_else(|| vec!["compose.yml".to_string()])
+}
+
+/// What the harness needs from a compose file.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ComposeInfo {
+    pub services: Vec<String>,
+    pub volumes: Vec<String>,
+}
+
+/// Parses and sanity-checks one compose file, so a broken recipe is refused before anything is
+/// deployed (exit 2) with the file and line.
+pub fn parse_compose(file: &str, text: &str) -> Result<ComposeInfo, RecipeError> {
+    let invalid = |problem: String| RecipeError::Invalid {
+        file: file.into(),
+        problem,
+    };
+    let doc: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| {
+        let at = e
+            .location()
+            .map(|l| format!("line {}, column {}: ", l.line(), l.column()))
+            .unwrap_or_default();
+        invalid(format!("{at}not valid YAML: {e}"))
+    })?;
+    let map = doc
+        .as_mapping()
+        .ok_or_else(|| invalid("the top level must be a mapping with a `services` key".into()))?;
+    let mut info = ComposeInfo::default();
+    match map.get("services") {
+        None => {}
+        Some(serde_yaml::Value::Mapping(services)) => {
+            for (name, svc) in services {
+                let name = name
+                    .as_str()
+                    .ok_or_else(|| invalid("service names must be strings".into()))?;
+                if !svc.is_mapping() {
+                    return Err(invalid(format!("service `{name}` must be a mapping")));
+                }
+                info.services.push(name.to_string());
+            }
+        }
+        Some(_) => {
+            return Err(invalid(
+                "`services` must be a mapping of service names".into(),
+            ));
+        }
+    }
+    match map.get("volumes") {
+        None | Some(serde_yaml::Value::Null) => {}
+        Some(serde_yaml::Value::Mapping(vols)) => {
+            info.volumes = vols
+                .keys()
+                .filter_map(|k| k.as_str().map(String::from))
+                .collect();
+        }
+        Some(_) => {
+            return Err(invalid(
+                "`volumes` must be a mapping of volume names".into(),
+            ));
+        }
+    }
+    Ok(info)
+}
+
+/// Reads and validates every compose file of the recipe at its current checkout.
+pub fn validate_recipe_tree(checkout: &Checkout) -> Result<ComposeInfo, RecipeError> {
+    let sample = checkout
+        .read_file(".env.sample")?
+        .ok_or_else(|| RecipeError::Invalid {
+            file: ".env.sample".into(),
+            problem: "missing: a recipe needs an .env.sample (first line TYPE=<recipe>)".into(),
+        })?;
+    let env = parse_env(&sample);
+    let mut all = ComposeInfo::default();
+    for file in compose_files(&env) {
+        if file.contains("..") || file.starts_with('/') {
+            return Err(RecipeError::Invalid {
+                file: ".env.sample".into(),
+                problem: format!("COMPOSE_FILE entry `{file}` points outside the recipe"),
+            });
+        }
+        let text = checkout
+            .read_file(&file)?
+            .ok_or_else(|| RecipeError::Invalid {
+                file: file.clone(),
+                problem: "listed in COMPOSE_FILE but missing".into(),
+            })?;
+        let info = parse_compose(&file, &text)?;
+        all.services.extend(info.services);
+        all.volumes.extend(info.volumes);
+    }
+    all.services.sort();
+    all.services.dedup();
+    all.volumes.sort();
+    all.volumes.dedup();
+    if all.services.is_empty() {
+        return Err(RecipeError::Invalid {
+            file: compose_files(&env).join(":"),
+            problem: "no services defined".into(),
+        });
+    }
+    Ok(all)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_order_by_semver() {
+        let tags: Vec<String> = ["1.0.0+1.2", "1.10.0+1.0", "1.9.3+2.0", "latest", "v2"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(newest_release(&tags), Some("1.10.0+1.0"));
+        assert!(parse_version("1.2").is_none());
+        assert!(parse_version("1.2.3.4").is_none());
+        assert_eq!(newest_release(&[]), None);
+    }
+
+    #[test]
+    fn env_parsing_keeps_length_comments() {
+        let env = parse_env(
+            "TYPE=web\n# comment\nDOMAIN=web.example\nSECRET_DB_PASSWORD_VERSION=v1 # length=48\nexport X=\"q\"\nbad line\n=x\n",
+        );
+        assert_eq!(env.vars["TYPE"], "web");
+        assert_eq!(env.vars["SECRET_DB_PASSWORD_VERSION"], "v1");
+        assert_eq!(env.comments["SECRET_DB_PASSWORD_VERSION"], "length=48");
+        assert_eq!(env.vars["X"], "q");
+        assert_eq!(env.vars.len(), 4);
+        assert_eq!(compose_files(&env), vec!["compose.yml"]);
+        let env = parse_env("COMPOSE_FILE=compose.yml:compose.smtp.yml\n");
+        assert_eq!(compose_files(&env), vec!["compose.yml", "compose.smtp.yml"]);
+    }
+
+    #[test]
+    fn compose_validation_names_file_and_line() {
+        let ok = parse_compose(
+            "compose.yml",
+            "version: '3.8'\nservices:\n  app:\n    image: x\nvolumes:\n  data:\n",
+        )
+        .unwrap();
+        assert_eq!(ok.services, vec!["app"]);
+        assert_eq!(ok.volumes, vec!["data"]);
+        let err = parse_compose("compose.yml", "services:\n  app:\n    image: [x\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("compose.yml: line"), "{err}");
+        assert!(parse_compose("c.yml", "- a\n- b\n").is_err());
+        assert!(parse_compose("c.yml", "services: [a]\n").is_err());
+        assert!(parse_compose("c.yml", "services:\n  app: 3\n").is_err());
+    }
+
+    #[test]
+    fn sources() {
+        assert!(validate_source("https://git.example/a/b.git").is_ok());
+        assert!(validate_source("git@host:a/b").is_ok());
+        assert!(validate_source("--upload-pack=evil").is_err());
+        assert!(validate_source("/nonexistent/dir").is_err());
+        assert!(validate_source("https://x/a b").is_err());
+        assert!(validate_source("/tmp").is_ok());
+    }
+}

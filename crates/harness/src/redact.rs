@@ -1,0 +1,125 @@
+//! Secret values and their removal from every text that leaves the process (progress lines,
+//! abra output, reports, diagnostics). Values are learnt as they appear (generated app secrets)
+//! or registered up front (forge token, webhook secret).
+
+use std::sync::{Arc, RwLock};
+
+pub const MASK: &str = "[REDACTED]";
+
+/// Shared, cheap to clone; every clone sees every value registered anywhere.
+#[derive(Debug, Clone, Default)]
+pub struct Redactor {
+    values: Arc<RwLock<Vec<String>>>,
+}
+
+impl Redactor {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers a secret value. Very short values are ignored: masking every `a` would make
+    /// reports unreadable and protects nothing.
+    pub fn add(&self, value: &str) {
+        let v = value.trim();
+        if v.len() < 4 {
+            return;
+        }
+        if let Ok(mut values) = self.values.write()
+            && !values.iter().any(|x| x == v)
+        {
+            values.push(v.to_string());
+            // Longest first, so a secret containing another is masked whole.
+            values.sort_by_key(|x| std::cmp::Reverse(x.len()));
+        }
+    }
+
+    pub fn redact(&self, text: &str) -> String {
+        let Ok(values) = self.values.read() else {
+            return text.to_string();
+        };
+        let mut out = text.to_string();
+        for v in values.iter() {
+            if out.contains(v.as_str()) {
+                out = out.replace(v.as_str(), MASK);
+            }
+        }
+        out
+    }
+
+    pub fn len(&self) -> usize {
+        self.values.read().map(|v| v.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Removes ANSI escape sequences (colours, cursor movement) and carriage returns from terminal output.
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\u{1b}' => match chars.peek() {
+                Some('[') => {
+                    chars.next();
+                    // CSI: parameters and intermediates up to a final byte in @..~
+                    for n in chars.by_ref() {
+                        if ('@'..='~').contains(&n) {
+                            break;
+                        }
+                    }
+                }
+                Some(']') => {
+                    chars.next();
+                    // OSC: up to BEL or ST (ESC \)
+                    while let Some(n) = chars.next() {
+                        if n == '\u{7}' {
+                            break;
+                        }
+                        if n == '\u{1b}' {
+                            chars.next();
+                            break;
+                        }
+                    }
+                }
+                Some(_) => {
+                    chars.next();
+                }
+                None => {}
+            },
+            '\r' => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_every_registered_value_in_every_clone() {
+        let r = Redactor::new();
+        let r2 = r.clone();
+        r.add("s3cret-value");
+        r.add("abc"); // too short, ignored
+        r2.add("s3cret-value-longer");
+        assert_eq!(
+            r.redact("x s3cret-value-longer y s3cret-value"),
+            format!("x {MASK} y {MASK}")
+        );
+        assert_eq!(r.redact("abc"), "abc");
+        assert_eq!(r.len(), 2);
+    }
+
+    #[test]
+    fn strips_colours_and_cursor_codes() {
+        assert_eq!(strip_ansi("\u{1b}[1;32mok\u{1b}[0m\r\n"), "ok\n");
+        assert_eq!(strip_ansi("\u{1b}]0;title\u{7}x"), "x");
+        assert_eq!(strip_ansi("\u{1b}[?25ldone"), "done");
+        assert_eq!(strip_ansi("tail\u{1b}"), "tail");
+    }
+}

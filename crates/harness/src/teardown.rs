@@ -1,0 +1,262 @@
+//! Teardown of a stack and garbage collection of runs that died.
+//!
+//! Teardown works on the engine directly (not through abra) so it also works when a run died
+//! half-way and its `ABRA_DIR` is incomplete. Liveness of a run is its exclusive lock on
+//! `<work_dir>/runs/<domain>/lock`: the kernel drops it when the process dies, however it dies.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::engine::{Engine, EngineError, StackObjects};
+use crate::names;
+use crate::wait::{Probe, WaitError, wait_for};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TeardownError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("{0}")]
+    Stuck(String),
+    #[error("cannot use run directory {path}: {source}")]
+    RunDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("`{0}` is not a cc-ci app domain for this configuration; refusing to touch it")]
+    NotOurs(String),
+}
+
+/// Removes every object of `stack` and returns what is still there afterwards (empty = clean).
+pub async fn teardown_stack(
+    engine: &Engine,
+    stack: &str,
+    timeout: Duration,
+) -> Result<Vec<String>, TeardownError> {
+    let objects = engine.stack_objects(stack).await?;
+    for (id, _) in &objects.services {
+        engine.remove_service(id).await?;
+    }
+    // Networks, secrets and volumes stay busy until the services' containers are gone.
+    let gone = wait_for(
+        "the stack's containers to stop",
+        timeout,
+        Duration::from_millis(200),
+        || async {
+            let o = engine.stack_objects(stack).await?;
+            Ok::<_, EngineError>(if o.services.is_empty() && o.containers.is_empty() {
+                Probe::Done(())
+            } else {
+                Probe::Pending(o.describe().join(", "))
+            })
+        },
+    )
+    .await;
+    if let Err(WaitError::Probe(e)) = gone {
+        return Err(e.into());
+    }
+    // Containers that outlived their service (a stuck shutdown) are removed by force.
+    let objects = engine.stack_objects(stack).await?;
+    for c in &objects.containers {
+        engine.remove_container(c).await?;
+    }
+    remove_rest(engine, &objects).await?;
+    // A volume can be released a moment after its container is removed; retry until the deadline.
+    let result = wait_for(
+        "the stack's objects to be removed",
+        timeout,
+        Duration::from_millis(200),
+        || async {
+            let o = engine.stack_objects(stack).await?;
+            if o.is_empty() {
+                return Ok::<_, EngineError>(Probe::Done(()));
+            }
+            for c in &o.containers {
+                engine.remove_container(c).await?;
+            }
+            // Removal errors (in use) are expected while things wind down; the wait reports what is left.
+            let _ = remove_rest(engine, &o).await;
+            Ok(Probe::Pending(o.describe().join(", ")))
+        },
+    )
+    .await;
+    match result {
+        Ok(()) => Ok(Vec::new()),
+        Err(WaitError::Probe(e)) => Err(e.into()),
+        Err(_) => Ok(engine.stack_objects(stack).await?.describe()),
+    }
+}
+
+async fn remove_rest(engine: &Engine, o: &StackObjects) -> Result<(), EngineError> {
+    for (id, _) in &o.networks {
+        engine.remove_network(id).await?;
+    }
+    for (id, _) in &o.secrets {
+        engine.remove_secret(id).await?;
+    }
+    for (id, _) in &o.configs {
+        engine.remove_config(id).await?;
+    }
+    for v in &o.volumes {
+        engine.remove_volume(v).await?;
+    }
+    Ok(())
+}
+
+/// A run's directory under the work dir, locked for the life of the run.
+#[derive(Debug)]
+pub struct RunDir {
+    pub path: PathBuf,
+    pub domain: String,
+    _lock: File,
+}
+
+impl RunDir {
+    pub fn runs_root(work_dir: &Path) -> PathBuf {
+        work_dir.join("runs")
+    }
+
+    /// Creates and locks `<work_dir>/runs/<domain>`; fails if another live run holds it.
+    pub fn create(work_dir: &Path, domain: &str) -> Result<Self, TeardownError> {
+        let path = Self::runs_root(work_dir).join(domain);
+        let err = |source| TeardownError::RunDir {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&path).map_err(err)?;
+        let lock = File::create(path.join("lock")).map_err(err)?;
+        lock.try_lock().map_err(|e| {
+            err(std::io::Error::new(
+                std::io::ErrorKind::WouldBlock,
+                format!("another run holds this directory: {e:?}"),
+            ))
+        })?;
+        Ok(Self {
+            path,
+            domain: domain.into(),
+            _lock: lock,
+        })
+    }
+
+    pub fn abra_dir(&self) -> PathBuf {
+        self.path.join("abra")
+    }
+}
+
+/// What `gc` did.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct GcReport {
+    /// App domains whose stack was torn down.
+    pub collected: Vec<String>,
+    /// Runs still alive (left alone).
+    pub alive: Vec<String>,
+    /// Objects that could not be removed.
+    pub leftovers: Vec<String>,
+}
+
+/// Removes what dead runs left: stacks of run directories whose lock is free, and cc-ci stacks
+/// (matching `domain_suffix`) that have no run directory at all.
+pub async fn gc(
+    engine: &Engine,
+    work_dir: &Path,
+    domain_suffix: &str,
+    timeout: Duration,
+) -> Result<GcReport, TeardownError> {
+    let mut report = GcReport::default();
+    let root = RunDir::runs_root(work_dir);
+    let mut known = std::collections::BTreeSet::new();
+    if let Ok(entries) = std::fs::read_dir(&root) {
+        for entry in entries.flatten() {
+            let domain = entry.file_name().to_string_lossy().to_string();
+            let stack = names::stack_name(&domain);
+            known.insert(stack.clone());
+            if !names::is_ci_stack(&stack, domain_suffix) {
+                continue;
+            }
+            let lock_path = entry.path().join("lock");
+            let dead = match File::options().write(true).open(&lock_path) {
+                Ok(f) => f.try_lock().is_ok(),
+                // No lock file: the run died before taking it, or the dir is a remnant.
+                Err(_) => true,
+            };
+            if !dead {
+                report.alive.push(domain);
+                continue;
+            }
+            let left = teardown_stack(engine, &stack, timeout).await?;
+            if left.is_empty() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+            report.leftovers.extend(left);
+            report.collected.push(domain);
+        }
+    }
+    let mut stacks = engine.stack_namespaces().await?;
+    stacks.extend(
+        engine
+            .object_names()
+            .await?
+            .iter()
+            .filter_map(|n| names::ci_stack_of_object(n, domain_suffix)),
+    );
+    stacks.sort();
+    stacks.dedup();
+    for stack in stacks {
+        if known.contains(&stack) || !names::is_ci_stack(&stack, domain_suffix) {
+            continue;
+        }
+        let left = teardown_stack(engine, &stack, timeout).await?;
+        report.leftovers.extend(left);
+        report.collected.push(stack);
+    }
+    Ok(report)
+}
+
+/// `cc-ci teardown <domain>`: removes a kept (or stranded) deployment and its run directory.
+pub async fn teardown_domain(
+    engine: &Engine,
+    work_dir: &Path,
+    domain: &str,
+    domain_suffix: &str,
+    timeout: Duration,
+) -> Result<Vec<String>, TeardownError> {
+    let stack = names::stack_name(domain);
+    if !names::is_ci_stack(&stack, domain_suffix) {
+        return Err(TeardownError::NotOurs(domain.into()));
+    }
+    let dir = RunDir::runs_root(work_dir).join(domain);
+    if let Ok(f) = File::options().write(true).open(dir.join("lock"))
+        && f.try_lock().is_err()
+    {
+        return Err(TeardownError::Stuck(format!(
+            "run {domain} is still running (its lock is held); stop it first"
+        )));
+    }
+    let left = teardown_stack(engine, &stack, timeout).await?;
+    if left.is_empty() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(left)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_dir_lock_is_exclusive_and_released_on_drop() {
+        let work = tempfile::tempdir().unwrap();
+        let a = RunDir::create(work.path(), "web-abcdef.ci.local").unwrap();
+        assert!(RunDir::create(work.path(), "web-abcdef.ci.local").is_err());
+        let f = File::options()
+            .write(true)
+            .open(a.path.join("lock"))
+            .unwrap();
+        assert!(
+            f.try_lock().is_err(),
+            "a live run's lock must not be takeable"
+        );
+        drop(a);
+        assert!(f.try_lock().is_ok());
+    }
+}
