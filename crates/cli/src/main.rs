@@ -225,7 +225,10 @@ fn cmd_check_config(file: &Path, keys: bool) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     match Config::load(file) {
-        Ok(_) => {
+        Ok(config) => {
+            for w in cc_ci_daemon::config_warnings(&config) {
+                eprintln!("warning: {}: {w}", file.display());
+            }
             println!("{}: ok", file.display());
             ExitCode::SUCCESS
         }

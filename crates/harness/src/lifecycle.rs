@@ -1279,17 +1279,11 @@ impl Job {
                     body_contains,
                 } => {
                     let url = format!("http://127.0.0.1:{port}{path}");
+                    // Neither `-q` nor `-T`: Debian's static busybox wget crashes when either is combined with
+                    // `-S`. The exec itself has a deadline.
                     let (status, body) = (*status, body_contains.clone());
                     (
-                        vec![
-                            "wget".into(),
-                            "-S".into(),
-                            "-q".into(),
-                            "-O-".into(),
-                            "-T".into(),
-                            "20".into(),
-                            url,
-                        ],
+                        vec!["wget".into(), "-S".into(), "-O-".into(), url],
                         Box::new(move |o| {
                             overlay::judge_http(
                                 status,

@@ -1,0 +1,667 @@
+//! End-to-end tests of `cc-ci run` on the real swarm with the stand-in abra and the fixture
+//! recipes of tests/fixtures. Every harness assertion has a fixture here proving it can fail.
+//!
+//! Needs `scripts/setup-swarm` (Docker, swarm, fixture images) and `cargo build -p abra-standin`;
+//! `.ci/run` and the README's test command do both. The cases are independent and mostly wait
+//! on the swarm, so run them with many test threads (`-- --test-threads 16`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn cc_ci() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_cc-ci"))
+}
+
+fn standin() -> PathBuf {
+    let p = cc_ci().with_file_name("abra-standin");
+    assert!(
+        p.is_file(),
+        "{} is missing: run `cargo build -p abra-standin` first (the README's test command does)",
+        p.display()
+    );
+    p
+}
+
+/// A fixture recipe built as a git repository in a temporary directory.
+struct Fixture {
+    _dir: tempfile::TempDir,
+    repo: PathBuf,
+    work: PathBuf,
+    report: PathBuf,
+    config: PathBuf,
+}
+
+fn fixture(name: &str) -> Fixture {
+    fixture_with_config(name, "")
+}
+
+fn fixture_with_config(name: &str, extra_config: &str) -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo = dir.path().join(name);
+    let out = Command::new(repo_root().join("scripts/make-fixture-repo"))
+        .arg(repo_root().join("tests/fixtures/recipes").join(name))
+        .arg(&repo)
+        .output()
+        .expect("run make-fixture-repo");
+    assert!(
+        out.status.success(),
+        "make-fixture-repo {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let work = dir.path().join("work");
+    let report = dir.path().join("report");
+    let config = dir.path().join("cc-ci.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[harness]\nwork_dir = \"{}\"\n{extra_config}",
+            work.display()
+        ),
+    )
+    .expect("write config");
+    Fixture {
+        _dir: dir,
+        repo,
+        work,
+        report,
+        config,
+    }
+}
+
+struct RunResult {
+    code: i32,
+    report: Option<Value>,
+    stderr: String,
+}
+
+impl Fixture {
+    fn run(&self, args: &[&str]) -> RunResult {
+        let out: Output = Command::new(cc_ci())
+            .arg("run")
+            .arg("--recipe")
+            .arg(&self.repo)
+            .arg("--abra")
+            .arg(standin())
+            .arg("--report-dir")
+            .arg(&self.report)
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .env_remove("CC_CI_ABRA")
+            .output()
+            .expect("run cc-ci");
+        let report = std::fs::read_to_string(self.report.join("run.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok());
+        let r = RunResult {
+            code: out.status.code().unwrap_or(-1),
+            report,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        if let Some(rep) = &r.report {
+            let domain = rep["app_domain"].as_str().unwrap_or_default();
+            assert_no_leftovers(domain, rep["teardown"]["verdict"].is_null());
+        }
+        r
+    }
+}
+
+impl RunResult {
+    fn tier(&self, name: &str) -> &Value {
+        let report = self
+            .report
+            .as_ref()
+            .unwrap_or_else(|| panic!("no run.json; stderr:\n{}", self.stderr));
+        report["tiers"]
+            .as_array()
+            .and_then(|t| t.iter().find(|t| t["name"] == name))
+            .unwrap_or_else(|| panic!("no tier {name} in {report:#}"))
+    }
+
+    fn verdict(&self, tier: &str) -> String {
+        self.tier(tier)["verdict"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// The detail of a check that did not pass, for assertions on what it names.
+    fn failing_detail(&self, tier: &str) -> String {
+        self.tier(tier)["checks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["verdict"] == "fail" || c["verdict"] == "error")
+            .map(|c| {
+                format!(
+                    "{}: {}",
+                    c["name"].as_str().unwrap_or(""),
+                    c["detail"].as_str().unwrap_or("")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn report(&self) -> &Value {
+        self.report
+            .as_ref()
+            .unwrap_or_else(|| panic!("no run.json; stderr:\n{}", self.stderr))
+    }
+}
+
+/// Swarm objects whose names start with the stack of `domain`.
+fn objects_of(domain: &str) -> Vec<String> {
+    let stack = domain.replace('.', "_");
+    let mut out = Vec::new();
+    for kind in ["service", "network", "secret", "config", "volume"] {
+        let o = Command::new("docker")
+            .args([kind, "ls", "--format", "{{.Name}}"])
+            .output()
+            .expect("docker ls");
+        assert!(
+            o.status.success(),
+            "docker {kind} ls failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        out.extend(
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter(|n| n.starts_with(&format!("{stack}_")))
+                .map(|n| format!("{kind}:{n}")),
+        );
+    }
+    out
+}
+
+fn assert_no_leftovers(domain: &str, kept: bool) {
+    if domain.is_empty() || kept {
+        return;
+    }
+    let left = objects_of(domain);
+    assert!(
+        left.is_empty(),
+        "run {domain} left swarm objects behind: {left:?}"
+    );
+}
+
+#[test]
+fn web_passes_all_four_tiers_with_one_deploy() {
+    let f = fixture("web");
+    let r = f.run(&[]);
+    assert_eq!(r.code, 0, "stderr:\n{}", r.stderr);
+    let rep = r.report();
+    assert_eq!(rep["verdict"], "pass");
+    assert_eq!(rep["deploy_count"], 1);
+    assert_eq!(rep["base_version"], "1.1.0+1.1");
+    assert_eq!(rep["teardown"]["leftovers"], serde_json::json!([]));
+    for t in ["install", "upgrade", "backup", "restore"] {
+        assert_eq!(r.verdict(t), "pass", "{t}: {}", r.failing_detail(t));
+    }
+    let names: Vec<&str> = r.tier("upgrade")["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"data-continuity") && names.contains(&"version-label"),
+        "{names:?}"
+    );
+    // Reports for people and other CI systems.
+    let summary = std::fs::read_to_string(f.report.join("summary.md")).unwrap();
+    assert!(summary.contains("| upgrade |") && summary.contains(rep["head_sha"].as_str().unwrap()));
+    let junit = std::fs::read_to_string(f.report.join("junit.xml")).unwrap();
+    assert!(junit.contains("<testsuite name=\"restore\""));
+    // Progress: a line per step with the elapsed time, and the final table.
+    assert!(
+        r.stderr
+            .contains("s] install: deploying base release 1.1.0+1.1"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("verdict: pass"));
+    // The run directory (ABRA_DIR, env file) is gone.
+    let runs: Vec<_> = std::fs::read_dir(f.work.join("runs"))
+        .map(|d| d.flatten().collect())
+        .unwrap_or_default();
+    assert!(runs.is_empty(), "run directories left: {runs:?}");
+}
+
+#[test]
+fn two_service_with_dump_and_load_hooks_passes() {
+    let f = fixture("two-service");
+    let r = f.run(&[]);
+    assert_eq!(r.code, 0, "stderr:\n{}", r.stderr);
+    for t in ["install", "upgrade", "backup", "restore"] {
+        assert_eq!(r.verdict(t), "pass", "{t}: {}", r.failing_detail(t));
+    }
+}
+
+#[test]
+fn install_only_deploys_the_head_with_chaos() {
+    let f = fixture("web");
+    let r = f.run(&["--stages", "install"]);
+    assert_eq!(r.code, 0, "stderr:\n{}", r.stderr);
+    assert_eq!(r.report()["deploy_count"], 1);
+    assert_eq!(r.report()["tiers"].as_array().unwrap().len(), 1);
+    let detail = r.tier("install")["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "version-label")
+        .map(|c| c["detail"].as_str().unwrap_or("").to_string())
+        .unwrap();
+    assert!(detail.contains("chaos-version"), "{detail}");
+}
+
+#[test]
+fn upgrade_is_skipped_with_a_reason_when_no_older_release_exists() {
+    let f = fixture("web");
+    let r = f.run(&["--ref", "1.0.0+1.0", "--stages", "install,upgrade"]);
+    assert_eq!(r.code, 0, "stderr:\n{}", r.stderr);
+    assert_eq!(r.verdict("install"), "pass");
+    assert_eq!(r.verdict("upgrade"), "skipped");
+    let why = r.tier("upgrade")["checks"][0]["detail"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(why.contains("no release older"), "{why}");
+}
+
+#[test]
+fn never_healthy_fails_install_naming_the_service() {
+    let f = fixture("web-unhealthy");
+    let r = f.run(&["--stages", "install"]);
+    assert_eq!(r.code, 1, "stderr:\n{}", r.stderr);
+    assert_eq!(r.verdict("install"), "fail");
+    let d = r.failing_detail("install");
+    assert!(d.contains("service app") && d.contains("health"), "{d}");
+    assert!(
+        f.report.join("diagnostics/tasks.txt").is_file(),
+        "diagnostics missing"
+    );
+}
+
+#[test]
+fn unhealthy_base_is_an_upgrade_error_never_a_silent_pass() {
+    let f = fixture("web-unhealthy");
+    let r = f.run(&["--stages", "install,upgrade"]);
+    assert_eq!(r.code, 1, "stderr:\n{}", r.stderr);
+    assert_eq!(r.verdict("install"), "fail");
+    assert_eq!(r.verdict("upgrade"), "error");
+    assert!(r.failing_detail("upgrade").contains("did not install"));
+}
+
+#[test]
+fn missing_version_label_fails_install() {
+    let f = fixture("web-nolabel");
+    let r = f.run(&["--stages", "install"]);
+    assert_eq!(r.code, 1, "stderr:\n{}", r.stderr);
+    assert_eq!(r.verdict("install"), "fail");
+    let d = r.failing_detail("install");
+    assert!(
+        d.contains("version-label") && d.contains("no service named `app`"),
+        "{d}"
+    );
+}
+
+#[test]
+fn crash_loop_after_looking_healthy_fails_stability() {
+    let f = fixture("web-crashloop");
+    let r = f.run(&["--stages", "install"]);
+    assert_eq!(r.code, 1, "stderr:\n{}", r.stderr);
+    let d = r.failing_detail("install");
+    assert!(d.contains("stable") && d.contains("restarted"), "{d}");
+}
+
+#[test]
+fn malformed_compose_is_exit_2_and_deploys_nothing() {
+    let f = fixture("web-badcompose");
+    let r = f.run(&["--stages", "install"]);
+    assert_eq!(r.code, 2, "stderr:\n{}", r.stderr);
+    assert!(r.stderr.contains("compose.yml: line"), "{}", r.stderr);
+    assert!(r.report.is_none());
+    let runs: Vec<_> = std::fs::read_dir(f.work.join("runs"))
+        .map(|d| d.flatten().collect())
+        .unwrap_or_default();
+    for r in runs {
+        let domain = r.file_name().to_string_lossy().to_string();
+        assert!(objects_of(&domain).is_empty());
+    }
+}
+
+#[test]
+fn upgrade_that_loses_data_fails_the_upgrade_tier() {
+    let f = fixture("web-upgrade-loses-data");
+    let r = f.run(&["--stages", "install,upgrade"]);
+    assert_eq!(r.code, 1, "stderr:\n{}", r.stderr);
+    assert_eq!(
+        r.verdict("install"),
+        "pass",
+        "{}",
+        r.failing_detail("install")
+    );
+    assert_eq!(r.verdict("upgrade"), "fail");
+    let d = r.failing_detail("upgrade");
+    assert!(d.contains("data-continuity") && d.contains("data"), "{d}");
+}
+
+#[test]
+fn upgrade_whose_head_does_not_start_fails_the_upgrade_tier() {
+    let f = fixture("web-upgrade-broken");
+    let r = f.run(&["--stages", "install,upgrade,backup"]);
+    assert_eq!(r.code, 1, "stderr:\n{}", r.stderr);
+    assert_eq!(
+        r.verdict("install"),
+        "pass",
+        "{}",
+        r.failing_detail("install")
+    );
+    assert_eq!(r.verdict("upgrade"), "fail");
+    assert!(
+        r.failing_detail("upgrade").contains("app"),
+        "{}",
+        r.failing_detail("upgrade")
+    );
+    assert_eq!(r.verdict("backup"), "skipped");
+}
+
+#[test]
+fn backup_whose_pre_hook_dumps_nothing_fails_the_backup_tier() {
+    let f = fixture("web-backup-empty");
+    let r = f.run(&[]);
+    assert_eq!(r.code, 1, "stderr:\n{}", r.stderr);
+    assert_eq!(
+        r.verdict("install"),
+        "pass",
+        "{}",
+        r.failing_detail("install")
+    );
+    assert_eq!(
+        r.verdict("upgrade"),
+        "pass",
+        "{}",
+        r.failing_detail("upgrade")
+    );
+    assert_eq!(r.verdict("backup"), "fail");
+    assert!(
+        r.failing_detail("backup").contains("snapshot"),
+        "{}",
+        r.failing_detail("backup")
+    );
+    assert_eq!(r.verdict("restore"), "skipped");
+}
+
+#[test]
+fn backup_label_on_a_missing_volume_fails_the_backup_tier() {
+    let f = fixture("web-backup-missing-volume");
+    let r = f.run(&[]);
+    assert_eq!(r.code, 1, "stderr:\n{}", r.stderr);
+    assert_eq!(
+        r.verdict("upgrade"),
+        "pass",
+        "{}",
+        r.failing_detail("upgrade")
+    );
+    assert_eq!(r.verdict("backup"), "fail");
+    assert!(
+        r.failing_detail("backup").contains("uploads"),
+        "{}",
+        r.failing_detail("backup")
+    );
+}
+
+#[test]
+fn restore_that_does_not_bring_data_back_fails_the_restore_tier() {
+    let f = fixture("web-restore-broken");
+    let r = f.run(&[]);
+    assert_eq!(r.code, 1, "stderr:\n{}", r.stderr);
+    assert_eq!(
+        r.verdict("backup"),
+        "pass",
+        "{}",
+        r.failing_detail("backup")
+    );
+    assert_eq!(r.verdict("restore"), "fail");
+    assert!(
+        r.failing_detail("restore").contains("data-restored"),
+        "{}",
+        r.failing_detail("restore")
+    );
+}
+
+#[test]
+fn repo_local_tests_are_ignored_unless_allowlisted() {
+    let f = fixture("web-repolocal");
+    let r = f.run(&["--stages", "install"]);
+    assert_eq!(r.code, 0, "stderr:\n{}", r.stderr);
+    let notes = r.report()["notes"].to_string();
+    assert!(notes.contains("ignored"), "{notes}");
+    assert!(
+        !r.tier("install").to_string().contains("repo-local\""),
+        "a repo-local check ran"
+    );
+
+    // The same recipe on the allowlist: its failing repo-local check runs and fails the tier.
+    let f = fixture_with_config(
+        "web-repolocal",
+        "repo_local_allowlist = [\"web-repolocal\"]\n",
+    );
+    let r = f.run(&["--stages", "install"]);
+    assert_eq!(r.code, 1, "stderr:\n{}", r.stderr);
+    let failing: Vec<Value> = r.tier("install")["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["verdict"] == "fail")
+        .cloned()
+        .collect();
+    assert!(
+        failing.iter().any(|c| c["source"] == "repo-local"),
+        "{failing:?}"
+    );
+}
+
+#[test]
+fn overlays_add_checks_and_can_fail_a_tier() {
+    let overlays = tempfile::tempdir().unwrap();
+    std::fs::write(
+        overlays.path().join("web.toml"),
+        r#"
+[[check]]
+name = "homepage"
+tiers = ["install"]
+service = "app"
+kind = "http"
+port = 80
+body_contains = "cc-ci fixture web"
+
+[[check]]
+name = "wrong-page"
+tiers = ["install"]
+service = "app"
+kind = "http"
+port = 80
+body_contains = "this text is not on the page"
+
+[[check]]
+name = "has-shell"
+tiers = ["install"]
+service = "app"
+kind = "exec"
+command = ["sh", "-c", "echo ready"]
+stdout_contains = "ready"
+"#,
+    )
+    .unwrap();
+    let f = fixture_with_config(
+        "web",
+        &format!("overlay_dirs = [\"{}\"]\n", overlays.path().display()),
+    );
+    let r = f.run(&["--stages", "install"]);
+    assert_eq!(r.code, 1, "stderr:\n{}", r.stderr);
+    let checks = r.tier("install")["checks"].as_array().unwrap().clone();
+    let by = |n: &str| {
+        checks
+            .iter()
+            .find(|c| c["name"] == n)
+            .cloned()
+            .unwrap_or_else(|| panic!("no check {n}"))
+    };
+    assert_eq!(by("homepage")["verdict"], "pass", "{:?}", by("homepage"));
+    assert_eq!(by("homepage")["source"], "overlay");
+    assert_eq!(by("has-shell")["verdict"], "pass", "{:?}", by("has-shell"));
+    assert_eq!(by("wrong-page")["verdict"], "fail");
+    assert!(
+        by("wrong-page")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("this text is not on the page")
+    );
+    // Generic checks ran alongside.
+    assert_eq!(by("converged")["verdict"], "pass");
+}
+
+#[test]
+fn bad_input_is_exit_2_and_changes_nothing() {
+    let f = fixture("web");
+    for args in [
+        vec!["--ref", "$(touch /tmp/pwned)"],
+        vec!["--ref", "--upload-pack=x"],
+        vec!["--stages", "install,upgrad"],
+        vec!["--ref", "no-such-branch"],
+    ] {
+        let r = f.run(&args);
+        assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
+        assert!(r.report.is_none());
+    }
+    // A recipe whose name is not a recipe name.
+    let bad = tempfile::tempdir().unwrap();
+    let odd = bad.path().join("Not..A_Recipe");
+    std::fs::create_dir(&odd).unwrap();
+    let out = Command::new(cc_ci())
+        .args(["run", "--recipe"])
+        .arg(&odd)
+        .arg("--abra")
+        .arg(standin())
+        .arg("--report-dir")
+        .arg(bad.path().join("r"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("recipe name"));
+    // A typo in an overlay names file, line and field.
+    let overlays = tempfile::tempdir().unwrap();
+    std::fs::write(
+        overlays.path().join("web.toml"),
+        "[[check]]\nname = \"x\"\ntiers = [\"install\"]\nservice = \"app\"\nkind = \"exec\"\ncommand = [\"true\"]\nexit_cod = 0\n",
+    )
+    .unwrap();
+    let f = fixture_with_config(
+        "web",
+        &format!("overlay_dirs = [\"{}\"]\n", overlays.path().display()),
+    );
+    let r = f.run(&["--stages", "install"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("web.toml:") && r.stderr.contains("exit_cod"),
+        "{}",
+        r.stderr
+    );
+    // A config typo too.
+    let cfg = bad.path().join("bad.toml");
+    std::fs::write(&cfg, "[harness]\nstability_window = 3\n").unwrap();
+    let out = Command::new(cc_ci())
+        .args(["check-config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stability_window"));
+}
+
+#[test]
+fn keep_on_failure_keeps_the_stack_until_cc_ci_teardown() {
+    let f = fixture("web-nolabel");
+    let r = f.run(&["--stages", "install", "--keep-on-failure"]);
+    assert_eq!(r.code, 1, "stderr:\n{}", r.stderr);
+    let domain = r.report()["app_domain"].as_str().unwrap().to_string();
+    assert!(
+        r.stderr.contains(&format!("cc-ci teardown {domain}")),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        !objects_of(&domain).is_empty(),
+        "the failed deployment was not kept"
+    );
+    let out = Command::new(cc_ci())
+        .args(["teardown", &domain, "--config"])
+        .arg(&f.config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_no_leftovers(&domain, false);
+}
+
+#[test]
+fn sigterm_mid_run_tears_everything_down() {
+    let f = fixture("web");
+    let mut child = Command::new(cc_ci())
+        .arg("run")
+        .arg("--recipe")
+        .arg(&f.repo)
+        .arg("--abra")
+        .arg(standin())
+        .arg("--report-dir")
+        .arg(&f.report)
+        .arg("--config")
+        .arg(&f.config)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait (with a deadline) until the stack exists, then interrupt.
+    let runs = f.work.join("runs");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let domain = loop {
+        let found = std::fs::read_dir(&runs)
+            .ok()
+            .and_then(|d| d.flatten().next())
+            .map(|e| e.file_name().to_string_lossy().to_string());
+        if let Some(d) = found
+            && objects_of(&d).iter().any(|o| o.starts_with("service:"))
+        {
+            break d;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run never deployed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    // SAFETY: plain kill(2) on our own child.
+    unsafe {
+        libc_kill(child.id() as i32, 15);
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("SIGTERM received"), "{stderr}");
+    assert_ne!(out.status.code(), Some(0));
+    assert_no_leftovers(&domain, false);
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
