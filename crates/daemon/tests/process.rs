@@ -55,10 +55,17 @@ fn main() {
     if let Ok(cfg) = std::env::var(CHILD_CONFIG) {
         child_main(cfg);
     }
-    let filters: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
+    // Filters are the bare arguments; options such as `--test-threads N` (passed to every test
+    // binary by `cargo test -- ...`) and their values are not.
+    let mut filters: Vec<String> = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        if a == "--test-threads" || a == "--skip" || a == "--format" || a == "-Z" {
+            args.next();
+        } else if !a.starts_with('-') {
+            filters.push(a);
+        }
+    }
     let tests: &[(&str, fn())] = &[
         (
             "socket_activated_daemon_notifies_systemd_and_answers_triggers",
