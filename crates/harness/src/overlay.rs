@@ -375,3 +375,24 @@ expect = "hi"
         );
     }
 }
+
+#[cfg(test)]
+mod shipped_overlays {
+    use super::*;
+
+    /// Every overlay shipped in the repository's `overlays/` parses.
+    #[test]
+    fn shipped_overlays_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../overlays");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let p = entry.path();
+            if p.extension().is_some_and(|e| e == "toml") {
+                let text = std::fs::read_to_string(&p).unwrap();
+                parse(&text, &p).unwrap_or_else(|e| panic!("{e}"));
+                n += 1;
+            }
+        }
+        assert!(n > 0, "no overlays found in {}", dir.display());
+    }
+}
