@@ -342,9 +342,14 @@ async fn run_in_pty(
                 .map_err(|e| PtyError::Spawn(e.to_string()))?,
         ))
         .kill_on_drop(true);
-    // SAFETY: only async-signal-safe calls (setsid, ioctl) between fork and exec.
+    // SAFETY: only async-signal-safe calls (setsid, ioctl, prctl) between fork and exec.
     unsafe {
         cmd.pre_exec(|| {
+            // abra gets its own session (for the terminal), so a signal to the run's process group
+            // misses it: make it die with the run instead of deploying on as an orphan.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
             }

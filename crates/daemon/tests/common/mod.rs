@@ -58,6 +58,11 @@ pub struct ForgeState {
     /// Answer 500 to every write while set.
     pub down: bool,
     pub unauthenticated: usize,
+    /// Serve git repositories from here over git's "dumb" HTTP protocol (static files, no
+    /// token), as `<url>/<owner>/<repo>.git/...`: the real `cc-ci run` clones from the forge.
+    pub git_root: Option<PathBuf>,
+    /// Paths of the git files served, in order.
+    pub git_requests: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -213,7 +218,41 @@ impl Gitea {
         out
     }
 
+    /// Serve `<owner>/<repo>.git/...` from [`ForgeState::git_root`] (set it after
+    /// `git update-server-info` in each bare repository).
+    pub fn serve_git(&self, root: &Path) {
+        self.state.lock().unwrap().git_root = Some(root.to_path_buf());
+    }
+
+    fn git_file(&self, path: &str) -> Response<Full<Bytes>> {
+        let mut st = self.state.lock().unwrap();
+        st.git_requests.push(path.to_string());
+        let Some(root) = st.git_root.clone() else {
+            return resp(StatusCode::NOT_FOUND, json!({"message": "no route"}));
+        };
+        drop(st);
+        let rel = Path::new(path.trim_start_matches('/'));
+        let plain = rel
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+        let in_repo = path.split('/').nth(2).is_some_and(|r| r.ends_with(".git"));
+        match std::fs::read(root.join(rel)) {
+            Ok(bytes) if plain && in_repo => {
+                let mut r = Response::new(Full::new(Bytes::from(bytes)));
+                // Not `application/x-git-upload-pack-advertisement`: git falls back to the
+                // dumb protocol.
+                r.headers_mut()
+                    .insert("content-type", "text/plain".parse().unwrap());
+                r
+            }
+            _ => empty(StatusCode::NOT_FOUND),
+        }
+    }
+
     async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        if req.method() == Method::GET && !req.uri().path().starts_with("/api/") {
+            return self.git_file(req.uri().path());
+        }
         let auth_ok = req
             .headers()
             .get("authorization")
