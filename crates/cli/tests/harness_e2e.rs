@@ -467,6 +467,14 @@ fn repo_local_tests_are_ignored_unless_allowlisted() {
         failing.iter().any(|c| c["source"] == "repo-local"),
         "{failing:?}"
     );
+    // The recipe's own script (.cc-ci/check.sh) ran inside the app's container.
+    assert!(
+        failing.iter().any(|c| c["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("repo-local script of web-repolocal ran")),
+        "{failing:?}"
+    );
 }
 
 #[test]

@@ -1272,6 +1272,16 @@ impl Job {
                 continue;
             }
             let (cmd, judge): (Vec<String>, Judge) = match &c.kind {
+                // `overlay::load` inlines scripts; one that reaches here was never loaded.
+                CheckKind::Script { script, .. } => {
+                    out.push(CheckResult::new(
+                        &c.name,
+                        source,
+                        Verdict::Error,
+                        format!("script `{script}` was not loaded from its overlay folder"),
+                    ));
+                    continue;
+                }
                 CheckKind::Http {
                     port,
                     path,

@@ -66,6 +66,14 @@ pub enum CheckKind {
         status: u16,
         body_contains: Option<String>,
     },
+    /// A script file beside the overlay (e.g. a recipe's `.cc-ci/check.sh`), run with `sh -c` in
+    /// the service's container. Loading turns it into an `Exec` of the script's text.
+    Script {
+        script: String,
+        #[serde(default)]
+        exit_code: i64,
+        stdout_contains: Option<String>,
+    },
     /// A command run in the service's container.
     Exec {
         command: Vec<String>,
@@ -198,7 +206,11 @@ pub fn load(
                 });
             }
         };
-        let f = parse(&text, &path)?;
+        let mut f = parse(&text, &path)?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        for c in &mut f.checks {
+            inline_script(c, &base, &path)?;
+        }
         overlay.skip_tiers = f.skip_tiers;
         overlay.canaries = f.canaries;
         overlay
@@ -208,6 +220,48 @@ pub fn load(
         overlay.files.push(path);
     }
     Ok(overlay)
+}
+
+/// Replaces a `script` check by an `exec` of the script's text. The script must be a plain file
+/// inside the overlay's folder: no absolute paths, no `..`.
+fn inline_script(c: &mut CheckSpec, base: &Path, file: &Path) -> Result<(), OverlayError> {
+    let CheckKind::Script {
+        script,
+        exit_code,
+        stdout_contains,
+    } = &c.kind
+    else {
+        return Ok(());
+    };
+    let err = |message: String| OverlayError {
+        file: file.to_path_buf(),
+        line: 0,
+        message,
+    };
+    let rel = Path::new(script);
+    if script.is_empty()
+        || rel.is_absolute()
+        || rel
+            .components()
+            .any(|p| !matches!(p, std::path::Component::Normal(_)))
+    {
+        return Err(err(format!(
+            "check `{}`: field `script` must be a file inside the overlay's folder, got `{script}`",
+            c.name
+        )));
+    }
+    let text = std::fs::read_to_string(base.join(rel)).map_err(|e| {
+        err(format!(
+            "check `{}`: field `script`: cannot read `{script}`: {e}",
+            c.name
+        ))
+    })?;
+    c.kind = CheckKind::Exec {
+        command: vec!["sh".into(), "-c".into(), text, script.clone()],
+        exit_code: *exit_code,
+        stdout_contains: stdout_contains.clone(),
+    };
+    Ok(())
 }
 
 /// Judges an HTTP check from the output of `wget -S -O- URL` (headers on stderr, body on stdout).
@@ -344,6 +398,21 @@ expect = "hi"
         let local = b.path().join("local.toml");
         std::fs::write(&local, "[[check]]\nname='l'\ntiers=['install']\nservice='app'\nkind='exec'\ncommand=['true']\n").unwrap();
         let o = load("web", &[a.path().into(), b.path().into()], Some(&local)).unwrap();
+        // Scripts beside an overlay are inlined; paths out of its folder are refused.
+        std::fs::write(b.path().join("check.sh"), "echo ok\n").unwrap();
+        let script = b.path().join("script.toml");
+        std::fs::write(&script, "[[check]]\nname='s'\ntiers=['install']\nservice='app'\nkind='script'\nscript='check.sh'\n").unwrap();
+        let s = load("web", &[], Some(&script)).unwrap();
+        assert!(
+            matches!(&s.checks[0].1.kind, CheckKind::Exec { command, .. } if command[2] == "echo ok\n")
+        );
+        std::fs::write(&script, "[[check]]\nname='s'\ntiers=['install']\nservice='app'\nkind='script'\nscript='../x.sh'\n").unwrap();
+        assert!(
+            load("web", &[], Some(&script))
+                .unwrap_err()
+                .message
+                .contains("script")
+        );
         assert!(o.canaries);
         assert_eq!(o.checks.len(), 3);
         assert_eq!(o.checks[2].0, CheckSource::RepoLocal);
