@@ -1,0 +1,1067 @@
+//! End-to-end tests of `cc-ci serve`: the real `cc-ci` binary as the daemon, its real
+//! `cc-ci run` children on the real swarm with the stand-in abra, and an in-process
+//! Gitea/Forgejo double (crates/daemon/tests/common) that also serves the recipe repositories
+//! over git's "dumb" HTTP protocol, so a run clones `<forge>/<owner>/<repo>.git` at
+//! `refs/pull/<n>/head` exactly as it would from a real forge.
+//!
+//! Needs `scripts/setup-swarm` (Docker, swarm, fixture images, `systemd-socket-activate`) and
+//! `cargo build -p abra-standin`. Every test has its own `harness.domain_suffix`, work and
+//! state directories and port, so the tests run concurrently with each other and with other
+//! suites on the same swarm; each removes what it deployed even when it fails (a guard that
+//! kills its daemon and runs `cc-ci gc` with its config).
+
+#[path = "../../daemon/tests/common/mod.rs"]
+mod common;
+
+use std::collections::BTreeMap;
+use std::hash::{BuildHasher, RandomState};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cc_ci_harness::config::Config;
+use cc_ci_harness::engine::Engine;
+use cc_ci_harness::names;
+use common::{Flavour, Gitea, SECRET, StatusRec, TOKEN, comment_payload, eventually, read};
+use serde_json::Value;
+
+/// Longest a real run may take here (all four tiers, on a busy two-core machine).
+const RUN_SECS: u64 = 300;
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn cc_ci() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_cc-ci"))
+}
+
+fn standin() -> PathBuf {
+    let p = cc_ci().with_file_name("abra-standin");
+    assert!(
+        p.is_file(),
+        "{} is missing: run `cargo build -p abra-standin` first (the README's test command does)",
+        p.display()
+    );
+    p
+}
+
+fn random_hex() -> String {
+    let n = RandomState::new().hash_one((std::process::id(), Instant::now()));
+    format!("{:08x}", n as u32)
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .output()
+        .expect("run git");
+    assert!(
+        out.status.success(),
+        "git {args:?} in {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A pull request on the double: repository `repo` (its name is the recipe name) built from
+/// fixture `fixture`, whose `refs/pull/<pr>/head` is revision `rev` of that fixture.
+struct Pr {
+    repo: &'static str,
+    fixture: &'static str,
+    pr: i64,
+    rev: &'static str,
+}
+
+/// A unix datagram socket standing in for systemd's NOTIFY_SOCKET; collects every message.
+fn notify_socket(dir: &Path) -> (PathBuf, Arc<Mutex<Vec<String>>>) {
+    let path = dir.join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).expect("bind the notify socket");
+    let msgs = Arc::new(Mutex::new(Vec::new()));
+    let m = msgs.clone();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 4096];
+        while let Ok(n) = sock.recv(&mut buf) {
+            m.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    });
+    (path, msgs)
+}
+
+fn has_notification(msgs: &Arc<Mutex<Vec<String>>>, line: &str) -> bool {
+    msgs.lock()
+        .unwrap()
+        .iter()
+        .any(|m| m.lines().any(|l| l == line))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One test's world: forge double with the recipe repositories, config, daemon process.
+struct Suite {
+    dir: tempfile::TempDir,
+    suffix: String,
+    gitea: Gitea,
+    config: Config,
+    config_path: PathBuf,
+    addr: SocketAddr,
+    daemon: Option<Child>,
+    /// (repo, pr) → head commit.
+    heads: BTreeMap<(String, i64), String>,
+    engine: Engine,
+}
+
+impl Suite {
+    async fn new(prs: &[Pr], tweak: impl FnOnce(&mut Config)) -> Self {
+        let standin = standin();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let suffix = format!("t{}.ci.local", random_hex());
+        let gitea = Gitea::start().await;
+        let git_root = dir.path().join("git");
+        gitea.serve_git(&git_root);
+
+        let mut heads = BTreeMap::new();
+        let mut bare_repos = Vec::new();
+        for p in prs {
+            let bare = git_root.join(format!("{}.git", p.repo));
+            if !bare.exists() {
+                let (_, name) = p.repo.split_once('/').unwrap();
+                assert_eq!(name, p.fixture, "the repository name is the recipe name");
+                let src = dir.path().join("src").join(p.repo);
+                let out = Command::new(repo_root().join("scripts/make-fixture-repo"))
+                    .arg(repo_root().join("tests/fixtures/recipes").join(p.fixture))
+                    .arg(&src)
+                    .output()
+                    .expect("run scripts/make-fixture-repo");
+                assert!(
+                    out.status.success(),
+                    "make-fixture-repo {}: {}",
+                    p.fixture,
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                std::fs::create_dir_all(bare.parent().unwrap()).unwrap();
+                git(
+                    dir.path(),
+                    &[
+                        "clone",
+                        "--quiet",
+                        "--bare",
+                        src.to_str().unwrap(),
+                        bare.to_str().unwrap(),
+                    ],
+                );
+                bare_repos.push(bare.clone());
+            }
+            let sha = git(&bare, &["rev-parse", &format!("{}^{{commit}}", p.rev)]);
+            git(
+                &bare,
+                &["update-ref", &format!("refs/pull/{}/head", p.pr), &sha],
+            );
+            gitea.add_pr(p.repo, p.pr, &sha);
+            heads.insert((p.repo.to_string(), p.pr), sha);
+        }
+        for bare in &bare_repos {
+            // What the dumb protocol reads instead of asking the server.
+            git(bare, &["update-server-info"]);
+        }
+
+        std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).unwrap();
+        std::fs::write(dir.path().join("secret"), SECRET).unwrap();
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let mut config = Config::default();
+        config.harness.abra = Some(standin.display().to_string());
+        config.harness.domain_suffix = suffix.clone();
+        config.harness.work_dir = Some(dir.path().join("work"));
+        config.harness.stability_window_secs = 3;
+        config.daemon.state_dir = Some(dir.path().join("state"));
+        config.daemon.listen = addr.to_string();
+        config.daemon.public_url = format!("http://{addr}");
+        config.daemon.cancel_grace_secs = 20;
+        config.forge.url = gitea.url();
+        config.forge.token_file = Some(dir.path().join("token"));
+        config.forge.webhook_secret_file = Some(dir.path().join("secret"));
+        config.forge.repo_allowlist = prs.iter().map(|p| p.repo.to_string()).collect();
+        config.forge.org_allowlist = vec!["coop".into()];
+        config.forge.user_allowlist = vec!["alice".into()];
+        tweak(&mut config);
+        let config_path = dir.path().join("config.toml");
+        std::fs::write(&config_path, toml::to_string(&config).unwrap()).unwrap();
+        let engine = Engine::from_env().expect("the Docker engine (run scripts/setup-swarm)");
+        Suite {
+            dir,
+            suffix,
+            gitea,
+            config,
+            config_path,
+            addr,
+            daemon: None,
+            heads,
+            engine,
+        }
+    }
+
+    fn head(&self, repo: &str, pr: i64) -> String {
+        self.heads[&(repo.to_string(), pr)].clone()
+    }
+
+    fn daemon_log(&self) -> PathBuf {
+        self.dir.path().join("daemon.log")
+    }
+
+    fn log_file(&self) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.daemon_log())
+            .unwrap()
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// `cc-ci serve` binding `daemon.listen` itself.
+    fn start_plain(&mut self) {
+        assert!(self.daemon.is_none(), "a daemon is already running");
+        let mut f = self.log_file();
+        writeln!(f, "---- test: starting cc-ci serve").unwrap();
+        let child = Command::new(cc_ci())
+            .arg("serve")
+            .arg("--config")
+            .arg(&self.config_path)
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("LISTEN_FDS")
+            .env_remove("LISTEN_PID")
+            .env_remove("LISTEN_FDNAMES")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("CC_CI_ABRA")
+            .stdin(Stdio::null())
+            .stdout(self.log_file())
+            .stderr(self.log_file())
+            .spawn()
+            .expect("start cc-ci serve");
+        self.daemon = Some(child);
+    }
+
+    /// `cc-ci serve` under `systemd-socket-activate`, which binds `daemon.listen`'s address and
+    /// execs the daemon (same pid) with the socket as fd 3.
+    fn start_socket_activated(&mut self, notify: &Path) {
+        assert!(self.daemon.is_none(), "a daemon is already running");
+        let mut cmd = Command::new("systemd-socket-activate");
+        cmd.arg("-l")
+            .arg(self.addr.to_string())
+            .arg("-E")
+            .arg(format!("NOTIFY_SOCKET={}", notify.display()))
+            .args(["-E", "PATH", "-E", "HOME"]);
+        for var in ["DOCKER_HOST", "CC_CI_LOG"] {
+            if std::env::var_os(var).is_some() {
+                cmd.arg("-E").arg(var);
+            }
+        }
+        let child = cmd
+            .arg(cc_ci())
+            .arg("serve")
+            .arg("--config")
+            .arg(&self.config_path)
+            // Proof that the socket came from systemd: this address is never bound.
+            .arg("--listen")
+            .arg(self.dir.path().join("unused.sock"))
+            .stdin(Stdio::null())
+            .stdout(self.log_file())
+            .stderr(self.log_file())
+            .spawn()
+            .expect("systemd-socket-activate (Debian package `systemd`; scripts/setup-swarm installs it)");
+        self.daemon = Some(child);
+    }
+
+    fn kill9(&mut self) {
+        let mut d = self.daemon.take().expect("no daemon running");
+        d.kill().unwrap();
+        d.wait().unwrap();
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    async fn stop(&mut self) {
+        let mut d = self.daemon.take().expect("no daemon running");
+        // SAFETY: plain syscall on our own child.
+        unsafe { libc::kill(d.id() as i32, libc::SIGTERM) };
+        let status = eventually(
+            "the daemon to exit after SIGTERM",
+            60,
+            || d.try_wait().unwrap(),
+            || self.state(),
+        )
+        .await;
+        assert!(
+            status.success(),
+            "the daemon exited with {status:?}\n{}",
+            self.state()
+        );
+    }
+
+    async fn wait_healthy(&mut self) {
+        let url = format!("http://{}/healthz", self.addr);
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = client.get(&url).send().await
+                && r.status().as_u16() == 200
+            {
+                return;
+            }
+            if let Some(d) = self.daemon.as_mut()
+                && let Some(status) = d.try_wait().unwrap()
+            {
+                panic!("the daemon exited with {status:?}\n{}", self.state());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the daemon did not answer {url} within 30 s\n{}",
+                self.state()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A comment delivery signed with the webhook secret.
+    async fn comment(
+        &self,
+        flavour: Flavour,
+        repo: &str,
+        pr: i64,
+        comment_id: i64,
+        user: &str,
+        body: &str,
+    ) -> (u16, String) {
+        let payload = comment_payload("created", repo, pr, comment_id, user, body, true);
+        common::deliver(
+            self.addr,
+            flavour,
+            "issue_comment",
+            "pull_request_comment",
+            &format!("{}-{comment_id}", random_hex()),
+            &payload,
+            None,
+        )
+        .await
+    }
+
+    fn statuses(&self, repo: &str, sha: &str) -> Vec<StatusRec> {
+        self.gitea
+            .statuses()
+            .into_iter()
+            .filter(|s| s.repo == repo && s.sha == sha)
+            .collect()
+    }
+
+    /// Wait for a status on `repo`'s commit `sha` that satisfies `ok`.
+    async fn wait_status(
+        &self,
+        repo: &str,
+        sha: &str,
+        secs: u64,
+        ok: impl Fn(&StatusRec) -> bool,
+    ) -> StatusRec {
+        eventually(
+            &format!("a matching commit status on {repo}@{sha}"),
+            secs,
+            || self.statuses(repo, sha).into_iter().find(|s| ok(s)),
+            || self.state(),
+        )
+        .await
+    }
+
+    async fn wait_final(&self, repo: &str, sha: &str) -> StatusRec {
+        self.wait_status(repo, sha, RUN_SECS, |s| s.state != "pending")
+            .await
+    }
+
+    /// The run a status links to (`<public_url>/runs/<id>`).
+    async fn run_json(&self, status: &StatusRec) -> Value {
+        let r = reqwest::get(&status.target_url)
+            .await
+            .unwrap_or_else(|e| panic!("GET {}: {e}", status.target_url));
+        assert_eq!(r.status().as_u16(), 200, "GET {}", status.target_url);
+        r.json().await.unwrap()
+    }
+
+    fn bot_comments_on(&self, repo: &str, pr: i64) -> Vec<common::CommentRec> {
+        self.gitea
+            .bot_comments()
+            .into_iter()
+            .filter(|c| c.repo == repo && c.pr == pr)
+            .collect()
+    }
+
+    /// Swarm objects of this test's stacks (`domain_suffix`), plus those of `known` stacks.
+    async fn leftovers(&self, known: &[String]) -> Vec<String> {
+        let mut stacks: Vec<String> = known.to_vec();
+        stacks.extend(
+            self.engine
+                .stack_namespaces()
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|ns| names::is_ci_stack(ns, &self.suffix)),
+        );
+        stacks.sort();
+        stacks.dedup();
+        let mut out = Vec::new();
+        for s in &stacks {
+            out.extend(self.engine.stack_objects(s).await.unwrap().describe());
+        }
+        // Secrets and volumes abra creates without the namespace label.
+        out.extend(
+            self.engine
+                .object_names()
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|n| names::ci_stack_of_object(n, &self.suffix).is_some())
+                .map(|n| format!("by name: {n}")),
+        );
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    async fn stacks(&self) -> Vec<String> {
+        self.engine
+            .stack_namespaces()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|ns| names::is_ci_stack(ns, &self.suffix))
+            .collect()
+    }
+
+    async fn assert_no_leftovers(&self, known: &[String]) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let left = self.leftovers(known).await;
+            if left.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "swarm objects of this test remain after 120 s: {left:?}\n{}",
+                self.state()
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Everything that helps understand a failure.
+    fn state(&self) -> String {
+        let mut out = format!(
+            "suffix {}\n{}git requests: {}\n",
+            self.suffix,
+            self.gitea.describe(),
+            self.gitea.state.lock().unwrap().git_requests.len()
+        );
+        let tail = |text: &str, n: usize| {
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(n)..].join("\n")
+        };
+        out.push_str(&format!(
+            "daemon log (tail):\n{}\n",
+            tail(&read(&self.daemon_log()), 60)
+        ));
+        if let Ok(entries) = std::fs::read_dir(self.state_dir().join("runs")) {
+            for e in entries.flatten() {
+                out.push_str(&format!(
+                    "run {} log (tail):\n{}\n",
+                    e.file_name().to_string_lossy(),
+                    tail(&read(&e.path().join("log.txt")), 40)
+                ));
+            }
+        }
+        out
+    }
+
+    /// Neither secret may appear in anything the daemon or its runs wrote.
+    fn assert_no_secrets_written(&self) {
+        let mut files = vec![self.daemon_log()];
+        let mut dirs = vec![self.state_dir()];
+        while let Some(d) = dirs.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    dirs.push(p);
+                } else if p.extension().is_none_or(|x| x != "sqlite") {
+                    files.push(p);
+                }
+            }
+        }
+        for f in files {
+            let text = String::from_utf8_lossy(&std::fs::read(&f).unwrap_or_default()).into_owned();
+            assert!(
+                !text.contains(TOKEN) && !text.contains(SECRET),
+                "{} contains a secret",
+                f.display()
+            );
+        }
+        for c in self.gitea.bot_comments() {
+            assert!(!c.body.contains(TOKEN) && !c.body.contains(SECRET));
+        }
+    }
+}
+
+impl Drop for Suite {
+    /// Kill the daemon (its runs die with it) and tear down whatever this test deployed.
+    fn drop(&mut self) {
+        if let Some(mut d) = self.daemon.take() {
+            let _ = d.kill();
+            let _ = d.wait();
+        }
+        // A run killed with the daemon releases its lock as it dies; until then gc leaves it.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let out = Command::new(cc_ci())
+                .arg("gc")
+                .arg("--config")
+                .arg(&self.config_path)
+                .output();
+            let (ok, stderr) = match out {
+                Ok(o) => (
+                    o.status.success(),
+                    String::from_utf8_lossy(&o.stderr).into_owned(),
+                ),
+                Err(e) => (false, e.to_string()),
+            };
+            if ok && stderr.contains(" 0 alive") {
+                return;
+            }
+            if Instant::now() > deadline {
+                eprintln!(
+                    "cleanup: `cc-ci gc --config {}` did not finish the job: {stderr}",
+                    self.config_path.display()
+                );
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
+/// The id in a run link `<public_url>/runs/<id>`.
+fn run_id(status: &StatusRec) -> i64 {
+    status
+        .target_url
+        .rsplit('/')
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no run id in {status:?}"))
+}
+
+/// Socket activation and sd_notify; a Gitea-shaped and a Forgejo-shaped trigger that pass and
+/// one that fails, all three at once: pending then the final status, one comment each with the
+/// per-tier table, nothing left on the swarm, no secret written anywhere, a clean SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_path_socket_activated_pass_and_fail() {
+    let mut s = Suite::new(
+        &[
+            Pr {
+                repo: "coop/web",
+                fixture: "web",
+                pr: 1,
+                rev: "HEAD",
+            },
+            Pr {
+                repo: "forgejo/web",
+                fixture: "web",
+                pr: 3,
+                rev: "HEAD",
+            },
+            Pr {
+                repo: "coop/web-nolabel",
+                fixture: "web-nolabel",
+                pr: 2,
+                rev: "HEAD",
+            },
+        ],
+        |c| c.daemon.concurrency = 3,
+    )
+    .await;
+    // Carol may trigger as a member of an allowlisted organisation.
+    s.gitea.add_member("coop", "carol");
+    let (notify, msgs) = notify_socket(s.dir.path());
+    s.start_socket_activated(&notify);
+    s.wait_healthy().await;
+    eventually(
+        "READY=1",
+        10,
+        || has_notification(&msgs, "READY=1").then_some(()),
+        || s.state(),
+    )
+    .await;
+    assert!(
+        !s.dir.path().join("unused.sock").exists(),
+        "the daemon bound --listen despite socket activation"
+    );
+
+    let web = s.head("coop/web", 1);
+    let forgejo_web = s.head("forgejo/web", 3);
+    let nolabel = s.head("coop/web-nolabel", 2);
+    let (code, body) = s
+        .comment(
+            Flavour::Gitea,
+            "coop/web",
+            1,
+            501,
+            "alice",
+            "!testme install",
+        )
+        .await;
+    assert_eq!(code, 202, "{body}\n{}", s.state());
+    let (code, body) = s
+        .comment(
+            Flavour::Forgejo,
+            "forgejo/web",
+            3,
+            502,
+            "carol",
+            "Looks good.\n\n!testme install\n",
+        )
+        .await;
+    assert_eq!(code, 202, "{body}\n{}", s.state());
+    let (code, body) = s
+        .comment(
+            Flavour::Gitea,
+            "coop/web-nolabel",
+            2,
+            503,
+            "alice",
+            "!testme install",
+        )
+        .await;
+    assert_eq!(code, 202, "{body}\n{}", s.state());
+
+    let mut domains = Vec::new();
+    for (repo, pr, sha, want) in [
+        ("coop/web", 1, &web, "success"),
+        ("forgejo/web", 3, &forgejo_web, "success"),
+        ("coop/web-nolabel", 2, &nolabel, "failure"),
+    ] {
+        let fin = s.wait_final(repo, sha).await;
+        assert_eq!(fin.state, want, "{repo}#{pr}: {fin:?}\n{}", s.state());
+        let all = s.statuses(repo, sha);
+        assert_eq!(all[0].state, "pending", "{repo}#{pr}: {all:?}");
+        assert!(all.iter().all(|st| st.context == "cc-ci/testme"), "{all:?}");
+        assert_eq!(
+            all.iter().filter(|st| st.state != "pending").count(),
+            1,
+            "{repo}#{pr}: exactly one final status: {all:?}"
+        );
+        let id = run_id(&fin);
+        assert!(
+            fin.target_url
+                .starts_with(&format!("{}/runs/", s.config.daemon.public_url)),
+            "{fin:?}"
+        );
+
+        // The comment is edited to the final table right after the final status.
+        let (tier_line, needle) = if want == "success" {
+            ("| install | ✅ pass |", "cc-ci: ✅ pass")
+        } else {
+            ("| install | ❌ fail |", "version-label")
+        };
+        eventually(
+            &format!("the final comment of {repo}#{pr}"),
+            30,
+            || {
+                s.bot_comments_on(repo, pr)
+                    .into_iter()
+                    .find(|c| c.body.contains(tier_line) && c.body.contains(needle))
+            },
+            || s.state(),
+        )
+        .await;
+        let comments = s.bot_comments_on(repo, pr);
+        assert_eq!(comments.len(), 1, "one comment per run: {comments:?}");
+        let c = &comments[0];
+        assert!(
+            c.body.contains("| tier | verdict | duration |")
+                && c.body.contains(&format!("<!-- cc-ci run {id} -->")),
+            "{}",
+            c.body
+        );
+        if want == "failure" {
+            assert!(
+                fin.description.contains("install"),
+                "the failure status names the tier: {fin:?}"
+            );
+        }
+
+        let run = s.run_json(&fin).await;
+        let report = &run["report"];
+        assert_eq!(report["head_sha"], sha.as_str(), "{run:#}");
+        assert_eq!(report["deploy_count"], 1, "{run:#}");
+        assert_eq!(
+            report["teardown"]["leftovers"].as_array().map(Vec::len),
+            Some(0),
+            "{run:#}"
+        );
+        let domain = report["app_domain"].as_str().unwrap().to_string();
+        assert!(
+            domain.ends_with(&format!(".{}", s.suffix)),
+            "{domain} is not under {}",
+            s.suffix
+        );
+        domains.push(names::stack_name(&domain));
+    }
+    // The runs cloned the recipes from the forge, at the pull requests' refs.
+    assert!(
+        s.gitea
+            .state
+            .lock()
+            .unwrap()
+            .git_requests
+            .iter()
+            .any(|p| p == "/coop/web-nolabel.git/info/refs"),
+        "{}",
+        s.state()
+    );
+    s.assert_no_leftovers(&domains).await;
+    s.assert_no_secrets_written();
+
+    s.stop().await;
+    assert!(
+        has_notification(&msgs, "STOPPING=1"),
+        "{:?}",
+        msgs.lock().unwrap()
+    );
+}
+
+/// kill -9 of the daemon while a run deploys, with a second trigger queued: after a restart
+/// nothing of the killed run is left on the swarm, the queued trigger still runs, and the
+/// interrupted run is re-queued once (daemon.max_requeues = 1) and runs to a final status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_run_then_restart_leaves_nothing_and_loses_nothing() {
+    let mut s = Suite::new(
+        &[
+            Pr {
+                repo: "coop/web",
+                fixture: "web",
+                pr: 1,
+                rev: "HEAD",
+            },
+            // Another commit: one commit's status context belongs to its newest run.
+            Pr {
+                repo: "coop/web",
+                fixture: "web",
+                pr: 2,
+                rev: "1.1.0+1.1",
+            },
+        ],
+        |c| {
+            c.daemon.concurrency = 1;
+            c.daemon.max_requeues = 1;
+        },
+    )
+    .await;
+    let sha1 = s.head("coop/web", 1);
+    let sha2 = s.head("coop/web", 2);
+    s.start_plain();
+    s.wait_healthy().await;
+
+    let (code, body) = s
+        .comment(Flavour::Gitea, "coop/web", 1, 601, "alice", "!testme")
+        .await;
+    assert_eq!(code, 202, "{body}\n{}", s.state());
+    s.wait_status("coop/web", &sha1, 60, |st| {
+        st.state == "pending" && st.description.starts_with("running")
+    })
+    .await;
+    let (code, body) = s
+        .comment(
+            Flavour::Gitea,
+            "coop/web",
+            2,
+            602,
+            "alice",
+            "!testme install",
+        )
+        .await;
+    assert_eq!(code, 202, "{body}\n{}", s.state());
+    s.wait_status("coop/web", &sha2, 30, |st| {
+        st.state == "pending" && st.description.starts_with("queued")
+    })
+    .await;
+    // Mid-deploy: the stack exists.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let killed_stack = loop {
+        if let Some(stack) = s.stacks().await.into_iter().next() {
+            break stack;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "run 1 deployed nothing within 120 s\n{}",
+            s.state()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    s.kill9();
+    assert!(
+        s.statuses("coop/web", &sha1)
+            .iter()
+            .all(|st| st.state == "pending"),
+        "run 1 finished before the kill: {:?}",
+        s.statuses("coop/web", &sha1)
+    );
+
+    // The run process died with the daemon: its run lock is free.
+    let domain_dir = s
+        .dir
+        .path()
+        .join("work/runs")
+        .join(killed_stack.replace('_', "."));
+    let lock = std::fs::File::options()
+        .write(true)
+        .open(domain_dir.join("lock"))
+        .unwrap_or_else(|e| panic!("{}: {e}", domain_dir.display()));
+    eventually(
+        "the killed run's lock to be released (the run process to die with the daemon)",
+        20,
+        || lock.try_lock().is_ok().then_some(()),
+        || s.state(),
+    )
+    .await;
+    drop(lock);
+
+    s.start_plain();
+    s.wait_healthy().await;
+    // Start-up gc removes the killed run's deployment.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let left = s.engine.stack_objects(&killed_stack).await.unwrap();
+        let by_name: Vec<String> = s
+            .engine
+            .object_names()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|n| n.starts_with(&format!("{killed_stack}_")))
+            .collect();
+        if left.is_empty() && by_name.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the killed run's objects remain 120 s after the restart: {:?} {by_name:?}\n{}",
+            left.describe(),
+            s.state()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    // The queued trigger was not lost.
+    let fin2 = s.wait_final("coop/web", &sha2).await;
+    assert_eq!(fin2.state, "success", "{fin2:?}\n{}", s.state());
+    // The interrupted run was re-queued and ran again from the start.
+    let fin1 = s.wait_final("coop/web", &sha1).await;
+    assert_eq!(fin1.state, "success", "{fin1:?}\n{}", s.state());
+    let log = read(&s.state_dir().join("runs/1/log.txt"));
+    assert!(
+        log.contains("re-queued") && log.contains("attempt 2"),
+        "run 1 log:\n{log}"
+    );
+    let run1 = s.run_json(&fin1).await;
+    assert_eq!(run1["requeues"], 1, "{run1:#}");
+    let domain = run1["report"]["app_domain"].as_str().unwrap();
+    assert_ne!(names::stack_name(domain), killed_stack);
+    assert_eq!(s.bot_comments_on("coop/web", 1).len(), 1, "{}", s.state());
+    assert_eq!(s.bot_comments_on("coop/web", 2).len(), 1, "{}", s.state());
+
+    s.assert_no_leftovers(std::slice::from_ref(&killed_stack))
+        .await;
+    s.stop().await;
+}
+
+/// Deliveries that must not start anything: each gets its 4xx and leaves no run, no status
+/// and no comment (except the one short reply an unauthorised commenter gets), nothing on the
+/// swarm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_deliveries_get_4xx_and_start_nothing() {
+    let mut s = Suite::new(
+        &[Pr {
+            repo: "coop/web",
+            fixture: "web",
+            pr: 1,
+            rev: "HEAD",
+        }],
+        |_| {},
+    )
+    .await;
+    s.start_plain();
+    s.wait_healthy().await;
+    let payload = |action: &str, id: i64, user: &str, body: &str, is_pull: bool| {
+        comment_payload(action, "coop/web", 1, id, user, body, is_pull)
+    };
+    let send = |flavour, body: Vec<u8>, sig: Option<String>| {
+        let addr = s.addr;
+        async move {
+            common::deliver(
+                addr,
+                flavour,
+                "issue_comment",
+                "pull_request_comment",
+                &random_hex(),
+                &body,
+                sig.as_deref(),
+            )
+            .await
+        }
+    };
+    let good = payload("created", 701, "alice", "!testme", true);
+    let bad_sig = cc_ci_daemon::trigger::sign(b"not the secret", &good);
+    for (what, flavour, body, sig, want) in [
+        (
+            "wrong signature",
+            Flavour::Gitea,
+            good.clone(),
+            Some(bad_sig.clone()),
+            401,
+        ),
+        (
+            "wrong signature (Forgejo)",
+            Flavour::Forgejo,
+            good.clone(),
+            Some(bad_sig),
+            401,
+        ),
+        (
+            "empty signature",
+            Flavour::Forgejo,
+            good.clone(),
+            Some(String::new()),
+            401,
+        ),
+        (
+            "signature of another body",
+            Flavour::Gitea,
+            good.clone(),
+            Some(cc_ci_daemon::trigger::sign(SECRET.as_bytes(), b"{}")),
+            401,
+        ),
+        (
+            "!testmexyz",
+            Flavour::Gitea,
+            payload("created", 702, "alice", "!testmexyz", true),
+            None,
+            422,
+        ),
+        (
+            "a quoted !testme",
+            Flavour::Forgejo,
+            payload("created", 703, "alice", "> !testme", true),
+            None,
+            422,
+        ),
+        (
+            "an edited comment",
+            Flavour::Gitea,
+            payload("edited", 704, "alice", "!testme", true),
+            None,
+            422,
+        ),
+        (
+            "a deleted comment",
+            Flavour::Forgejo,
+            payload("deleted", 705, "alice", "!testme", true),
+            None,
+            422,
+        ),
+        (
+            "a comment on a plain issue",
+            Flavour::Gitea,
+            payload("created", 706, "alice", "!testme", false),
+            None,
+            422,
+        ),
+    ] {
+        let (code, text) = send(flavour, body, sig).await;
+        assert_eq!(code, want, "{what}: {text}\n{}", s.state());
+    }
+
+    // A Forgejo delivery whose Gitea signature is right but whose Forgejo signature is not.
+    let client = reqwest::Client::new();
+    let r = client
+        .post(format!("http://{}/hooks/gitea", s.addr))
+        .header("Content-Type", "application/json")
+        .header("X-Forgejo-Event", "issue_comment")
+        .header("X-Gitea-Event", "issue_comment")
+        .header("X-Forgejo-Delivery", random_hex())
+        .header(
+            "X-Gitea-Signature",
+            cc_ci_daemon::trigger::sign(SECRET.as_bytes(), &good),
+        )
+        .header(
+            "X-Forgejo-Signature",
+            cc_ci_daemon::trigger::sign(b"other", &good),
+        )
+        .body(good.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401, "mixed signatures");
+    // No signature header at all.
+    let r = client
+        .post(format!("http://{}/hooks/gitea", s.addr))
+        .header("X-Gitea-Event", "issue_comment")
+        .header("X-Gitea-Delivery", random_hex())
+        .body(good.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401, "no signature");
+
+    // An unauthorised commenter: 403 and one short reply, no run.
+    let (code, text) = send(
+        Flavour::Gitea,
+        payload("created", 707, "mallory", "!testme", true),
+        None,
+    )
+    .await;
+    assert_eq!(code, 403, "{text}\n{}", s.state());
+    let reply = eventually(
+        "the reply to mallory",
+        20,
+        || s.bot_comments_on("coop/web", 1).into_iter().next(),
+        || s.state(),
+    )
+    .await;
+    assert!(reply.body.contains("mallory"), "{}", reply.body);
+
+    let runs: Value = reqwest::get(format!("http://{}/runs", s.addr))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(runs, serde_json::json!([]), "{}", s.state());
+    assert!(s.gitea.statuses().is_empty(), "{}", s.state());
+    assert_eq!(s.gitea.bot_comments().len(), 1, "{}", s.state());
+    assert!(
+        s.gitea.state.lock().unwrap().git_requests.is_empty(),
+        "nothing was cloned"
+    );
+    assert!(s.stacks().await.is_empty());
+    s.assert_no_secrets_written();
+    s.stop().await;
+}
