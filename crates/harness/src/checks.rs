@@ -52,12 +52,15 @@ impl TaskState {
     pub fn is_running(&self) -> bool {
         self.state == "running" && self.desired_state == "running"
     }
+    /// An attempt that ended on its own: failed, rejected, or exited (`complete`) — for a
+    /// long-running service every one of them is a restart. (A container killed because it was
+    /// unhealthy often exits 0 and shows as `complete`.)
     fn is_failed(&self) -> bool {
-        matches!(self.state.as_str(), "failed" | "rejected")
+        matches!(self.state.as_str(), "failed" | "rejected" | "complete")
     }
     fn describe(&self) -> String {
         let mut s = format!("task {} is {}", short(&self.id), self.state);
-        if self.state == "running" {
+        if matches!(self.state.as_str(), "running" | "starting") {
             match self.health {
                 Health::Starting => s.push_str(" (health: starting)"),
                 Health::Unhealthy => s.push_str(" (unhealthy)"),
@@ -146,8 +149,9 @@ pub enum Convergence {
     Failed(String),
 }
 
-/// Failed task attempts of one service after which waiting longer is pointless.
-pub const FAILED_TASKS_LIMIT: usize = 3;
+/// Failed task attempts of one service after which waiting longer is pointless. Not lower:
+/// apps commonly exit a few times while their database starts.
+pub const FAILED_TASKS_LIMIT: usize = 5;
 
 pub fn convergence(snapshot: &StackSnapshot) -> Convergence {
     if snapshot.services.is_empty() {
@@ -434,7 +438,7 @@ pub(crate) mod tests {
 
     #[test]
     fn repeated_failures_fail_fast_naming_the_error() {
-        let mut tasks: Vec<TaskState> = (0..3)
+        let mut tasks: Vec<TaskState> = (0..FAILED_TASKS_LIMIT)
             .map(|i| {
                 let mut t = task(&i.to_string(), "failed", Health::Unknown);
                 t.err = "task: non-zero exit (1)".into();

@@ -400,6 +400,30 @@ impl Engine {
         Ok(out)
     }
 
+    /// The health status and last healthcheck output of a container (also of an exited one),
+    /// for failure details: "unhealthy" alone does not say why.
+    pub async fn health_log(&self, container: &str) -> Result<Option<String>, EngineError> {
+        let v: Value = self
+            .get_json(&format!("/containers/{}/json", encode(container)))
+            .await?;
+        let health = &v["State"]["Health"];
+        let Some(status) = health["Status"].as_str() else {
+            return Ok(None);
+        };
+        let last = health["Log"]
+            .as_array()
+            .and_then(|l| l.last())
+            .map(|e| {
+                format!(
+                    "exit {}: {}",
+                    e["ExitCode"].as_i64().unwrap_or(-1),
+                    e["Output"].as_str().unwrap_or("").trim()
+                )
+            })
+            .unwrap_or_default();
+        Ok(Some(format!("health {status}, last healthcheck {last}")))
+    }
+
     async fn delete(&self, path: &str) -> Result<(), EngineError> {
         let (status, bytes) = self.request(Method::DELETE, path, None).await?;
         // 404: already gone, which is what we wanted.

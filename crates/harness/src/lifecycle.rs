@@ -4,7 +4,7 @@
 //! the install tier checks it; the upgrade tier redeploys the head in place with `--chaos`;
 //! backup and restore then run on the head. Without `upgrade` the fresh deploy is the head.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -631,13 +631,41 @@ impl Job {
         out: &mut Vec<CheckResult>,
     ) -> Result<bool, Stop> {
         let is_fresh = self.deploy_count == 0;
-        let deploy = match target {
-            Target::Release(b) => self.abra.deploy(&self.domain, Some(b), false).await,
-            Target::Head => self.abra.deploy(&self.domain, None, true).await,
+        let before: BTreeSet<String> = self
+            .engine
+            .snapshot(&self.stack)
+            .await?
+            .services
+            .iter()
+            .flat_map(|s| s.tasks.iter().map(|t| t.id.clone()))
+            .collect();
+        let deploy = async {
+            match target {
+                Target::Release(b) => self.abra.deploy(&self.domain, Some(b), false).await,
+                Target::Head => self.abra.deploy(&self.domain, None, true).await,
+            }
+        };
+        // abra waits for convergence up to its own timeout; a stack that is failing for certain
+        // (tasks failing again and again) is given up on as soon as that is clear.
+        let deploy = tokio::select! {
+            r = deploy => Ok(r),
+            why = self.watch_for_failure(&before) => Err(why),
         };
         if is_fresh {
             self.deploy_count += 1;
         }
+        let deploy = match deploy {
+            Ok(r) => r,
+            Err(why) => {
+                let health = self.health_hint().await;
+                out.push(CheckResult::generic(
+                    "deploy",
+                    Verdict::Fail,
+                    format!("the deployment is failing, abra was stopped: {why}{health}"),
+                ));
+                return Ok(false);
+            }
+        };
         let deploy_err = match deploy {
             Ok(o) => {
                 out.push(CheckResult::generic(
@@ -660,6 +688,7 @@ impl Job {
                 Convergence::Converged => "the stack looks converged now".to_string(),
                 Convergence::Pending(w) | Convergence::Failed(w) => w,
             };
+            let why = format!("{why}{}", self.health_hint().await);
             out.push(CheckResult::generic(
                 "deploy",
                 Verdict::Fail,
@@ -684,10 +713,11 @@ impl Job {
             )),
             Err(why) => {
                 if deploy_err.is_none() {
+                    let health = self.health_hint().await;
                     out.push(CheckResult::generic(
                         "converged",
                         Verdict::Fail,
-                        why.clone(),
+                        format!("{why}{health}"),
                     ));
                 }
                 return Ok(false);
@@ -718,6 +748,51 @@ impl Job {
             },
         );
         Ok(true)
+    }
+
+    /// `; <service>: health unhealthy, last healthcheck exit 1: ...` for the newest task of each
+    /// service that has a healthcheck and is not healthy; empty when there is nothing to add.
+    async fn health_hint(&self) -> String {
+        let Ok(snap) = self.engine.snapshot(&self.stack).await else {
+            return String::new();
+        };
+        let mut out = String::new();
+        for s in snap.services.iter().filter(|s| s.has_healthcheck) {
+            let Some(t) = s.tasks.iter().rev().find(|t| t.container_id.is_some()) else {
+                continue;
+            };
+            if t.is_running() && t.health == checks::Health::Healthy {
+                continue;
+            }
+            if let Some(cid) = &t.container_id
+                && let Ok(Some(h)) = self.engine.health_log(cid).await
+            {
+                out.push_str(&format!(
+                    "; {}: {}",
+                    s.short_name,
+                    crate::report::excerpt(&h, 300)
+                ));
+            }
+        }
+        self.redactor.redact(&out)
+    }
+
+    /// Resolves only when the stack is failing for certain, counting only tasks created after
+    /// `before` (an upgrade must not be judged by the base's history).
+    async fn watch_for_failure(&self, before: &BTreeSet<String>) -> String {
+        let interval = Duration::from_millis(self.opts.config.harness.poll_interval_ms);
+        loop {
+            tokio::time::sleep(interval).await;
+            let Ok(mut snap) = self.engine.snapshot(&self.stack).await else {
+                continue;
+            };
+            for s in &mut snap.services {
+                s.tasks.retain(|t| !before.contains(&t.id));
+            }
+            if let Convergence::Failed(why) = checks::convergence(&snap) {
+                return why;
+            }
+        }
     }
 
     async fn wait_converged(&self) -> Result<(), String> {
