@@ -626,7 +626,7 @@ fn keep_on_failure_keeps_the_stack_until_cc_ci_teardown() {
 #[test]
 fn sigterm_mid_run_tears_everything_down() {
     let f = fixture("web");
-    let mut child = Command::new(cc_ci())
+    let child = Command::new(cc_ci())
         .arg("run")
         .arg("--recipe")
         .arg(&f.repo)
