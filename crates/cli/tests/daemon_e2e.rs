@@ -450,6 +450,37 @@ impl Suite {
             .collect()
     }
 
+    /// Wait until a stack of this test exists (a run is deploying); returns its name.
+    async fn wait_stack(&self, what: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some(stack) = self.stacks().await.into_iter().next() {
+                return stack;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what} deployed nothing within 120 s\n{}",
+                self.state()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `cc-ci <args> --config <this test's config>`; returns (exit code, stdout, stderr).
+    fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(cc_ci())
+            .args(args)
+            .arg("--config")
+            .arg(&self.config_path)
+            .output()
+            .expect("run cc-ci");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     async fn assert_no_leftovers(&self, known: &[String]) {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
@@ -739,6 +770,11 @@ async fn full_path_socket_activated_pass_and_fail() {
     );
     s.assert_no_leftovers(&domains).await;
     s.assert_no_secrets_written();
+    let log = read(&s.daemon_log());
+    assert!(
+        log.contains("cc-ci daemon ready") && !log.contains('\x1b'),
+        "the daemon log is plain text (no terminal colours in a file):\n{log}"
+    );
 
     s.stop().await;
     assert!(
@@ -804,18 +840,7 @@ async fn sigkill_mid_run_then_restart_leaves_nothing_and_loses_nothing() {
     })
     .await;
     // Mid-deploy: the stack exists.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let killed_stack = loop {
-        if let Some(stack) = s.stacks().await.into_iter().next() {
-            break stack;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "run 1 deployed nothing within 120 s\n{}",
-            s.state()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let killed_stack = s.wait_stack("run 1").await;
     s.kill9();
     assert!(
         s.statuses("coop/web", &sha1)
@@ -870,6 +895,20 @@ async fn sigkill_mid_run_then_restart_leaves_nothing_and_loses_nothing() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 
+    // The re-run's comment shows the finished tiers while the next one runs (edited in place).
+    eventually(
+        "run 1's comment to show install passed while a later tier runs",
+        RUN_SECS,
+        || {
+            s.bot_comments_on("coop/web", 1).into_iter().find(|c| {
+                c.body.contains("cc-ci: ⏳ running")
+                    && c.body.contains("| install | ✅ pass |")
+                    && c.body.contains("| ⏳ running |")
+            })
+        },
+        || s.state(),
+    )
+    .await;
     // The queued trigger was not lost.
     let fin2 = s.wait_final("coop/web", &sha2).await;
     assert_eq!(fin2.state, "success", "{fin2:?}\n{}", s.state());
@@ -1064,4 +1103,98 @@ async fn invalid_deliveries_get_4xx_and_start_nothing() {
     assert!(s.stacks().await.is_empty());
     s.assert_no_secrets_written();
     s.stop().await;
+}
+
+/// Stopping real runs: `cc-ci cancel` of a deploying run, and SIGTERM to the daemon while a
+/// run deploys. Both runs are stopped and torn down (SIGTERM, then after
+/// `daemon.cancel_grace_secs` SIGKILL and gc); the cancelled one is reported as cancelled, the
+/// one stopped by the shutdown waits in the queue for the next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_and_graceful_stop_tear_real_runs_down() {
+    let mut s = Suite::new(
+        &[
+            Pr {
+                repo: "coop/web",
+                fixture: "web",
+                pr: 1,
+                rev: "HEAD",
+            },
+            Pr {
+                repo: "coop/web",
+                fixture: "web",
+                pr: 2,
+                rev: "1.1.0+1.1",
+            },
+        ],
+        |c| c.daemon.cancel_grace_secs = 2,
+    )
+    .await;
+    let sha1 = s.head("coop/web", 1);
+    let sha2 = s.head("coop/web", 2);
+    s.start_plain();
+    s.wait_healthy().await;
+
+    let (code, body) = s
+        .comment(
+            Flavour::Gitea,
+            "coop/web",
+            1,
+            801,
+            "alice",
+            "!testme install",
+        )
+        .await;
+    assert_eq!(code, 202, "{body}\n{}", s.state());
+    let first = s.wait_stack("run 1").await;
+    let (code, out, err) = s.cli(&["cancel", "1"]);
+    assert_eq!(code, 0, "cc-ci cancel 1: {out}{err}");
+    let fin = s.wait_final("coop/web", &sha1).await;
+    assert!(
+        fin.state == "error" && fin.description.starts_with("cancelled"),
+        "{fin:?}\n{}",
+        s.state()
+    );
+    eventually(
+        "the comment of run 1 to say cancelled",
+        30,
+        || {
+            s.bot_comments_on("coop/web", 1)
+                .into_iter()
+                .find(|c| c.body.contains("🛑 cancelled"))
+        },
+        || s.state(),
+    )
+    .await;
+    s.assert_no_leftovers(std::slice::from_ref(&first)).await;
+    let (code, _, err) = s.cli(&["cancel", "1"]);
+    assert_eq!(code, 2, "cancelling a finished run is an error: {err}");
+
+    let (code, body) = s
+        .comment(
+            Flavour::Forgejo,
+            "coop/web",
+            2,
+            802,
+            "alice",
+            "!testme install",
+        )
+        .await;
+    assert_eq!(code, 202, "{body}\n{}", s.state());
+    let second = s.wait_stack("run 2").await;
+    s.stop().await;
+    s.assert_no_leftovers(&[first, second]).await;
+    let (code, out, err) = s.cli(&["queue"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("2 ") && l.contains("queued") && l.contains("coop/web#2")),
+        "run 2 is back in the queue:\n{out}"
+    );
+    assert!(
+        s.statuses("coop/web", &sha2)
+            .iter()
+            .all(|st| st.state == "pending"),
+        "a run stopped by a shutdown is not reported as finished: {:?}",
+        s.statuses("coop/web", &sha2)
+    );
 }

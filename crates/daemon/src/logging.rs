@@ -1,6 +1,7 @@
 //! Log output: the systemd journal (structured fields) when stderr is connected to it, else
 //! human-readable lines on stderr. Filter with `CC_CI_LOG` (tracing `EnvFilter` syntax).
 
+use std::io::IsTerminal;
 use std::os::fd::AsRawFd;
 
 use tracing_subscriber::EnvFilter;
@@ -39,8 +40,10 @@ pub fn init() {
             .try_init();
         return;
     }
+    // Colours only for a person at a terminal: a log file or pipe must stay plain text.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter())
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }
