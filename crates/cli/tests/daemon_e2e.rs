@@ -590,6 +590,21 @@ impl Drop for Suite {
     }
 }
 
+/// The process id the daemon logged for run `id` (`run started run_id=1 ... pid=Some(123)`).
+fn run_pid(daemon_log: &str, id: i64) -> Option<i32> {
+    daemon_log
+        .lines()
+        .filter(|l| l.contains("run started") && l.contains(&format!("run_id={id} ")))
+        .filter_map(|l| l.split("pid=Some(").nth(1)?.split(')').next()?.parse().ok())
+        .next_back()
+}
+
+/// Alive and not a zombie.
+fn process_alive(pid: i32) -> bool {
+    let stat = read(Path::new(&format!("/proc/{pid}/stat")));
+    !stat.is_empty() && !stat.split(") ").nth(1).is_some_and(|s| s.starts_with('Z'))
+}
+
 /// The id in a run link `<public_url>/runs/<id>`.
 fn run_id(status: &StatusRec) -> i64 {
     status
@@ -841,6 +856,9 @@ async fn sigkill_mid_run_then_restart_leaves_nothing_and_loses_nothing() {
     .await;
     // Mid-deploy: the stack exists.
     let killed_stack = s.wait_stack("run 1").await;
+    let run_pid = run_pid(&read(&s.daemon_log()), 1)
+        .unwrap_or_else(|| panic!("no `run started` line for run 1\n{}", s.state()));
+    assert!(process_alive(run_pid), "run 1 ({run_pid}) is not running");
     s.kill9();
     assert!(
         s.statuses("coop/web", &sha1)
@@ -850,26 +868,16 @@ async fn sigkill_mid_run_then_restart_leaves_nothing_and_loses_nothing() {
         s.statuses("coop/web", &sha1)
     );
 
-    // The run process died with the daemon: its run lock is free.
-    let domain_dir = s
-        .dir
-        .path()
-        .join("work/runs")
-        .join(killed_stack.replace('_', "."));
-    let lock = std::fs::File::options()
-        .write(true)
-        .open(domain_dir.join("lock"))
-        .unwrap_or_else(|e| panic!("{}: {e}", domain_dir.display()));
+    // Restarted at once, as systemd's Restart= would: the start-up gc must not find the killed
+    // run alive. Its process died with the daemon (PR_SET_PDEATHSIG).
+    s.start_plain();
     eventually(
-        "the killed run's lock to be released (the run process to die with the daemon)",
+        &format!("the run process {run_pid} to die with the daemon"),
         20,
-        || lock.try_lock().is_ok().then_some(()),
+        || (!process_alive(run_pid)).then_some(()),
         || s.state(),
     )
     .await;
-    drop(lock);
-
-    s.start_plain();
     s.wait_healthy().await;
     // Start-up gc removes the killed run's deployment.
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -909,6 +917,11 @@ async fn sigkill_mid_run_then_restart_leaves_nothing_and_loses_nothing() {
         || s.state(),
     )
     .await;
+    let gc_log = read(&s.state_dir().join("gc.log"));
+    assert!(
+        gc_log.contains(&format!("collected {}", killed_stack.replace('_', "."))),
+        "the start-up gc collected the killed run:\n{gc_log}"
+    );
     // The queued trigger was not lost.
     let fin2 = s.wait_final("coop/web", &sha2).await;
     assert_eq!(fin2.state, "success", "{fin2:?}\n{}", s.state());
