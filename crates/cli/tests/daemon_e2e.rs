@@ -615,9 +615,10 @@ fn run_id(status: &StatusRec) -> i64 {
         .unwrap_or_else(|| panic!("no run id in {status:?}"))
 }
 
-/// Socket activation and sd_notify; a Gitea-shaped and a Forgejo-shaped trigger that pass and
-/// one that fails, all three at once: pending then the final status, one comment each with the
-/// per-tier table, nothing left on the swarm, no secret written anywhere, a clean SIGTERM.
+/// Socket activation and sd_notify; a Gitea-shaped and a Forgejo-shaped trigger that pass, one
+/// that fails a check and one the harness refuses, all at once: pending then the final status,
+/// one comment each with the per-tier table, nothing left on the swarm, no secret written
+/// anywhere, a clean SIGTERM.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_path_socket_activated_pass_and_fail() {
     let mut s = Suite::new(
@@ -640,8 +641,14 @@ async fn full_path_socket_activated_pass_and_fail() {
                 pr: 2,
                 rev: "HEAD",
             },
+            Pr {
+                repo: "coop/web-badcompose",
+                fixture: "web-badcompose",
+                pr: 4,
+                rev: "HEAD",
+            },
         ],
-        |c| c.daemon.concurrency = 3,
+        |c| c.daemon.concurrency = 4,
     )
     .await;
     // Carol may trigger as a member of an allowlisted organisation.
@@ -664,6 +671,7 @@ async fn full_path_socket_activated_pass_and_fail() {
     let web = s.head("coop/web", 1);
     let forgejo_web = s.head("forgejo/web", 3);
     let nolabel = s.head("coop/web-nolabel", 2);
+    let badcompose = s.head("coop/web-badcompose", 4);
     let (code, body) = s
         .comment(
             Flavour::Gitea,
@@ -697,6 +705,38 @@ async fn full_path_socket_activated_pass_and_fail() {
         )
         .await;
     assert_eq!(code, 202, "{body}\n{}", s.state());
+
+    let (code, body) = s
+        .comment(
+            Flavour::Forgejo,
+            "coop/web-badcompose",
+            4,
+            504,
+            "alice",
+            "!testme",
+        )
+        .await;
+    assert_eq!(code, 202, "{body}\n{}", s.state());
+
+    // A recipe the harness refuses (exit 2, nothing deployed): an error, never a pass, and the
+    // comment shows the cause from the end of the log.
+    let fin = s.wait_final("coop/web-badcompose", &badcompose).await;
+    assert!(
+        fin.state == "error" && fin.description.contains("bad input"),
+        "{fin:?}\n{}",
+        s.state()
+    );
+    eventually(
+        "the error comment of coop/web-badcompose#4",
+        30,
+        || {
+            s.bot_comments_on("coop/web-badcompose", 4)
+                .into_iter()
+                .find(|c| c.body.contains("⚠️ error") && c.body.contains("not valid YAML"))
+        },
+        || s.state(),
+    )
+    .await;
 
     let mut domains = Vec::new();
     for (repo, pr, sha, want) in [
