@@ -450,11 +450,12 @@ impl Suite {
             .collect()
     }
 
-    /// Wait until a stack of this test exists (a run is deploying); returns its name.
-    async fn wait_stack(&self, what: &str) -> String {
+    /// Wait until a stack of this test other than `known` exists (a run is deploying); returns
+    /// its name.
+    async fn wait_stack(&self, what: &str, known: &[String]) -> String {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
-            if let Some(stack) = self.stacks().await.into_iter().next() {
+            if let Some(stack) = self.stacks().await.into_iter().find(|s| !known.contains(s)) {
                 return stack;
             }
             assert!(
@@ -895,7 +896,7 @@ async fn sigkill_mid_run_then_restart_leaves_nothing_and_loses_nothing() {
     })
     .await;
     // Mid-deploy: the stack exists.
-    let killed_stack = s.wait_stack("run 1").await;
+    let killed_stack = s.wait_stack("run 1", &[]).await;
     let run_pid = run_pid(&read(&s.daemon_log()), 1)
         .unwrap_or_else(|| panic!("no `run started` line for run 1\n{}", s.state()));
     assert!(process_alive(run_pid), "run 1 ({run_pid}) is not running");
@@ -1158,12 +1159,13 @@ async fn invalid_deliveries_get_4xx_and_start_nothing() {
     s.stop().await;
 }
 
-/// Stopping real runs: `cc-ci cancel` of a deploying run, and SIGTERM to the daemon while a
-/// run deploys. Both runs are stopped and torn down (SIGTERM, then after
-/// `daemon.cancel_grace_secs` SIGKILL and gc); the cancelled one is reported as cancelled, the
-/// one stopped by the shutdown waits in the queue for the next start.
+/// Stopping real runs. A new `!testme` on the same pull request supersedes the deploying run
+/// (stopped and torn down; the newer run owns the commit status and passes); `cc-ci cancel`
+/// stops a deploying run (reported as cancelled); SIGTERM to the daemon stops a deploying run
+/// and puts it back in the queue. Stopping = SIGTERM, then after `daemon.cancel_grace_secs`
+/// SIGKILL and gc: nothing is left on the swarm either way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancel_and_graceful_stop_tear_real_runs_down() {
+async fn supersede_cancel_and_graceful_stop_tear_real_runs_down() {
     let mut s = Suite::new(
         &[
             Pr {
@@ -1178,15 +1180,24 @@ async fn cancel_and_graceful_stop_tear_real_runs_down() {
                 pr: 2,
                 rev: "1.1.0+1.1",
             },
+            Pr {
+                repo: "coop/web",
+                fixture: "web",
+                pr: 3,
+                rev: "1.0.0+1.0",
+            },
         ],
         |c| c.daemon.cancel_grace_secs = 2,
     )
     .await;
     let sha1 = s.head("coop/web", 1);
     let sha2 = s.head("coop/web", 2);
+    let sha3 = s.head("coop/web", 3);
     s.start_plain();
     s.wait_healthy().await;
+    let mut stacks = Vec::new();
 
+    // Supersede: run 1 deploys, a second comment queues run 2, which stops run 1.
     let (code, body) = s
         .comment(
             Flavour::Gitea,
@@ -1198,56 +1209,119 @@ async fn cancel_and_graceful_stop_tear_real_runs_down() {
         )
         .await;
     assert_eq!(code, 202, "{body}\n{}", s.state());
-    let first = s.wait_stack("run 1").await;
-    let (code, out, err) = s.cli(&["cancel", "1"]);
-    assert_eq!(code, 0, "cc-ci cancel 1: {out}{err}");
+    stacks.push(s.wait_stack("run 1", &stacks).await);
+    let (code, body) = s
+        .comment(
+            Flavour::Gitea,
+            "coop/web",
+            1,
+            802,
+            "carol",
+            "!testme install",
+        )
+        .await;
+    assert_eq!(code, 403, "carol is no member yet: {body}");
+    s.gitea.add_member("coop", "carol");
+    let (code, body) = s
+        .comment(
+            Flavour::Gitea,
+            "coop/web",
+            1,
+            803,
+            "carol",
+            "!testme install",
+        )
+        .await;
+    assert_eq!(code, 202, "{body}\n{}", s.state());
     let fin = s.wait_final("coop/web", &sha1).await;
+    assert!(
+        fin.state == "success" && run_id(&fin) == 2,
+        "{fin:?}\n{}",
+        s.state()
+    );
+    let all = s.statuses("coop/web", &sha1);
+    assert!(
+        all.iter()
+            .all(|st| st.state == "pending" || st.state == "success"),
+        "the superseded run's status must not override the newer run's: {all:?}"
+    );
+    eventually(
+        "the comment of run 1 to say cancelled",
+        30,
+        || {
+            s.bot_comments_on("coop/web", 1).into_iter().find(|c| {
+                c.body.contains("🛑 cancelled") && c.body.contains("<!-- cc-ci run 1 -->")
+            })
+        },
+        || s.state(),
+    )
+    .await;
+    let run1 = read(&s.state_dir().join("runs/1/log.txt"));
+    assert!(run1.contains("SIGTERM"), "run 1 was stopped:\n{run1}");
+
+    // `cc-ci cancel` of a deploying run.
+    let (code, body) = s
+        .comment(
+            Flavour::Forgejo,
+            "coop/web",
+            2,
+            804,
+            "alice",
+            "!testme install",
+        )
+        .await;
+    assert_eq!(code, 202, "{body}\n{}", s.state());
+    stacks.push(s.wait_stack("run 3", &stacks).await);
+    let (code, out, err) = s.cli(&["cancel", "3"]);
+    assert_eq!(code, 0, "cc-ci cancel 3: {out}{err}");
+    let fin = s.wait_final("coop/web", &sha2).await;
     assert!(
         fin.state == "error" && fin.description.starts_with("cancelled"),
         "{fin:?}\n{}",
         s.state()
     );
     eventually(
-        "the comment of run 1 to say cancelled",
+        "the comment of run 3 to say cancelled",
         30,
         || {
-            s.bot_comments_on("coop/web", 1)
+            s.bot_comments_on("coop/web", 2)
                 .into_iter()
                 .find(|c| c.body.contains("🛑 cancelled"))
         },
         || s.state(),
     )
     .await;
-    s.assert_no_leftovers(std::slice::from_ref(&first)).await;
-    let (code, _, err) = s.cli(&["cancel", "1"]);
+    s.assert_no_leftovers(&stacks).await;
+    let (code, _, err) = s.cli(&["cancel", "3"]);
     assert_eq!(code, 2, "cancelling a finished run is an error: {err}");
 
+    // SIGTERM to the daemon while run 4 deploys.
     let (code, body) = s
         .comment(
-            Flavour::Forgejo,
+            Flavour::Gitea,
             "coop/web",
-            2,
-            802,
+            3,
+            805,
             "alice",
             "!testme install",
         )
         .await;
     assert_eq!(code, 202, "{body}\n{}", s.state());
-    let second = s.wait_stack("run 2").await;
+    stacks.push(s.wait_stack("run 4", &stacks).await);
     s.stop().await;
-    s.assert_no_leftovers(&[first, second]).await;
+    s.assert_no_leftovers(&stacks).await;
     let (code, out, err) = s.cli(&["queue"]);
     assert_eq!(code, 0, "{err}");
     assert!(
         out.lines()
-            .any(|l| l.starts_with("2 ") && l.contains("queued") && l.contains("coop/web#2")),
-        "run 2 is back in the queue:\n{out}"
+            .any(|l| l.starts_with("4 ") && l.contains("queued") && l.contains("coop/web#3")),
+        "run 4 is back in the queue:\n{out}"
     );
     assert!(
-        s.statuses("coop/web", &sha2)
+        s.statuses("coop/web", &sha3)
             .iter()
             .all(|st| st.state == "pending"),
         "a run stopped by a shutdown is not reported as finished: {:?}",
-        s.statuses("coop/web", &sha2)
+        s.statuses("coop/web", &sha3)
     );
 }
