@@ -1,0 +1,309 @@
+//! Data and overlay checks inside the stack's containers: canaries in named volumes, overlay
+//! seed/verify pairs, HTTP/exec checks.
+
+use super::*;
+
+/// The canary file written into every named volume.
+pub(super) const CANARY_FILE: &str = ".cc-ci-canary";
+
+/// Judges the output of an overlay check's command.
+type Judge = Box<dyn Fn(&crate::engine::ExecOutput) -> Result<String, String>>;
+
+impl Job {
+    /// Writes a fresh random canary into every named volume of the stack (only into volumes
+    /// backed up whole when `backed_up_only`), remembering the values.
+    pub(super) async fn write_canaries(
+        &mut self,
+        backed_up_only: Option<bool>,
+    ) -> Result<Result<(), String>, Stop> {
+        let snap = self.engine.snapshot(&self.stack).await?;
+        let targets: Vec<(String, String, String)> = if backed_up_only.is_some() {
+            backup_selection(&snap, &self.stack)
+                .into_iter()
+                .filter(|(_, paths)| paths.is_none())
+                .filter_map(|(vol, _)| mount_of(&snap, &vol).map(|(c, t)| (vol, c, t)))
+                .collect()
+        } else {
+            volume_mounts(&snap)
+        };
+        self.canaries.clear();
+        for (vol, container, target) in targets {
+            let value = format!("cc-ci-{:016x}", rand::random::<u64>());
+            let cmd = format!("printf %s '{value}' > '{target}/{CANARY_FILE}'");
+            match self
+                .engine
+                .exec(&container, &["sh", "-c", &cmd], Duration::from_secs(30))
+                .await
+            {
+                Ok(o) if o.exit_code == 0 => {
+                    self.canaries.insert(vol, value);
+                }
+                Ok(o) => {
+                    return Ok(Err(format!(
+                        "volume {vol}: writing the canary exited {}: {}",
+                        o.exit_code,
+                        o.stderr.trim()
+                    )));
+                }
+                Err(e) => return Ok(Err(format!("volume {vol}: {e}"))),
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    pub(super) async fn verify_canaries(
+        &self,
+        name: &str,
+        expected: &BTreeMap<String, String>,
+    ) -> Result<CheckResult, Stop> {
+        if expected.is_empty() {
+            return Ok(CheckResult::generic(
+                name,
+                Verdict::Skipped,
+                "the stack has no named volumes to check",
+            ));
+        }
+        let snap = self.engine.snapshot(&self.stack).await?;
+        let mut problems = Vec::new();
+        for (vol, value) in expected {
+            let short_vol = vol.strip_prefix(&format!("{}_", self.stack)).unwrap_or(vol);
+            let Some((container, target)) = mount_of(&snap, vol) else {
+                problems.push(format!(
+                    "volume {short_vol} is no longer mounted by any running service"
+                ));
+                continue;
+            };
+            let r = self
+                .engine
+                .exec(
+                    &container,
+                    &["sh", "-c", &format!("cat '{target}/{CANARY_FILE}'")],
+                    Duration::from_secs(30),
+                )
+                .await;
+            match r {
+                Ok(o) if o.exit_code == 0 && o.stdout == *value => {}
+                Ok(o) if o.exit_code == 0 => problems.push(format!(
+                    "volume {short_vol}: canary changed (expected {value}, found {})",
+                    o.stdout.trim()
+                )),
+                Ok(_) => problems.push(format!(
+                    "volume {short_vol}: the canary file is gone: data was lost"
+                )),
+                Err(e) => problems.push(format!("volume {short_vol}: {e}")),
+            }
+        }
+        Ok(if problems.is_empty() {
+            CheckResult::generic(
+                name,
+                Verdict::Pass,
+                format!("{} volume canaries read back unchanged", expected.len()),
+            )
+        } else {
+            CheckResult::generic(name, Verdict::Fail, problems.join("; "))
+        })
+    }
+
+    pub(super) async fn container_of(&self, service: &str) -> Result<Result<String, String>, Stop> {
+        let snap = self.engine.snapshot(&self.stack).await?;
+        let Some(s) = snap.service(service) else {
+            return Ok(Err(format!("no service `{service}` in the stack")));
+        };
+        Ok(s.running_tasks()
+            .find_map(|t| t.container_id.clone())
+            .ok_or_else(|| format!("service `{service}` has no running container")))
+    }
+
+    pub(super) async fn exec_in(
+        &self,
+        service: &str,
+        cmd: &[String],
+    ) -> Result<Result<crate::engine::ExecOutput, String>, Stop> {
+        let container = match self.container_of(service).await? {
+            Ok(c) => c,
+            Err(e) => return Ok(Err(e)),
+        };
+        let args: Vec<&str> = cmd.iter().map(String::as_str).collect();
+        match self
+            .engine
+            .exec(&container, &args, Duration::from_secs(120))
+            .await
+        {
+            Ok(o) => Ok(Ok(o)),
+            Err(e) if e.is_unreachable() => Err(e.into()),
+            Err(e) => Ok(Err(e.to_string())),
+        }
+    }
+
+    pub(super) async fn seed_data(&self, out: &mut Vec<CheckResult>) -> Result<(), Stop> {
+        for (source, d) in self.overlay.data.clone() {
+            if let Err(e) = self.exec_in(&d.service, &d.seed).await?.and_then(|o| {
+                if o.exit_code == 0 {
+                    Ok(())
+                } else {
+                    Err(format!("exit {}: {}", o.exit_code, o.stderr.trim()))
+                }
+            }) {
+                out.push(CheckResult::new(
+                    format!("data:{}:seed", d.name),
+                    source,
+                    Verdict::Error,
+                    self.redactor.redact(&e),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) async fn mutate_data(&self, out: &mut Vec<CheckResult>) -> Result<(), Stop> {
+        for (source, d) in self.overlay.data.clone() {
+            let Some(m) = &d.mutate else { continue };
+            if let Err(e) = self.exec_in(&d.service, m).await?.and_then(|o| {
+                if o.exit_code == 0 {
+                    Ok(())
+                } else {
+                    Err(format!("exit {}: {}", o.exit_code, o.stderr.trim()))
+                }
+            }) {
+                out.push(CheckResult::new(
+                    format!("data:{}:mutate", d.name),
+                    source,
+                    Verdict::Error,
+                    self.redactor.redact(&e),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) async fn verify_data(
+        &self,
+        stage: Stage,
+        out: &mut Vec<CheckResult>,
+    ) -> Result<(), Stop> {
+        for (source, d) in self.overlay.data.clone() {
+            let name = format!("data:{}", d.name);
+            let r = self.exec_in(&d.service, &d.verify).await?;
+            out.push(match r {
+                Ok(o) if o.exit_code == 0 && o.stdout.trim() == d.expect.trim() => {
+                    CheckResult::new(
+                        name,
+                        source,
+                        Verdict::Pass,
+                        format!("verified after {}", stage.name()),
+                    )
+                }
+                Ok(o) => CheckResult::new(
+                    name,
+                    source,
+                    Verdict::Fail,
+                    self.redactor.redact(&format!(
+                        "after {}: expected `{}`, got `{}` (exit {})",
+                        stage.name(),
+                        d.expect,
+                        crate::report::excerpt(o.stdout.trim(), 200),
+                        o.exit_code
+                    )),
+                ),
+                Err(e) => CheckResult::new(name, source, Verdict::Fail, self.redactor.redact(&e)),
+            });
+        }
+        Ok(())
+    }
+
+    pub(super) async fn overlay_checks(
+        &self,
+        stage: Stage,
+        out: &mut Vec<CheckResult>,
+    ) -> Result<(), Stop> {
+        for (source, c) in self.overlay.checks.clone() {
+            if !c.tiers.contains(&stage) {
+                continue;
+            }
+            let (cmd, judge): (Vec<String>, Judge) = match &c.kind {
+                // `overlay::load` inlines scripts; one that reaches here was never loaded.
+                CheckKind::Script { script, .. } => {
+                    out.push(CheckResult::new(
+                        &c.name,
+                        source,
+                        Verdict::Error,
+                        format!("script `{script}` was not loaded from its overlay folder"),
+                    ));
+                    continue;
+                }
+                CheckKind::Http {
+                    port,
+                    path,
+                    status,
+                    body_contains,
+                } => {
+                    let url = format!("http://127.0.0.1:{port}{path}");
+                    // Neither `-q` nor `-T`: Debian's static busybox wget crashes when either is combined with
+                    // `-S`. The exec itself has a deadline.
+                    let (status, body) = (*status, body_contains.clone());
+                    (
+                        vec!["wget".into(), "-S".into(), "-O-".into(), url],
+                        Box::new(move |o| {
+                            overlay::judge_http(
+                                status,
+                                body.as_deref(),
+                                o.exit_code,
+                                &o.stdout,
+                                &o.stderr,
+                            )
+                        }),
+                    )
+                }
+                CheckKind::Exec {
+                    command,
+                    exit_code,
+                    stdout_contains,
+                } => {
+                    let (code, needle) = (*exit_code, stdout_contains.clone());
+                    (
+                        command.clone(),
+                        Box::new(move |o| {
+                            overlay::judge_exec(
+                                code,
+                                needle.as_deref(),
+                                o.exit_code,
+                                &o.stdout,
+                                &o.stderr,
+                            )
+                        }),
+                    )
+                }
+            };
+            let r = self.exec_in(&c.service, &cmd).await?;
+            out.push(match r.and_then(|o| judge(&o)) {
+                Ok(d) => CheckResult::new(&c.name, source, Verdict::Pass, self.redactor.redact(&d)),
+                Err(d) => {
+                    CheckResult::new(&c.name, source, Verdict::Fail, self.redactor.redact(&d))
+                }
+            });
+        }
+        Ok(())
+    }
+}
+
+/// (full volume name, container id, mount target) for every named volume mounted by a running task.
+pub(super) fn volume_mounts(snap: &StackSnapshot) -> Vec<(String, String, String)> {
+    let mut seen = BTreeMap::new();
+    for s in &snap.services {
+        let Some(container) = s.running_tasks().find_map(|t| t.container_id.clone()) else {
+            continue;
+        };
+        for m in s.volume_mounts() {
+            seen.entry(m.source.clone())
+                .or_insert((container.clone(), m.target.clone()));
+        }
+    }
+    seen.into_iter().map(|(v, (c, t))| (v, c, t)).collect()
+}
+
+pub(super) fn mount_of(snap: &StackSnapshot, volume: &str) -> Option<(String, String)> {
+    volume_mounts(snap)
+        .into_iter()
+        .find(|(v, _, _)| v == volume)
+        .map(|(_, c, t)| (c, t))
+}
