@@ -14,6 +14,7 @@ ABRA="$BIN_DIR/abra-standin"
 BENCH_ID="b$(printf '%04x' $((RANDOM)))$$"
 BENCH_TMP=$(mktemp -d "${TMPDIR:-/tmp}/cc-ci-bench.XXXXXX")
 
+
 build_product() {
   local flag=()
   [ "$BENCH_PROFILE" = release ] && flag=(--release)
