@@ -13,6 +13,7 @@ ABRA="$BIN_DIR/abra-standin"
 # Unique per bench process, so gc and teardown of other runs on the same swarm never meet ours.
 BENCH_ID="b$(printf '%04x' $((RANDOM)))$$"
 BENCH_TMP=$(mktemp -d "${TMPDIR:-/tmp}/cc-ci-bench.XXXXXX")
+trap 'rm -rf "$BENCH_TMP"' EXIT
 
 
 build_product() {
