@@ -322,25 +322,38 @@ where
     let report = job.report(teardown);
     write_reports(&opts.report_dir, &report, &redactor);
     print_table(&report);
-    let exit_code = match report.verdict {
+    let exit_code = exit_code(&report);
+    RunOutcome {
+        exit_code,
+        report: Some(report),
+        message: None,
+    }
+}
+
+/// The exit code of a run that produced a report. An error is an infrastructure error (3) when
+/// the engine, abra or git went away during a tier, or when every tier passed but the teardown
+/// could not remove the deployment (e.g. dockerd restarted at that moment): the recipe is not
+/// to blame. Otherwise a tier that did not pass makes it 1.
+pub fn exit_code(report: &RunReport) -> i32 {
+    match report.verdict {
         Verdict::Pass | Verdict::Skipped => exit::PASS,
         Verdict::Fail => exit::FAIL,
         Verdict::Error => {
-            if report
+            let infra_in_tier = report
                 .tiers
                 .iter()
-                .any(|t| t.checks.iter().any(|c| c.name == "infrastructure"))
-            {
+                .any(|t| t.checks.iter().any(|c| c.name == "infrastructure"));
+            let only_teardown = report.teardown.verdict == Some(Verdict::Error)
+                && report
+                    .tiers
+                    .iter()
+                    .all(|t| matches!(t.verdict, Verdict::Pass | Verdict::Skipped));
+            if infra_in_tier || only_teardown {
                 exit::INFRA
             } else {
                 exit::FAIL
             }
         }
-    };
-    RunOutcome {
-        exit_code,
-        report: Some(report),
-        message: None,
     }
 }
 
@@ -933,6 +946,64 @@ fn tail(s: &str, n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_teardown_that_could_not_finish_after_passing_tiers_is_an_infrastructure_error() {
+        let tier = |name: &str, verdict| TierReport {
+            name: name.into(),
+            verdict,
+            duration_ms: 0,
+            checks: vec![],
+        };
+        let report = |tiers: Vec<TierReport>, teardown| {
+            let teardown = TeardownReport {
+                verdict: Some(teardown),
+                leftovers: vec![],
+            };
+            RunReport {
+                recipe: "web".into(),
+                git_ref: "HEAD".into(),
+                head_sha: String::new(),
+                base_version: None,
+                app_domain: "web-abcdef.ci.local".into(),
+                verdict: RunReport::overall(&tiers, &teardown),
+                deploy_count: 1,
+                tiers,
+                teardown,
+                notes: vec![],
+            }
+        };
+        let passed = vec![
+            tier("install", Verdict::Pass),
+            tier("backup", Verdict::Skipped),
+        ];
+        assert_eq!(
+            exit_code(&report(passed.clone(), Verdict::Pass)),
+            exit::PASS
+        );
+        // dockerd restarted during the teardown (bench/drill-dockerd-restart): not the recipe's fault.
+        assert_eq!(exit_code(&report(passed, Verdict::Error)), exit::INFRA);
+        let failed = vec![tier("install", Verdict::Fail)];
+        assert_eq!(
+            exit_code(&report(failed.clone(), Verdict::Pass)),
+            exit::FAIL
+        );
+        // A failed tier stays the headline even when the teardown also had trouble.
+        assert_eq!(exit_code(&report(failed, Verdict::Error)), exit::FAIL);
+        let mut infra = tier("upgrade", Verdict::Error);
+        infra.checks.push(CheckResult::generic(
+            "infrastructure",
+            Verdict::Error,
+            "engine gone",
+        ));
+        assert_eq!(
+            exit_code(&report(
+                vec![tier("install", Verdict::Pass), infra],
+                Verdict::Error
+            )),
+            exit::INFRA
+        );
+    }
 
     #[test]
     fn stages_parse_in_lifecycle_order() {
