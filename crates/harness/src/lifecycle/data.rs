@@ -45,6 +45,7 @@ impl Job {
                         o.stderr.trim()
                     )));
                 }
+                Err(e) if e.is_unreachable() => return Err(e.into()),
                 Err(e) => return Ok(Err(format!("volume {vol}: {e}"))),
             }
         }
@@ -90,6 +91,7 @@ impl Job {
                 Ok(_) => problems.push(format!(
                     "volume {short_vol}: the canary file is gone: data was lost"
                 )),
+                Err(e) if e.is_unreachable() => return Err(e.into()),
                 Err(e) => problems.push(format!("volume {short_vol}: {e}")),
             }
         }

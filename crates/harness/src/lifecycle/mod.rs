@@ -926,6 +926,20 @@ fn abra_infra(e: AbraError) -> Stop {
     Stop::Infra(e.to_string())
 }
 
+impl Job {
+    /// After abra failed: when the engine does not answer now, the failure is the
+    /// infrastructure's (dockerd restarting, bench/drill-dockerd-restart), not the recipe's.
+    async fn engine_lost(&self, e: &AbraError) -> Option<Stop> {
+        match self.engine.check_swarm().await {
+            Err(err) if err.is_unreachable() => Some(Stop::Infra(format!(
+                "{} while the Docker engine was unreachable: {err}",
+                first_line(&e.to_string())
+            ))),
+            _ => None,
+        }
+    }
+}
+
 fn short(sha: &str) -> &str {
     sha.get(..10).unwrap_or(sha)
 }

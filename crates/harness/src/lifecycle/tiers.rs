@@ -118,6 +118,9 @@ impl Job {
                 return Err(abra_infra(e));
             }
             Err(e) => {
+                if let Some(stop) = self.engine_lost(&e).await {
+                    return Err(stop);
+                }
                 out.push(CheckResult::generic(
                     "backup-create",
                     Verdict::Fail,
@@ -224,6 +227,7 @@ impl Job {
                             match r {
                                 Ok(o) if !o.stdout.trim().is_empty() => {}
                                 Ok(_) => problems.push(format!("path {p} of volume {short_vol} holds no data (empty or missing at backup time; does the pre-hook dump anything?)")),
+                                Err(e) if e.is_unreachable() => return Err(e.into()),
                                 Err(e) => problems.push(format!("cannot inspect {full}: {e}")),
                             }
                         }
@@ -272,6 +276,9 @@ impl Job {
                 return Err(abra_infra(e));
             }
             Err(e) => {
+                if let Some(stop) = self.engine_lost(&e).await {
+                    return Err(stop);
+                }
                 out.push(CheckResult::generic(
                     "restore",
                     Verdict::Fail,
