@@ -137,12 +137,19 @@ impl Drill {
                 secrets = secrets.display(),
             ),
         );
+        // `<dir>/gate-<command>` makes `abra app <command>` wait for `<dir>/go` (after creating
+        // `<dir>/at-<command>`), so a drill can act while that call is running.
         write_exe(
             &bin.join("abra"),
             &format!(
-                "#!/bin/sh\nPATH='{}':\"$PATH\" exec '{}' \"$@\"\n",
+                "#!/bin/sh\nif [ \"$1\" = app ] && [ -e '{dir}/gate-'\"$2\" ]; then\n\
+                 \x20 touch '{dir}/at-'\"$2\"\n\
+                 \x20 while [ ! -e '{dir}/go' ]; do sleep 0.05; done\n\
+                 fi\n\
+                 PATH='{}':\"$PATH\" exec '{}' \"$@\"\n",
                 shim.display(),
-                standin().display()
+                standin().display(),
+                dir = dir.path().display(),
             ),
         );
         let mut config = Config::default();
@@ -1089,4 +1096,217 @@ async fn webhook_flood_is_refused_and_the_daemon_stays_responsive() {
         gitea.describe()
     );
     daemon.stop().await;
+}
+
+// ------------------------------------------------------------------------------------------
+// The Docker engine goes away in the middle of a run.
+
+/// A unix-socket proxy in front of the Docker engine that can be cut: while it is down its
+/// socket is gone and every open connection is dropped, as when dockerd restarts, but the real
+/// engine (shared with other tests) is never touched. bench/drill-dockerd-restart restarts a
+/// real (private) dockerd instead.
+struct EngineProxy {
+    path: PathBuf,
+    up: tokio::sync::watch::Sender<bool>,
+}
+
+impl EngineProxy {
+    fn start(path: PathBuf) -> Self {
+        let upstream = std::env::var("DOCKER_HOST")
+            .ok()
+            .and_then(|h| h.strip_prefix("unix://").map(PathBuf::from))
+            .unwrap_or_else(|| "/var/run/docker.sock".into());
+        let (up, mut rx) = tokio::sync::watch::channel(true);
+        let p = path.clone();
+        tokio::spawn(async move {
+            loop {
+                let _ = std::fs::remove_file(&p);
+                let listener = tokio::net::UnixListener::bind(&p).expect("bind the engine proxy");
+                let mut conns = tokio::task::JoinSet::new();
+                loop {
+                    tokio::select! {
+                        _ = rx.changed() => if !*rx.borrow() { break },
+                        a = listener.accept() => if let Ok((mut client, _)) = a {
+                            let upstream = upstream.clone();
+                            conns.spawn(async move {
+                                if let Ok(mut engine) = tokio::net::UnixStream::connect(&upstream).await {
+                                    let _ = tokio::io::copy_bidirectional(&mut client, &mut engine).await;
+                                }
+                            });
+                        },
+                    }
+                }
+                // Down: no socket, no connection survives.
+                drop(listener);
+                let _ = std::fs::remove_file(&p);
+                conns.abort_all();
+                loop {
+                    if rx.changed().await.is_err() {
+                        return;
+                    }
+                    if *rx.borrow() {
+                        break;
+                    }
+                }
+            }
+        });
+        EngineProxy { path, up }
+    }
+
+    fn set_up(&self, up: bool) {
+        let _ = self.up.send(up);
+    }
+}
+
+/// A full run whose engine disappears for 3 s at a seeded random moment: the run must end as an
+/// infrastructure error (exit 3, verdict error, not a failed tier: the recipe is not to blame),
+/// and `cc-ci gc` must then leave nothing behind.
+async fn engine_outage_drill(drill_no: u64) {
+    let d = Drill::new(&format!("eo{drill_no}-"), |_| {});
+    let recipe = d.fixture("web");
+    let proxy = EngineProxy::start(d.path("engine.sock"));
+    let mut rng = Rng(seed(20 + drill_no));
+    let outage_at = rng.between_ms(500, 15_000);
+    let stderr = d.path("run.stderr");
+    let report = d.path("report");
+    let start = Instant::now();
+    let mut child = Command::new(cc_ci())
+        .arg("run")
+        .arg("--recipe")
+        .arg(&recipe)
+        .arg("--report-dir")
+        .arg(&report)
+        .arg("--config")
+        .arg(&d.config_path)
+        .env("DOCKER_HOST", format!("unix://{}", proxy.path.display()))
+        .env_remove("CC_CI_ABRA")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .expect("start cc-ci run");
+    let mut ended_before = None;
+    while start.elapsed() < outage_at {
+        if let Some(st) = child.try_wait().unwrap() {
+            ended_before = Some(st);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let step = last_step(&read(&stderr));
+    proxy.set_up(false);
+    tokio::time::sleep(Duration::from_secs(3)).await; // the outage itself
+    proxy.set_up(true);
+    let status = eventually(
+        "the run to end after the engine outage",
+        120,
+        || child.try_wait().unwrap(),
+        || read(&stderr),
+    )
+    .await;
+    let run: serde_json::Value =
+        serde_json::from_str(&read(&report.join("run.json"))).unwrap_or_default();
+    let (code, gc_out) = d.gc();
+    let left = d.leftovers();
+    eprintln!(
+        "DRILL engine-outage seed={} outage_at_ms={} step={step:?} ended_before={} run_exit={:?} verdict={} gc_exit={code} leftovers={}",
+        seed(20 + drill_no),
+        outage_at.as_millis(),
+        ended_before.is_some(),
+        status.code(),
+        run["verdict"],
+        left.len()
+    );
+    if ended_before.is_none() {
+        assert_eq!(
+            status.code(),
+            Some(3),
+            "an engine outage at {outage_at:?} ({step}) must be an infrastructure error:\n{}",
+            read(&stderr)
+        );
+        assert_eq!(run["verdict"], "error", "{run:#}");
+    }
+    assert_eq!(code, 0, "cc-ci gc failed:\n{gc_out}");
+    assert!(
+        left.is_empty(),
+        "objects remain after gc: {left:?}\n{gc_out}"
+    );
+    assert!(
+        d.run_dirs().is_empty(),
+        "run directories remain: {:?}",
+        d.run_dirs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_outage_mid_run_is_an_infrastructure_error_and_gc_cleans_1() {
+    engine_outage_drill(1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_outage_mid_run_is_an_infrastructure_error_and_gc_cleans_2() {
+    engine_outage_drill(2).await;
+}
+
+/// The engine goes away exactly while `abra app restore` runs: abra fails, and the harness must
+/// see that the engine is gone and report an infrastructure error, not a failed restore tier.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_outage_during_an_abra_call_is_not_blamed_on_the_recipe() {
+    let d = Drill::new("ea-", |_| {});
+    let recipe = d.fixture("web");
+    let proxy = EngineProxy::start(d.path("engine.sock"));
+    std::fs::write(d.path("gate-restore"), "").unwrap();
+    let stderr = d.path("run.stderr");
+    let report = d.path("report");
+    let mut child = Command::new(cc_ci())
+        .arg("run")
+        .arg("--recipe")
+        .arg(&recipe)
+        .arg("--report-dir")
+        .arg(&report)
+        .arg("--config")
+        .arg(&d.config_path)
+        .env("DOCKER_HOST", format!("unix://{}", proxy.path.display()))
+        .env_remove("CC_CI_ABRA")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .expect("start cc-ci run");
+    let at = d.path("at-restore");
+    eventually(
+        "the run to call abra app restore",
+        90,
+        || at.exists().then_some(()),
+        || read(&stderr),
+    )
+    .await;
+    proxy.set_up(false);
+    std::fs::write(d.path("go"), "").unwrap();
+    let status = eventually(
+        "the run to end",
+        120,
+        || child.try_wait().unwrap(),
+        || read(&stderr),
+    )
+    .await;
+    proxy.set_up(true);
+    let run: serde_json::Value =
+        serde_json::from_str(&read(&report.join("run.json"))).unwrap_or_default();
+    let restore = run["tiers"]
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["name"] == "restore"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(status.code(), Some(3), "{}", read(&stderr));
+    assert_eq!(restore["verdict"], "error", "{run:#}");
+    assert!(
+        restore["checks"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["name"] == "infrastructure")),
+        "{restore:#}"
+    );
+    let (code, gc_out) = d.gc();
+    assert_eq!(code, 0, "{gc_out}");
+    assert!(d.leftovers().is_empty(), "{:?}", d.leftovers());
 }
