@@ -1310,3 +1310,34 @@ async fn engine_outage_during_an_abra_call_is_not_blamed_on_the_recipe() {
     assert_eq!(code, 0, "{gc_out}");
     assert!(d.leftovers().is_empty(), "{:?}", d.leftovers());
 }
+
+/// What a dockerd restart during a teardown can leave: a stack container whose service is gone,
+/// which the swarm will never remove. gc must remove it after a short grace, not wait out the
+/// whole teardown timeout (it took 300 s, found by bench/drill-dockerd-restart).
+#[test]
+fn gc_removes_a_container_orphaned_by_its_service_without_waiting_out_the_timeout() {
+    let d = Drill::new("or-", |c| c.harness.converge_timeout_secs = 120);
+    let stack = format!("orph-a1b2c3_{}", d.suffix.replace('.', "_"));
+    let ns = format!("com.docker.stack.namespace={stack}");
+    sh(&format!(
+        "docker volume create --label {ns} {stack}_data >/dev/null"
+    ));
+    sh(&format!(
+        "docker create --name {stack}_app.1.drill --label {ns} -v {stack}_data:/data cc-ci-fixture/busybox:base sh -c 'exit 0' >/dev/null"
+    ));
+    assert_eq!(d.leftovers().len(), 2, "{:?}", d.leftovers());
+    let t = Instant::now();
+    let (code, out) = d.gc();
+    let took = t.elapsed();
+    eprintln!(
+        "DRILL orphan-container gc_secs={:.1} gc_exit={code} leftovers={}",
+        took.as_secs_f64(),
+        d.leftovers().len()
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(d.leftovers().is_empty(), "{:?}\n{out}", d.leftovers());
+    assert!(
+        took < Duration::from_secs(60),
+        "gc took {took:?} for an orphaned container\n{out}"
+    );
+}

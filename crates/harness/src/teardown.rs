@@ -27,6 +27,10 @@ pub enum TeardownError {
     NotOurs(String),
 }
 
+/// How long containers may outlive their (removed) services before teardown removes them by
+/// force: longer than swarm's default stop grace period (10 s).
+pub const ORPHAN_GRACE: Duration = Duration::from_secs(30);
+
 /// Removes every object of `stack` and returns what is still there afterwards (empty = clean).
 pub async fn teardown_stack(
     engine: &Engine,
@@ -37,18 +41,28 @@ pub async fn teardown_stack(
     for (id, _) in &objects.services {
         engine.remove_service(id).await?;
     }
-    // Networks, secrets and volumes stay busy until the services' containers are gone.
+    // Networks, secrets and volumes stay busy until the services' containers are gone. Once no
+    // service is left, containers that remain are given ORPHAN_GRACE, then removed by force
+    // below: a container whose service vanished while dockerd restarted is never removed by the
+    // swarm, and waiting the whole timeout for it made gc take minutes.
+    let services_gone_at = std::sync::Mutex::new(None::<std::time::Instant>);
     let gone = wait_for(
         "the stack's containers to stop",
         timeout,
         Duration::from_millis(200),
         || async {
             let o = engine.stack_objects(stack).await?;
-            Ok::<_, EngineError>(if o.services.is_empty() && o.containers.is_empty() {
-                Probe::Done(())
-            } else {
-                Probe::Pending(o.describe().join(", "))
-            })
+            let orphans_waited = o.services.is_empty() && {
+                let mut at = services_gone_at.lock().unwrap_or_else(|e| e.into_inner());
+                at.get_or_insert_with(std::time::Instant::now).elapsed() >= ORPHAN_GRACE
+            };
+            Ok::<_, EngineError>(
+                if o.services.is_empty() && (o.containers.is_empty() || orphans_waited) {
+                    Probe::Done(())
+                } else {
+                    Probe::Pending(o.describe().join(", "))
+                },
+            )
         },
     )
     .await;
