@@ -329,14 +329,21 @@ fn last_step(stderr: &str) -> String {
 // ------------------------------------------------------------------------------------------
 // SIGKILL of `cc-ci run` at a random point, then `cc-ci gc`.
 
-/// Kills a full four-tier run of `web` at a seeded random moment (uniform over the ~17 s such
-/// a run takes here with a zero stability window: clone, app new, deploys, checks, backup,
-/// restore, teardown), then runs `cc-ci gc` once: nothing of the run may remain.
+/// Kills a full four-tier run of `web` at a seeded random moment of the ~17 s such a run takes
+/// here with a zero stability window (clone, app new, deploys, checks, backup, restore,
+/// teardown), then runs `cc-ci gc` once: nothing of the run may remain.
 fn kill_run_drill(drill_no: u64) {
     let d = Drill::new(&format!("kr{drill_no}-"), |_| {});
     let recipe = d.fixture("web");
     let mut rng = Rng(seed(drill_no));
-    let kill_after = rng.between_ms(200, 17_000);
+    // Half the kills in the first 3 s (clone, app new, the first deploy), half over the rest of
+    // the run (upgrade, backup, restore, teardown): uniform over time alone would rarely hit the
+    // short early steps.
+    let kill_after = if rng.next() % 2 == 0 {
+        rng.between_ms(200, 3_000)
+    } else {
+        rng.between_ms(3_000, 17_000)
+    };
     let stderr = d.path("run.stderr");
     let start = Instant::now();
     let mut child = d.spawn_run(
