@@ -339,7 +339,7 @@ fn kill_run_drill(drill_no: u64) {
     // Half the kills in the first 3 s (clone, app new, the first deploy), half over the rest of
     // the run (upgrade, backup, restore, teardown): uniform over time alone would rarely hit the
     // short early steps.
-    let kill_after = if rng.next() % 2 == 0 {
+    let kill_after = if rng.next().is_multiple_of(2) {
         rng.between_ms(200, 3_000)
     } else {
         rng.between_ms(3_000, 17_000)
