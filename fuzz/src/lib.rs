@@ -45,7 +45,11 @@ pub fn webhook(data: &[u8]) {
         0 => "issue_comment",
         1 => "pull_request",
         2 => "push",
-        _ => std::str::from_utf8(body).unwrap_or("").lines().next().unwrap_or(""),
+        _ => std::str::from_utf8(body)
+            .unwrap_or("")
+            .lines()
+            .next()
+            .unwrap_or(""),
     };
 
     let good = trigger::sign(SECRET, body);
@@ -105,8 +109,14 @@ fn check_command(c: &Command) {
         Command::BadStages { unknown } => {
             assert!(!unknown.is_empty());
             for u in unknown {
-                assert!(!u.is_empty() && !STAGES.contains(&u.as_str()), "unknown {u:?}");
-                assert!(!u.contains(',') && !u.contains(char::is_whitespace), "{u:?}");
+                assert!(
+                    !u.is_empty() && !STAGES.contains(&u.as_str()),
+                    "unknown {u:?}"
+                );
+                assert!(
+                    !u.contains(',') && !u.contains(char::is_whitespace),
+                    "{u:?}"
+                );
             }
         }
     }
@@ -119,7 +129,11 @@ pub fn overlay(data: &[u8]) {
         return;
     };
     match overlay::parse(text, Path::new("fuzz.toml")) {
-        Err(e) => assert!(e.line <= text.lines().count() + 1, "line {} of {text:?}", e.line),
+        Err(e) => assert!(
+            e.line <= text.lines().count() + 1,
+            "line {} of {text:?}",
+            e.line
+        ),
         Ok(o) => {
             for c in &o.checks {
                 assert!(!c.tiers.is_empty());
@@ -182,7 +196,11 @@ pub fn compose_env(data: &[u8]) {
             let mut s = info.services.clone();
             s.sort();
             s.dedup();
-            assert_eq!(s.len(), info.services.len(), "duplicate services in {text:?}");
+            assert_eq!(
+                s.len(),
+                info.services.len(),
+                "duplicate services in {text:?}"
+            );
         }
     }
 }

@@ -48,7 +48,10 @@ fn reply(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
     r
 }
 
-async fn forge_handle(c: Arc<ForgeCounts>, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+async fn forge_handle(
+    c: Arc<ForgeCounts>,
+    req: Request<hyper::body::Incoming>,
+) -> Response<Full<Bytes>> {
     c.requests.fetch_add(1, Ordering::Relaxed);
     let method = req.method().clone();
     let path = req.uri().path().to_string();
@@ -72,7 +75,10 @@ async fn forge_handle(c: Arc<ForgeCounts>, req: Request<hyper::body::Incoming>) 
         (Method::POST, ["repos", _, _, "issues", _, "comments"]) => {
             c.comments.fetch_add(1, Ordering::Relaxed);
             let id = c.next_comment.fetch_add(1, Ordering::Relaxed) + 1_000_000;
-            reply(StatusCode::CREATED, json!({"id": id, "body": "", "user": {"login": "cc-ci-bot"}}))
+            reply(
+                StatusCode::CREATED,
+                json!({"id": id, "body": "", "user": {"login": "cc-ci-bot"}}),
+            )
         }
         (Method::PATCH, ["repos", _, _, "issues", "comments", id]) => reply(
             StatusCode::OK,
@@ -126,7 +132,12 @@ fn comment_payload(pr: i64, comment_id: i64, body: &str) -> Vec<u8> {
 
 /// One delivery on a fresh connection (as a forge sends them): status code and the time from
 /// connecting to the last byte of the answer.
-async fn deliver(addr: SocketAddr, delivery: &str, body: &[u8], signature: &str) -> std::io::Result<(u16, Duration)> {
+async fn deliver(
+    addr: SocketAddr,
+    delivery: &str,
+    body: &[u8],
+    signature: &str,
+) -> std::io::Result<(u16, Duration)> {
     let start = Instant::now();
     let mut s = TcpStream::connect(addr).await?;
     let head = format!(
@@ -150,12 +161,18 @@ async fn deliver(addr: SocketAddr, delivery: &str, body: &[u8], signature: &str)
 
 async fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect(addr).await?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
-        .await?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
     let mut out = Vec::new();
     s.read_to_end(&mut out).await?;
     let text = String::from_utf8_lossy(&out).to_string();
-    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
     Ok((status, text))
 }
 
@@ -196,7 +213,14 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
 
 /// Sends up to `requests` deliveries of `kind` from `clients` concurrent senders, for at most
 /// `secs`; returns how many were accepted as expected.
-async fn phase(addr: SocketAddr, kind: Kind, clients: usize, requests: u64, secs: u64, ids: Arc<AtomicI64>) -> u64 {
+async fn phase(
+    addr: SocketAddr,
+    kind: Kind,
+    clients: usize,
+    requests: u64,
+    secs: u64,
+    ids: Arc<AtomicI64>,
+) -> u64 {
     let sent = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(secs);
     let start = Instant::now();
@@ -210,7 +234,9 @@ async fn phase(addr: SocketAddr, kind: Kind, clients: usize, requests: u64, secs
                 let n = ids.fetch_add(1, Ordering::Relaxed);
                 let body = match kind {
                     Kind::Trigger => comment_payload(n, n, "!testme"),
-                    Kind::NotATrigger | Kind::BadSignature => comment_payload(n, n, "looks good to me"),
+                    Kind::NotATrigger | Kind::BadSignature => {
+                        comment_payload(n, n, "looks good to me")
+                    }
                 };
                 let sig = match kind {
                     Kind::BadSignature => cc_ci_daemon::trigger::sign(b"not-the-secret", &body),
@@ -296,7 +322,10 @@ fn write_config(dir: &Path, forge: SocketAddr, state: &Path) -> PathBuf {
     cfg
 }
 
-async fn wait_healthz(addr: SocketAddr, child: &mut tokio::process::Child) -> Result<Instant, String> {
+async fn wait_healthz(
+    addr: SocketAddr,
+    child: &mut tokio::process::Child,
+) -> Result<Instant, String> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Ok((200, _)) = get(addr, "/healthz").await {
@@ -330,7 +359,11 @@ async fn stop(child: &mut tokio::process::Child) -> Result<Duration, String> {
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
-    if v.is_empty() { f64::NAN } else { v[v.len() / 2] }
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v[v.len() / 2]
+    }
 }
 
 #[tokio::main]
@@ -344,11 +377,17 @@ async fn main() {
         let v = args.next();
         match (a.as_str(), v) {
             ("--cc-ci", Some(p)) => cc_ci = Some(p.into()),
-            ("--requests", Some(n)) if n.parse::<u64>().is_ok() => requests = n.parse().unwrap_or(2000),
+            ("--requests", Some(n)) if n.parse::<u64>().is_ok() => {
+                requests = n.parse().unwrap_or(2000)
+            }
             ("--secs", Some(n)) if n.parse::<u64>().is_ok() => secs = n.parse().unwrap_or(20),
-            ("--activations", Some(n)) if n.parse::<usize>().is_ok() => activations = n.parse().unwrap_or(10),
+            ("--activations", Some(n)) if n.parse::<usize>().is_ok() => {
+                activations = n.parse().unwrap_or(10)
+            }
             _ => {
-                eprintln!("usage: daemon-bench --cc-ci PATH [--requests N] [--secs S] [--activations N]");
+                eprintln!(
+                    "usage: daemon-bench --cc-ci PATH [--requests N] [--secs S] [--activations N]"
+                );
                 std::process::exit(2);
             }
         }
@@ -368,13 +407,21 @@ async fn main() {
     }
 }
 
-async fn bench(cc_ci: &Path, tmp: &Path, requests: u64, secs: u64, activations: usize) -> Result<(), String> {
+async fn bench(
+    cc_ci: &Path,
+    tmp: &Path,
+    requests: u64,
+    secs: u64,
+    activations: usize,
+) -> Result<(), String> {
     let (forge, counts) = start_forge().await;
 
     // --- Webhook throughput and latency on a daemon started by hand.
     let cfg = write_config(tmp, forge, &tmp.join("state"));
     let port = free_port();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().map_err(|e| format!("{e}"))?;
+    let addr: SocketAddr = format!("127.0.0.1:{port}")
+        .parse()
+        .map_err(|e| format!("{e}"))?;
     let log = std::fs::File::create(tmp.join("daemon.log")).map_err(|e| e.to_string())?;
     let mut child = tokio::process::Command::new(cc_ci)
         .args(["serve", "--config"])
@@ -390,7 +437,10 @@ async fn bench(cc_ci: &Path, tmp: &Path, requests: u64, secs: u64, activations: 
     let pid = child.id().unwrap_or(0);
     let t0 = Instant::now();
     let ready = wait_healthz(addr, &mut child).await?;
-    println!("daemon started by hand answers /healthz after {:.0} ms", (ready - t0).as_secs_f64() * 1000.0);
+    println!(
+        "daemon started by hand answers /healthz after {:.0} ms",
+        (ready - t0).as_secs_f64() * 1000.0
+    );
     let (rss_idle, _) = rss_kib(pid);
 
     let ids = Arc::new(AtomicI64::new(1));
@@ -409,13 +459,18 @@ async fn bench(cc_ci: &Path, tmp: &Path, requests: u64, secs: u64, activations: 
     }
     let (rss_after, hwm) = rss_kib(pid);
     // Nothing accepted may be lost: every 202 is a run in the store (one running, the rest queued).
-    let db = cc_ci_daemon::store::Store::open_existing(&cc_ci_daemon::database_path(&tmp.join("state")))
-        .map_err(|e| e.to_string())?;
+    let db =
+        cc_ci_daemon::store::Store::open_existing(&cc_ci_daemon::database_path(&tmp.join("state")))
+            .map_err(|e| e.to_string())?;
     let (running, queued) = db.counts().map_err(|e| e.to_string())?;
     println!(
         "RESULT store after the load: {accepted} triggers accepted, {running} running + {queued} queued = {} runs{}",
         running + queued,
-        if (running + queued) as u64 == accepted { " (none lost)" } else { " (MISMATCH)" }
+        if (running + queued) as u64 == accepted {
+            " (none lost)"
+        } else {
+            " (MISMATCH)"
+        }
     );
     println!(
         "RESULT daemon RSS: idle {:.1} MiB after start, {:.1} MiB after the load (peak {:.1} MiB)",
@@ -431,7 +486,10 @@ async fn bench(cc_ci: &Path, tmp: &Path, requests: u64, secs: u64, activations: 
         counts.git.load(Ordering::Relaxed)
     );
     let stopped = stop(&mut child).await?;
-    println!("daemon stopped {:.2} s after SIGTERM (one run cancelled)", stopped.as_secs_f64());
+    println!(
+        "daemon stopped {:.2} s after SIGTERM (one run cancelled)",
+        stopped.as_secs_f64()
+    );
     if (running + queued) as u64 != accepted {
         return Err("accepted triggers are missing from the store".into());
     }
@@ -446,8 +504,11 @@ async fn bench(cc_ci: &Path, tmp: &Path, requests: u64, secs: u64, activations: 
         let sock = tmp.join(format!("notify-{i}.sock"));
         let notify = tokio::net::UnixDatagram::bind(&sock).map_err(|e| e.to_string())?;
         let port = free_port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().map_err(|e| format!("{e}"))?;
-        let log = std::fs::File::create(tmp.join(format!("sa-{i}.log"))).map_err(|e| e.to_string())?;
+        let addr: SocketAddr = format!("127.0.0.1:{port}")
+            .parse()
+            .map_err(|e| format!("{e}"))?;
+        let log =
+            std::fs::File::create(tmp.join(format!("sa-{i}.log"))).map_err(|e| e.to_string())?;
         let mut child = tokio::process::Command::new("systemd-socket-activate")
             .args(["-l", &addr.to_string()])
             .arg(format!("--setenv=NOTIFY_SOCKET={}", sock.display()))
@@ -467,13 +528,22 @@ async fn bench(cc_ci: &Path, tmp: &Path, requests: u64, secs: u64, activations: 
             let t = Instant::now();
             match TcpStream::connect(addr).await {
                 Ok(s) => break (t, s),
-                Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(2)).await,
-                Err(e) => return Err(format!("systemd-socket-activate did not listen on {addr}: {e}")),
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(2)).await
+                }
+                Err(e) => {
+                    return Err(format!(
+                        "systemd-socket-activate did not listen on {addr}: {e}"
+                    ));
+                }
             }
         };
-        conn.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
+        conn.write_all(
+            format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         let http = async {
             let mut out = Vec::new();
             let _ = conn.read_to_end(&mut out).await;
@@ -483,7 +553,10 @@ async fn bench(cc_ci: &Path, tmp: &Path, requests: u64, secs: u64, activations: 
             let mut buf = [0u8; 4096];
             loop {
                 let n = notify.recv(&mut buf).await.unwrap_or(0);
-                if String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "READY=1") {
+                if String::from_utf8_lossy(&buf[..n])
+                    .lines()
+                    .any(|l| l == "READY=1")
+                {
                     return Instant::now();
                 }
             }
@@ -493,7 +566,9 @@ async fn bench(cc_ci: &Path, tmp: &Path, requests: u64, secs: u64, activations: 
             .await
             .map_err(|_| "no READY=1 and /healthz answer within 60 s of activation".to_string())?;
         if !answer.starts_with("HTTP/1.1 200") {
-            return Err(format!("/healthz under socket activation answered {answer:?}"));
+            return Err(format!(
+                "/healthz under socket activation answered {answer:?}"
+            ));
         }
         to_ready.push((t_ready - t0).as_secs_f64() * 1000.0);
         to_http.push((t_http - t0).as_secs_f64() * 1000.0);

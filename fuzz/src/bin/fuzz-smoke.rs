@@ -23,50 +23,149 @@ impl Rng {
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
     fn below(&mut self, n: usize) -> usize {
-        if n == 0 { 0 } else { (self.next() % n as u64) as usize }
+        if n == 0 {
+            0
+        } else {
+            (self.next() % n as u64) as usize
+        }
     }
 }
 
 fn dictionary(target: &str) -> Vec<&'static [u8]> {
     let common: [&[u8]; 16] = [
-        b"\n", b"\r\n", b" ", b"\t", b"\"", b"'", b"\\", b"#", b"=", b":", b",", b"\0", b"\xff",
-        b"\xe2\x94\x82", b"-1", b"18446744073709551616",
+        b"\n",
+        b"\r\n",
+        b" ",
+        b"\t",
+        b"\"",
+        b"'",
+        b"\\",
+        b"#",
+        b"=",
+        b":",
+        b",",
+        b"\0",
+        b"\xff",
+        b"\xe2\x94\x82",
+        b"-1",
+        b"18446744073709551616",
     ];
     let specific: &[&[u8]] = match target {
         "webhook" => &[
-            b"{", b"}", b"[", b"]", b"null", b"true", b"\"action\":\"created\"",
-            b"\"is_pull\":true", b"\"pull_request\":{}", b"\"full_name\":\"a/b\"",
-            b"\"login\":\"alice\"", b"\"body\":\"!testme\"", b"\"number\":1", b"\"id\":7",
-            b"\"sha\":\"0123456789abcdef\"", b"\"action\":\"synchronized\"", b"\\u0000",
-            b"\\ud800", b"1e999", b"9223372036854775808",
+            b"{",
+            b"}",
+            b"[",
+            b"]",
+            b"null",
+            b"true",
+            b"\"action\":\"created\"",
+            b"\"is_pull\":true",
+            b"\"pull_request\":{}",
+            b"\"full_name\":\"a/b\"",
+            b"\"login\":\"alice\"",
+            b"\"body\":\"!testme\"",
+            b"\"number\":1",
+            b"\"id\":7",
+            b"\"sha\":\"0123456789abcdef\"",
+            b"\"action\":\"synchronized\"",
+            b"\\u0000",
+            b"\\ud800",
+            b"1e999",
+            b"9223372036854775808",
         ],
         "trigger_command" => &[
-            b"!testme", b"!testme ", b"install", b"upgrade", b"backup", b"restore", b",",
-            b"> ", b"\xc2\xa0", b"\xe2\x80\x83", b"!testmexyz",
+            b"!testme",
+            b"!testme ",
+            b"install",
+            b"upgrade",
+            b"backup",
+            b"restore",
+            b",",
+            b"> ",
+            b"\xc2\xa0",
+            b"\xe2\x80\x83",
+            b"!testmexyz",
         ],
         "overlay" => &[
-            b"[[check]]", b"[[data]]", b"name = \"x\"", b"tiers = [\"install\"]",
-            b"service = \"app\"", b"kind = \"http\"", b"kind = \"exec\"", b"port = 80",
-            b"port = 70000", b"path = \"/\"", b"command = [\"true\"]", b"seed = [\"a\"]",
-            b"verify = [\"b\"]", b"expect = \"\"", b"skip_tiers = [\"upgrade\"]",
-            b"canaries = false", b"[", b"]", b"{", b"}", b"'''", b"\"\"\"",
+            b"[[check]]",
+            b"[[data]]",
+            b"name = \"x\"",
+            b"tiers = [\"install\"]",
+            b"service = \"app\"",
+            b"kind = \"http\"",
+            b"kind = \"exec\"",
+            b"port = 80",
+            b"port = 70000",
+            b"path = \"/\"",
+            b"command = [\"true\"]",
+            b"seed = [\"a\"]",
+            b"verify = [\"b\"]",
+            b"expect = \"\"",
+            b"skip_tiers = [\"upgrade\"]",
+            b"canaries = false",
+            b"[",
+            b"]",
+            b"{",
+            b"}",
+            b"'''",
+            b"\"\"\"",
         ],
         "config" => &[
-            b"[harness]", b"[daemon]", b"[forge]", b"domain_suffix = \"ci.local\"",
-            b"poll_interval_ms = 0", b"concurrency = 0", b"max_body_bytes = 1023",
-            b"url = \"http://x\"", b"token_file = \"/nix/store/x\"", b"work_dir = \"\"",
-            b"repo_allowlist = [\"a/b\"]", b"9223372036854775807", b"-9223372036854775808",
-            b"[", b"]", b"{", b"}", b"'''", b"\"\"\"", b"1979-05-27T07:32:00Z", b"inf", b"nan",
+            b"[harness]",
+            b"[daemon]",
+            b"[forge]",
+            b"domain_suffix = \"ci.local\"",
+            b"poll_interval_ms = 0",
+            b"concurrency = 0",
+            b"max_body_bytes = 1023",
+            b"url = \"http://x\"",
+            b"token_file = \"/nix/store/x\"",
+            b"work_dir = \"\"",
+            b"repo_allowlist = [\"a/b\"]",
+            b"9223372036854775807",
+            b"-9223372036854775808",
+            b"[",
+            b"]",
+            b"{",
+            b"}",
+            b"'''",
+            b"\"\"\"",
+            b"1979-05-27T07:32:00Z",
+            b"inf",
+            b"nan",
         ],
         "compose_env" => &[
-            b"services:", b"volumes:", b"  app:", b"    image: x", b"- ", b"&a ", b"*a",
-            b"<<: *a", b"!!binary", b"!!str", b"---", b"...", b"{", b"}", b"[", b"]", b"? ",
-            b"COMPOSE_FILE=", b"compose.yml:compose.x.yml", b"export ", b"SECRET_X_VERSION=v1",
-            b" # length=", b"TYPE=web",
+            b"services:",
+            b"volumes:",
+            b"  app:",
+            b"    image: x",
+            b"- ",
+            b"&a ",
+            b"*a",
+            b"<<: *a",
+            b"!!binary",
+            b"!!str",
+            b"---",
+            b"...",
+            b"{",
+            b"}",
+            b"[",
+            b"]",
+            b"? ",
+            b"COMPOSE_FILE=",
+            b"compose.yml:compose.x.yml",
+            b"export ",
+            b"SECRET_X_VERSION=v1",
+            b" # length=",
+            b"TYPE=web",
         ],
         _ => &[],
     };
-    common.iter().copied().chain(specific.iter().copied()).collect()
+    common
+        .iter()
+        .copied()
+        .chain(specific.iter().copied())
+        .collect()
 }
 
 fn mutate(rng: &mut Rng, input: &mut Vec<u8>, corpus: &[Vec<u8>], dict: &[&[u8]]) {
@@ -112,7 +211,12 @@ fn mutate(rng: &mut Rng, input: &mut Vec<u8>, corpus: &[Vec<u8>], dict: &[&[u8]]
                 let cap = if rng.below(4) == 0 { 5000 } else { 64 };
                 let times = 1 + rng.below(cap);
                 let at = rng.below(len + 1);
-                let run: Vec<u8> = tok.iter().copied().cycle().take(tok.len() * times).collect();
+                let run: Vec<u8> = tok
+                    .iter()
+                    .copied()
+                    .cycle()
+                    .take(tok.len() * times)
+                    .collect();
                 input.splice(at..at, run);
             }
             8 if len > 0 => {
@@ -132,15 +236,21 @@ fn mutate(rng: &mut Rng, input: &mut Vec<u8>, corpus: &[Vec<u8>], dict: &[&[u8]]
 
 fn load_seeds(dir: &Path) -> Vec<Vec<u8>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_file())
+                .collect()
+        })
         .unwrap_or_default();
     files.sort();
     files.iter().filter_map(|p| std::fs::read(p).ok()).collect()
 }
 
 fn fnv(data: &[u8]) -> u64 {
-    data.iter()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+    data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 fn usage() -> ! {
@@ -151,12 +261,16 @@ fn usage() -> ! {
 
 fn main() {
     let mut secs = 10u64;
-    let mut seed = 0x5eed_cc_c1u64;
+    let mut seed = 0x5eed_ccc1_u64;
     let mut max_execs = u64::MAX;
     let mut targets = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
-        let mut num = || args.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| usage());
+        let mut num = || {
+            args.next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| usage())
+        };
         match a.as_str() {
             "--secs" => secs = num(),
             "--seed" => seed = num(),
@@ -220,8 +334,11 @@ fn main() {
                     corpus[i] = input;
                 }
             }
-            if execs % 1_000_000 == 0 {
-                eprintln!("{target}: {execs} execs, {:.0} s", start.elapsed().as_secs_f64());
+            if execs.is_multiple_of(1_000_000) {
+                eprintln!(
+                    "{target}: {execs} execs, {:.0} s",
+                    start.elapsed().as_secs_f64()
+                );
             }
         }
         let el = start.elapsed().as_secs_f64();
