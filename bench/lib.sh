@@ -8,6 +8,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH_PROFILE=${BENCH_PROFILE:-release}
 BIN_DIR="$ROOT/target/$BENCH_PROFILE"
 CC_CI="$BIN_DIR/cc-ci"
+# shellcheck disable=SC2034 # used by the scripts that source this file
 ABRA="$BIN_DIR/abra-standin"
 
 # Unique per bench process, so gc and teardown of other runs on the same swarm never meet ours.
