@@ -938,6 +938,29 @@ impl Job {
             _ => None,
         }
     }
+
+    /// The check for one abra step of a tier: pass (with `detail` of abra's output) or fail
+    /// with abra's last lines. abra missing, or the engine gone, stops the run instead: that is
+    /// the infrastructure's fault, not the recipe's.
+    async fn abra_step(
+        &self,
+        name: &str,
+        result: Result<crate::abra::AbraOutput, AbraError>,
+        detail: impl FnOnce(&crate::abra::AbraOutput) -> String,
+    ) -> Result<CheckResult, Stop> {
+        match result {
+            Ok(o) => Ok(CheckResult::generic(name, Verdict::Pass, detail(&o))),
+            Err(e @ (AbraError::NotFound(_) | AbraError::Spawn { .. })) => Err(abra_infra(e)),
+            Err(e) => match self.engine_lost(&e).await {
+                Some(stop) => Err(stop),
+                None => Ok(CheckResult::generic(
+                    name,
+                    Verdict::Fail,
+                    format!("{}: {}", first_line(&e.to_string()), tail(e.output(), 6)),
+                )),
+            },
+        }
+    }
 }
 
 fn short(sha: &str) -> &str {

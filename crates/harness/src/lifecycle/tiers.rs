@@ -108,26 +108,14 @@ impl Job {
             self.seed_data(out).await?;
         }
         self.progress.step("backup: abra app backup create");
-        match self.abra.backup_create(&self.domain).await {
-            Ok(o) => out.push(CheckResult::generic(
-                "backup-create",
-                Verdict::Pass,
-                tail(&o.output, 1),
-            )),
-            Err(e @ (AbraError::NotFound(_) | AbraError::Spawn { .. })) => {
-                return Err(abra_infra(e));
-            }
-            Err(e) => {
-                if let Some(stop) = self.engine_lost(&e).await {
-                    return Err(stop);
-                }
-                out.push(CheckResult::generic(
-                    "backup-create",
-                    Verdict::Fail,
-                    format!("{}: {}", first_line(&e.to_string()), tail(e.output(), 6)),
-                ));
-                return Ok(());
-            }
+        let result = self.abra.backup_create(&self.domain).await;
+        let check = self
+            .abra_step("backup-create", result, |o| tail(&o.output, 1))
+            .await?;
+        let created = check.verdict == Verdict::Pass;
+        out.push(check);
+        if !created {
+            return Ok(());
         }
         if !self.generic_enabled() {
             return Ok(());
@@ -266,26 +254,14 @@ impl Job {
         }
         self.mutate_data(out).await?;
         self.progress.step("restore: abra app restore");
-        match self.abra.restore(&self.domain).await {
-            Ok(_) => out.push(CheckResult::generic(
-                "restore",
-                Verdict::Pass,
-                "abra app restore succeeded",
-            )),
-            Err(e @ (AbraError::NotFound(_) | AbraError::Spawn { .. })) => {
-                return Err(abra_infra(e));
-            }
-            Err(e) => {
-                if let Some(stop) = self.engine_lost(&e).await {
-                    return Err(stop);
-                }
-                out.push(CheckResult::generic(
-                    "restore",
-                    Verdict::Fail,
-                    format!("{}: {}", first_line(&e.to_string()), tail(e.output(), 6)),
-                ));
-                return Ok(());
-            }
+        let result = self.abra.restore(&self.domain).await;
+        let check = self
+            .abra_step("restore", result, |_| "abra app restore succeeded".into())
+            .await?;
+        let restored = check.verdict == Verdict::Pass;
+        out.push(check);
+        if !restored {
+            return Ok(());
         }
         if self.generic_enabled() {
             match self.wait_converged().await {
