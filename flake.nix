@@ -38,17 +38,27 @@
       );
 
       nixosModules = {
-        cc-ci =
-          { pkgs, ... }:
-          {
-            imports = [ ./nixos/module.nix ];
-            # The package built against this flake's pinned nixpkgs (the toolchain it is tested
-            # with); on another platform, against the host's nixpkgs.
-            services.cc-ci.package = lib.mkDefault (
-              self.packages.${pkgs.stdenv.hostPlatform.system}.cc-ci
-                or (pkgs.callPackage ./nixos/package.nix { })
-            );
-          };
+        cc-ci = {
+          # One identity for both names: the module system imports a module once per key, so a
+          # configuration importing nixosModules.default and nixosModules.cc-ci (directly or
+          # through two other modules) gets it once instead of "defined multiple times".
+          key = "${toString ./.}/flake.nix#nixosModules.cc-ci";
+          _file = "${toString ./.}/flake.nix#nixosModules.cc-ci";
+          imports = [
+            ./nixos/module.nix
+            (
+              { pkgs, ... }:
+              {
+                # The package built against this flake's pinned nixpkgs (the toolchain it is
+                # tested with); on another platform, against the host's nixpkgs.
+                services.cc-ci.package = lib.mkDefault (
+                  self.packages.${pkgs.stdenv.hostPlatform.system}.cc-ci
+                    or (pkgs.callPackage ./nixos/package.nix { })
+                );
+              }
+            )
+          ];
+        };
         default = self.nixosModules.cc-ci;
       };
 

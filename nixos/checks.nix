@@ -34,13 +34,10 @@ let
   ) (lib.filterAttrs (file: type: type == "regular" && lib.hasSuffix ".nix" file) (builtins.readDir vmTestDir));
 
   # Evaluation-only tests of the module (no VM, no KVM): what it generates and what it refuses.
-  evalNode =
-    extra:
+  evalNodeWith =
+    modules: extra:
     pkgs.nixos {
-      imports = [
-        self.nixosModules.cc-ci
-        extra
-      ];
+      imports = modules ++ [ extra ];
       boot.loader.grub.enable = false;
       fileSystems."/" = {
         device = "none";
@@ -48,6 +45,46 @@ let
       };
       system.stateVersion = "26.05";
     };
+  evalNode = evalNodeWith [ self.nixosModules.cc-ci ];
+  base = {
+    enable = true;
+    forge.tokenFile = "/run/keys/forge-token";
+  };
+
+  # Whether forcing `value` fails evaluation (a type error or a throw of the module).
+  failsToEvaluate = value: !(builtins.tryEval (builtins.deepSeq value true)).success;
+  refusesValue =
+    what: value: lib.assertMsg (failsToEvaluate value) "the module accepted ${what}";
+
+  # Listen addresses systemd's socket unit or the daemon would refuse: each must fail evaluation
+  # of the option itself (tests/listen-cases.json has the full list, checked by scripts/check-nix
+  # against nixos/listen.nix, which this type uses).
+  badListens = [
+    "localhost:8088"
+    "0.0.0.0:99999"
+    "::1:8088"
+    "127.0.0.1:0"
+    "run/cc-ci.sock"
+  ];
+  listenNode =
+    listen:
+    evalNode {
+      services.cc-ci = base // {
+        inherit listen;
+      };
+    };
+  goodListens = [
+    "[::]:8088"
+    "10.0.0.5:8088"
+    "/run/cc-ci/http.sock"
+  ];
+
+  # A secret typed into `settings` under a key cc-ci does not have.
+  inlineToken = evalNode {
+    services.cc-ci = base // {
+      settings.forge.token = "inline-secret-value";
+    };
+  };
   # Only this module's assertions are evaluated: the rest of a bare NixOS is not under test.
   ourFailedAssertions =
     node:
@@ -76,13 +113,45 @@ let
     };
   };
   unixFirewall = evalNode {
-    services.cc-ci = {
-      enable = true;
-      forge.tokenFile = "/run/keys/forge-token";
+    services.cc-ci = base // {
       listen = "/run/cc-ci/http.sock";
       openFirewall = true;
     };
   };
+  loopbackFirewall = evalNode {
+    services.cc-ci = base // {
+      listen = "127.0.0.1:8088";
+      openFirewall = true;
+    };
+  };
+  unixSocket = evalNode {
+    services.cc-ci = base // {
+      listen = "/run/cc-ci/http.sock";
+      socketGroup = "nginx";
+    };
+  };
+  tmpWorkDir = evalNode {
+    services.cc-ci = base // {
+      settings.harness.work_dir = "/tmp/cc-ci";
+    };
+  };
+  srvWorkDir = evalNode {
+    services.cc-ci = base // {
+      settings.harness.work_dir = "/srv/cc-ci";
+    };
+  };
+  # Both names of the module at once, as two other modules might import them.
+  bothModules = evalNodeWith [
+    self.nixosModules.default
+    self.nixosModules.cc-ci
+  ] { services.cc-ci = base; };
+  backupBot = evalNode {
+    services.cc-ci = base // {
+      backupBot.enable = true;
+      backupBot.version = "2.4.0+2.4.0";
+    };
+  };
+  backupBotUnit = backupBot.config.systemd.services.cc-ci-backup-bot;
   liveRestore = evalNode {
     services.cc-ci = {
       enable = true;
@@ -95,8 +164,45 @@ let
     assert lib.assertMsg (ourFailedAssertions good == [ ]) (
       "a valid configuration fails: " + lib.concatStringsSep "; " (ourFailedAssertions good)
     );
-    assert refuses "a forge token in the Nix store" storeSecret "forge.tokenFile";
+    assert refusesValue "a forge token in the Nix store" storeSecret.config.services.cc-ci.forge.tokenFile;
+    assert lib.all (
+      listen: refusesValue "listen = ${listen}" (listenNode listen).config.services.cc-ci.listen
+    ) badListens;
+    assert lib.all (
+      listen:
+      lib.assertMsg (
+        (listenNode listen).config.systemd.sockets.cc-ci.listenStreams == [ listen ]
+      ) "listen = ${listen} is refused or not passed to cc-ci.socket"
+    ) goodListens;
+    assert refusesValue "an unknown settings key (settings.forge.token)" inlineToken.config.services.cc-ci.settings;
+    assert refusesValue "an inline token reaching the config file" inlineToken.config.environment.etc."cc-ci/config.toml".source.outPath;
     assert refuses "openFirewall with a unix socket" unixFirewall "openFirewall";
+    assert refuses "openFirewall with a loopback listen" loopbackFirewall "loopback";
+    assert refuses "a work_dir under /tmp" tmpWorkDir "work_dir";
+    assert lib.assertMsg (ourFailedAssertions srvWorkDir == [ ]) "work_dir = /srv/cc-ci is refused";
+    assert lib.assertMsg (
+      lib.elem "/srv/cc-ci" srvWorkDir.config.systemd.services.cc-ci.serviceConfig.ReadWritePaths
+      && lib.elem "/srv/cc-ci" srvWorkDir.config.systemd.services.cc-ci-gc.serviceConfig.ReadWritePaths
+    ) "a work_dir outside /var/lib/cc-ci is not writable by the units";
+    assert lib.assertMsg (
+      unixSocket.config.systemd.sockets.cc-ci.socketConfig.SocketMode == "0660"
+      && unixSocket.config.systemd.sockets.cc-ci.socketConfig.SocketGroup == "nginx"
+      && unixSocket.config.users.groups ? nginx
+    ) "a unix-socket listen is not mode 0660 with the configured group";
+    assert lib.assertMsg (
+      bothModules.config.systemd.services.cc-ci.serviceConfig.ExecStart
+      == good.config.systemd.services.cc-ci.serviceConfig.ExecStart
+    ) "importing nixosModules.default and nixosModules.cc-ci together changes the service";
+    assert lib.assertMsg (
+      goodService.MemoryMax == "4G" && goodService.TasksMax == 1024 && goodService.LimitNOFILE == 8192
+    ) "the service's resource limits are not set";
+    assert lib.assertMsg (!(good.config.systemd.services ? cc-ci-backup-bot)) "backup-bot-two is deployed without backupBot.enable";
+    assert lib.assertMsg (
+      lib.hasInfix "'2.4.0+2.4.0'" backupBotUnit.script
+      && lib.hasInfix "'backup-bot-two'" backupBotUnit.script
+      && lib.elem "cc-ci-swarm.service" backupBotUnit.after
+      && lib.elem "cc-ci-backup-bot.service" backupBot.config.systemd.services.cc-ci.wants
+    ) "the backup-bot-two unit does not deploy the configured recipe and version after the swarm";
     assert refuses "live-restore with swarm" liveRestore "live-restore";
     assert lib.assertMsg (goodService.Type == "notify") "cc-ci.service is not Type=notify";
     assert lib.assertMsg (

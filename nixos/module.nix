@@ -19,8 +19,46 @@ let
   # The service's StateDirectory=cc-ci.
   statePath = "/var/lib/cc-ci";
 
+  # `IPv4:port`, `[IPv6]:port` or an absolute unix-socket path: what systemd's socket unit and
+  # the daemon both take. The same rule as `check-config` (crates/harness/src/listen.rs).
+  isValidListen = import ./listen.nix;
+  listenType = lib.mkOptionType {
+    name = "cc-ci-listen";
+    description = "`IPv4:port`, `[IPv6]:port` (port 1-65535) or an absolute unix-socket path";
+    descriptionClass = "noun";
+    check = isValidListen;
+    merge = lib.options.mergeEqualOption;
+  };
+
   isUnixSocket = lib.hasPrefix "/" cfg.listen;
   listenPort = lib.toInt (lib.last (lib.splitString ":" cfg.listen));
+  # Reachable from this host only: opening the firewall for it does nothing but mislead.
+  isLoopbackListen = lib.hasPrefix "127." cfg.listen || lib.hasPrefix "[::1]:" cfg.listen;
+
+  # `settings` takes only the keys declared below. A freeform type would let an unknown key
+  # through into the world-readable config file in the Nix store (`settings.forge.token = "…"`)
+  # before `check-config` could refuse it, and the module system's own "option does not exist"
+  # error prints the value. This type fails evaluation naming the key only.
+  unknownSettingsKey = lib.mkOptionType {
+    name = "cc-ci-unknown-settings-key";
+    # The description of the `settings` submodule is taken from its freeform type.
+    description = "cc-ci config file: only the keys below";
+    check = _: true;
+    merge =
+      loc: defs:
+      let
+        # Attribute paths of the unknown keys, never their values.
+        keysOf =
+          prefix: value:
+          if builtins.isAttrs value && builtins.length prefix < 2 then
+            lib.concatLists (lib.mapAttrsToList (k: keysOf (prefix ++ [ k ])) value)
+          else
+            [ (lib.concatStringsSep "." prefix) ];
+        keys = lib.unique (lib.concatMap (def: keysOf [ ] def.value) defs);
+        files = lib.unique (map (def: toString def.file) defs);
+      in
+      throw "${lib.showOption loc}: cc-ci has no config key ${lib.concatMapStringsSep ", " (k: "`${k}`") keys} (set in ${lib.concatStringsSep ", " files}); the keys are listed in docs/config.md. Secrets never go into settings: use services.cc-ci.forge.tokenFile and services.cc-ci.forge.webhookSecretFile.";
+  };
 
   # A config-file key left `null` is omitted from the file, so cc-ci's built-in default applies
   # and is written down only once (crates/harness/src/config.rs).
@@ -93,7 +131,7 @@ let
     "harness.work_dir" = builtin {
       type = types.str;
       builtinDefault = "`$STATE_DIRECTORY/work`, i.e. `/var/lib/cc-ci/work`";
-      description = "Where per-run state lives: the per-run `ABRA_DIR`, run locks, reports. Keep it unset or inside `/var/lib/cc-ci`, the only place the service may write. Unset, the daemon and the gc job use `/var/lib/cc-ci/work`, and a `cc-ci run` by hand uses its user's own cache directory, so manual runs never leave files the service cannot remove.";
+      description = "Where per-run state lives: the per-run `ABRA_DIR`, run locks, reports. An absolute path; outside `/var/lib/cc-ci` it is created for the `cc-ci` user and added to the units' `ReadWritePaths=` (not under `/tmp`, `/var/tmp`, `/home`, `/root`, `/run/user` or the Nix store, which the sandbox hides or makes private). Unset, the daemon and the gc job use `/var/lib/cc-ci/work`, and a `cc-ci run` by hand uses its user's own cache directory, so manual runs never leave files the service cannot remove.";
     };
     "harness.overlay_dirs" = list "Operator overlay folders, searched after the overlays shipped with cc-ci (a later folder wins per key)." [
       "/etc/cc-ci/overlays"
@@ -123,7 +161,7 @@ let
       description = "How often the swarm state is polled while waiting, in milliseconds.";
     };
 
-    "daemon.listen" = ownedBy "listen" types.str cfg.listen;
+    "daemon.listen" = ownedBy "listen" listenType cfg.listen;
     "daemon.state_dir" = mkOption {
       type = types.str;
       default = statePath;
@@ -204,16 +242,41 @@ let
     lib.filterAttrsRecursive (_: value: value != null) cfg.settings
   );
 
+  # The checker runs on the build machine: the deployed package itself when the build machine can
+  # execute it, otherwise cc-ci built for the build platform from the same source (a package
+  # from the flake is not spliced, so `nativeBuildInputs = [ cfg.package ]` would put the host's
+  # binary on a cross build's PATH).
+  checkConfigPackage =
+    if pkgs.stdenv.buildPlatform.canExecute pkgs.stdenv.hostPlatform then
+      cfg.package
+    else
+      pkgs.buildPackages.callPackage ./package.nix { };
+
   # The file the units use: validated at build time by the daemon's own parser, so a typo in a
   # key or a bad value fails `nixos-rebuild`, not the service at run time.
   configFile =
     if cfg.checkConfig then
-      pkgs.runCommand "cc-ci-config.toml" { nativeBuildInputs = [ cfg.package ]; } ''
+      pkgs.runCommand "cc-ci-config.toml" { nativeBuildInputs = [ checkConfigPackage ]; } ''
         cc-ci check-config ${settingsFile}
         cp ${settingsFile} $out
       ''
     else
       settingsFile;
+
+  # A work directory outside the state directory must be writable under ProtectSystem=strict.
+  workDir = cfg.settings.harness.work_dir;
+  extraWorkDir = workDir != null && !lib.hasPrefix "${statePath}/" "${workDir}/";
+  # Places the sandbox hides (ProtectHome=), makes private per unit (PrivateTmp=) or that are
+  # read-only: the daemon, its runs and the gc job would not share the directory.
+  hiddenDirs = [
+    "/tmp"
+    "/var/tmp"
+    "/home"
+    "/root"
+    "/run/user"
+    builtins.storeDir
+  ];
+  workDirHidden = workDir != null && lib.any (d: lib.hasPrefix "${d}/" "${workDir}/") hiddenDirs;
 
   dockerPackage = config.virtualisation.docker.package;
 
@@ -222,7 +285,6 @@ let
     pkgs.abra
     pkgs.git
     dockerPackage
-    pkgs.util-linux # script(1): abra needs a terminal
     pkgs.coreutils
   ]
   ++ cfg.extraPackages;
@@ -274,6 +336,13 @@ let
       "~@privileged"
     ];
     SystemCallErrorNumber = "EPERM";
+    ReadWritePaths = lib.optional extraWorkDir workDir;
+
+    # The daemon, its runs (cc-ci run, abra, git, the docker client) and the gc job share these;
+    # the containers under test run in docker's cgroups, not here. See docs/nixos.md.
+    MemoryMax = cfg.limits.memoryMax;
+    TasksMax = cfg.limits.tasksMax;
+    LimitNOFILE = cfg.limits.openFiles;
 
     # Relaxed: runs reach the forge and the apps under test over IP, and the docker engine over
     # its unix socket, so no PrivateNetwork= and no IPAddressDeny=. AF_NETLINK: glibc's
@@ -293,13 +362,27 @@ let
     HOME = statePath;
   };
 
-  storePathMessage =
-    option:
-    "services.cc-ci.${option} must be a path outside the Nix store (it is world-readable); a Nix path literal such as ./secret is copied into the store, so write the path as a string.";
+  # An absolute path outside the Nix store (which is world-readable), checked without reading
+  # or copying anything. Not `types.externalPath`: that type accepts a path literal such as
+  # `./token` in /etc/nixos, which the first string interpolation (`LoadCredential=`) would copy
+  # into the store. Here a literal is turned into its string as it is (`apply`), so it never
+  # is; a literal in a flake is already in the store and is refused.
+  secretFileType = lib.mkOptionType {
+    name = "cc-ci-secret-file";
+    description = "absolute path outside the Nix store";
+    descriptionClass = "noun";
+    check =
+      x:
+      (builtins.isString x || builtins.isPath x)
+      && lib.hasPrefix "/" (toString x)
+      && !lib.hasPrefix "${builtins.storeDir}/" (toString x);
+    merge = lib.options.mergeEqualOption;
+  };
+  asString = path: if path == null then null else toString path;
 
-  isOutsideStore =
-    path:
-    path == null || (!builtins.isPath path && !lib.hasPrefix "${builtins.storeDir}/" (toString path));
+  backupBotDomainSuffix =
+    if cfg.settings.harness.domain_suffix != null then cfg.settings.harness.domain_suffix else "ci.local";
+  backupBotUnits = lib.optional cfg.backupBot.enable "cc-ci-backup-bot.service";
 in
 {
   options.services.cc-ci = {
@@ -308,20 +391,50 @@ in
     package = lib.mkPackageOption pkgs "cc-ci" { };
 
     listen = mkOption {
-      type = types.strMatching "(/.+)|(.+:[0-9]+)";
+      type = listenType;
       default = "127.0.0.1:8088";
       example = "/run/cc-ci/http.sock";
       description = ''
-        Where the socket unit `cc-ci.socket` listens: `HOST:PORT` (`[::]:8088` for every address)
-        or the absolute path of a unix socket. The daemon is started on the first connection.
-        Also written to the config file as `daemon.listen`.
+        Where the socket unit `cc-ci.socket` listens: `IPv4:port`, `[IPv6]:port` (`[::]:8088`
+        for every address; port 1-65535) or the absolute path of a unix socket (mode 0660, group
+        {option}`services.cc-ci.socketGroup`). Host names such as `localhost:8088` are refused.
+        The daemon is started on the first connection. Also written to the config file as
+        `daemon.listen`.
       '';
     };
 
     openFirewall = mkOption {
       type = types.bool;
       default = false;
-      description = "Open the TCP port of {option}`services.cc-ci.listen` in the firewall. Only for a `HOST:PORT` listen address.";
+      description = "Open the TCP port of {option}`services.cc-ci.listen` in the firewall. Only for a non-loopback `IPv4:port` or `[IPv6]:port` listen address.";
+    };
+
+    socketGroup = mkOption {
+      type = types.str;
+      default = "cc-ci";
+      example = "nginx";
+      description = "Group that may connect to a unix-socket {option}`services.cc-ci.listen` (the socket is mode 0660, owned by root and this group): put a reverse proxy's group here. Created when missing. Unused with a TCP listen address.";
+    };
+
+    limits.memoryMax = mkOption {
+      type = types.str;
+      default = "4G";
+      example = "8G";
+      description = "`MemoryMax=` of the daemon and the gc job: the daemon, its runs (`cc-ci run`, abra, git, the docker client) together. Beyond it the kernel kills inside the unit, the daemon restarts and resumes its queue. Containers under test are not counted (they run in docker's cgroups). Raise it with `settings.daemon.concurrency`.";
+    };
+
+    limits.tasksMax = mkOption {
+      type = types.ints.positive;
+      default = 1024;
+      example = 4096;
+      description = "`TasksMax=` (processes and threads) of the daemon and the gc job: a run forks abra, git and docker clients, which start threads of their own. Bounds a fork bomb from a recipe's repo-local scripts.";
+    };
+
+    limits.openFiles = mkOption {
+      type = types.ints.positive;
+      default = 8192;
+      example = 65536;
+      description = "`LimitNOFILE=` of the daemon and the gc job: connections, log followers, run logs and the sockets of the processes of every run. Keep it above the daemon's own connection and follower limits so that they answer 503 before the file table runs out.";
     };
 
     startAtBoot = mkOption {
@@ -382,7 +495,8 @@ in
     };
 
     forge.tokenFile = mkOption {
-      type = types.path;
+      type = secretFileType;
+      apply = asString;
       example = "/run/secrets/cc-ci-forge-token";
       description = ''
         File holding the forge API token (commit statuses, pull-request comments, membership
@@ -392,7 +506,8 @@ in
     };
 
     forge.webhookSecretFile = mkOption {
-      type = types.nullOr types.path;
+      type = types.nullOr secretFileType;
+      apply = asString;
       default = null;
       example = "/run/secrets/cc-ci-webhook-secret";
       description = ''
@@ -415,6 +530,40 @@ in
       description = "`--advertise-addr` of `docker swarm init`. Required by docker when the host has several addresses; the loopback address suits a single-node swarm.";
     };
 
+    backupBot.enable = mkOption {
+      type = types.bool;
+      default = false;
+      description = ''
+        Deploy backup-bot-two on the swarm with abra (unit `cc-ci-backup-bot.service`, after
+        the swarm is initialised; idempotent). cc-ci's backup and restore tiers need it: without
+        a backup-bot-two service on the swarm they end as an infrastructure `error` (exit 3),
+        never as a recipe failure. Fetches the recipe from the recipe catalogue and its image from
+        its registry, so the host needs network access.
+      '';
+    };
+
+    backupBot.recipe = mkOption {
+      type = types.str;
+      default = "backup-bot-two";
+      example = "https://git.example.org/me/backup-bot-two.git";
+      description = "The recipe abra deploys as backup-bot-two: a name from the Co-op Cloud catalogue, as `abra app new` takes it.";
+    };
+
+    backupBot.version = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "2.4.0+2.4.0";
+      description = "Release of {option}`services.cc-ci.backupBot.recipe` to deploy. `null`: the newest release when the app is first created; a later change of this option redeploys at the new version.";
+    };
+
+    backupBot.domain = mkOption {
+      type = types.str;
+      default = "backup-bot-two.${backupBotDomainSuffix}";
+      defaultText = literalExpression ''"backup-bot-two.''${config.services.cc-ci.settings.harness.domain_suffix}"'';
+      example = "backups.ci.example.org";
+      description = "Domain of the backup-bot-two app in abra (it serves nothing; abra names apps by domain). Its stack is never mistaken for a run's by `cc-ci gc`.";
+    };
+
     gc.enable = mkOption {
       type = types.bool;
       default = true;
@@ -430,7 +579,7 @@ in
 
     settings = mkOption {
       type = types.submodule {
-        freeformType = format.type;
+        freeformType = unknownSettingsKey;
         options = settingsOptionTree;
       };
       default = { };
@@ -443,8 +592,9 @@ in
       '';
       description = ''
         The cc-ci config file (TOML), see docs/config.md. Every key is a typed option below;
-        a key cc-ci does not know fails the build (`cc-ci check-config`). Keys left `null` take
-        cc-ci's built-in default.
+        a key cc-ci does not know fails evaluation, naming the key and never its value (so a
+        secret typed here by mistake reaches neither the Nix store nor the error). Keys left
+        `null` take cc-ci's built-in default.
       '';
     };
   };
@@ -452,16 +602,20 @@ in
   config = lib.mkIf cfg.enable {
     assertions = [
       {
-        assertion = isOutsideStore cfg.forge.tokenFile;
-        message = storePathMessage "forge.tokenFile";
-      }
-      {
-        assertion = isOutsideStore cfg.forge.webhookSecretFile;
-        message = storePathMessage "forge.webhookSecretFile";
-      }
-      {
         assertion = cfg.openFirewall -> !isUnixSocket;
-        message = "services.cc-ci.openFirewall needs a HOST:PORT listen address, not the unix socket ${cfg.listen}.";
+        message = "services.cc-ci.openFirewall needs an IP:port listen address, not the unix socket ${cfg.listen}.";
+      }
+      {
+        assertion = cfg.openFirewall -> !isLoopbackListen;
+        message = "services.cc-ci.openFirewall is set, but services.cc-ci.listen = ${cfg.listen} is a loopback address no other host can reach: listen on a routable address (e.g. [::]:8088) or drop openFirewall.";
+      }
+      {
+        assertion = workDir == null || lib.hasPrefix "/" workDir;
+        message = "services.cc-ci.settings.harness.work_dir must be an absolute path, not ${toString workDir}.";
+      }
+      {
+        assertion = !workDirHidden;
+        message = "services.cc-ci.settings.harness.work_dir = ${toString workDir} is hidden, private or read-only in the service's sandbox (${lib.concatStringsSep ", " hiddenDirs}): keep it unset (/var/lib/cc-ci/work) or use a directory such as /srv/cc-ci.";
       }
       {
         assertion = !config.virtualisation.docker.liveRestore;
@@ -486,6 +640,9 @@ in
       description = "cc-ci daemon";
     };
     users.groups.cc-ci = { };
+    users.groups.${cfg.socketGroup} = lib.mkIf isUnixSocket { };
+
+    systemd.tmpfiles.rules = lib.optional extraWorkDir "d ${workDir} 0700 cc-ci cc-ci -";
 
     virtualisation.docker.enable = true;
     virtualisation.docker.liveRestore = lib.mkDefault false;
@@ -500,6 +657,13 @@ in
       description = "cc-ci webhook and API socket";
       wantedBy = [ "sockets.target" ];
       listenStreams = [ cfg.listen ];
+      # The daemon gets the socket as a file descriptor; only the path's permissions decide who
+      # may connect (the default would be 0666: everyone on the host).
+      socketConfig = lib.mkIf isUnixSocket {
+        SocketUser = "root";
+        SocketGroup = cfg.socketGroup;
+        SocketMode = "0660";
+      };
     };
 
     systemd.services.cc-ci = {
@@ -514,8 +678,11 @@ in
         "docker.service"
         "network-online.target"
       ]
-      ++ swarmUnits;
-      wants = [ "network-online.target" ];
+      ++ swarmUnits
+      ++ backupBotUnits;
+      # Wanted, not required: without backup-bot-two the daemon still runs, and its backup and
+      # restore tiers report the missing service as an infrastructure error.
+      wants = [ "network-online.target" ] ++ backupBotUnits;
       wantedBy = lib.optional cfg.startAtBoot "multi-user.target";
       path = servicePath;
       inherit environment;
@@ -558,6 +725,74 @@ in
         Persistent = true;
         RandomizedDelaySec = "5min";
       };
+    };
+
+    # backup-bot-two as its own app in an abra directory of its own. Spellings of abra used here:
+    # `server add --local`, `app new`, `app secret generate -a`, `app deploy <domain> [version]`
+    # with `-n`, `-f` and `-D` (see ../shared/reference: the deploy flags are confirmed, the others
+    # are the documented ones).
+    systemd.services.cc-ci-backup-bot = lib.mkIf cfg.backupBot.enable {
+      description = "backup-bot-two on the swarm, for cc-ci's backup and restore tiers";
+      requires = [ "docker.service" ] ++ swarmUnits;
+      after = [
+        "docker.service"
+        "network-online.target"
+      ]
+      ++ swarmUnits;
+      wants = [ "network-online.target" ];
+      wantedBy = [ "multi-user.target" ];
+      # util-linux for script(1): abra refuses to run without a terminal, even with -n.
+      path = [
+        pkgs.abra
+        pkgs.git
+        dockerPackage
+        pkgs.util-linux
+        pkgs.coreutils
+      ];
+      environment.HOME = "/var/lib/cc-ci-backup-bot";
+      serviceConfig = sandbox // {
+        Type = "oneshot";
+        RemainAfterExit = true;
+        StateDirectory = "cc-ci-backup-bot";
+        # A deadline for the recipe fetch, the image pull and abra's convergence wait.
+        TimeoutStartSec = "15min";
+      };
+      script = ''
+        set -euo pipefail
+        export ABRA_DIR="$STATE_DIRECTORY/abra"
+        abra_bin=${lib.escapeShellArg cfg.settings.harness.abra}
+        recipe=${lib.escapeShellArg cfg.backupBot.recipe}
+        version=${lib.escapeShellArg (if cfg.backupBot.version == null then "" else cfg.backupBot.version)}
+        domain=${lib.escapeShellArg cfg.backupBot.domain}
+        stack=''${domain//./_}
+
+        # abra in a pseudo-terminal; its exit status is script's.
+        abra() {
+          script --quiet --return --command "$(printf '%q ' "$abra_bin" "$@")" /dev/null
+        }
+
+        if [ ! -d "$ABRA_DIR/servers/default" ]; then
+          abra server add --local
+        fi
+        if [ ! -e "$ABRA_DIR/servers/default/$domain.env" ]; then
+          abra app new "$recipe" --server default --domain "$domain" -n
+          # Its output lists the generated secrets: keep them out of the journal.
+          abra app secret generate -a "$domain" -n >/dev/null
+        fi
+
+        label="coop-cloud.$stack.version"
+        current=$(docker service inspect --format "{{ index .Spec.Labels \"$label\" }}" "''${stack}_app" 2>/dev/null || true)
+        if [ -n "$current" ] && { [ -z "$version" ] || [ "$current" = "$version" ]; }; then
+          echo "backup-bot-two: $domain runs $current"
+          exit 0
+        fi
+        args=(app deploy "$domain")
+        if [ -n "$version" ]; then args+=("$version"); fi
+        # Moving a deployed app to another release needs --force.
+        if [ -n "$current" ]; then args+=(--force); fi
+        abra "''${args[@]}" -n --no-domain-checks
+        echo "backup-bot-two: $domain deployed (''${version:-newest release})"
+      '';
     };
 
     systemd.services.cc-ci-swarm = lib.mkIf cfg.swarm.enable {

@@ -6,21 +6,20 @@
   makeWrapper,
   abra,
   git,
-  util-linux,
   docker-client,
 }:
 let
   fs = lib.fileset;
-  # Only what cargo reads, and the overlays shipped with cc-ci: editing docs/, nixos/, tests/ or
-  # any Markdown file does not rebuild.
+  # Only what cargo reads, and the overlays shipped with cc-ci (their `.toml` files): editing
+  # docs/, nixos/, tests/ or any Markdown file (overlays/README.md included) does not rebuild.
   src = fs.toSource {
     root = ../.;
     fileset = fs.difference (fs.unions [
       ../Cargo.toml
       ../Cargo.lock
       ../crates
-      (fs.maybeMissing ../overlays)
-    ]) (fs.fileFilter (file: file.hasExt "md") ../crates);
+      (fs.fileFilter (file: file.hasExt "toml") ../overlays)
+    ]) (fs.fileFilter (file: file.hasExt "md") ../.);
   };
   workspace = lib.importTOML ../Cargo.toml;
 in
@@ -56,13 +55,13 @@ rustPlatform.buildRustPackage {
       mkdir -p $out/share/cc-ci
       cp -r overlays $out/share/cc-ci/overlays
     fi
-    # `nix run .#cc-ci -- run ...` works without anything installed: abra, git, script(1) and the
-    # docker CLI are appended to PATH, so an operator's own versions on PATH still win.
+    # `nix run .#cc-ci -- run ...` works without anything installed: abra, git and the docker CLI
+    # are appended to PATH, so an operator's own versions on PATH still win. (No script(1): cc-ci
+    # opens abra's pseudo-terminal itself.)
     wrapProgram $out/bin/cc-ci --suffix PATH : ${
       lib.makeBinPath [
         abra
         git
-        util-linux
         docker-client
       ]
     }

@@ -278,8 +278,8 @@ impl Config {
                 "must be at least 1024".into(),
             ));
         }
-        if d.listen.is_empty() {
-            return Err(invalid("daemon.listen", "must not be empty".into()));
+        if let Err(problem) = crate::listen::check(&d.listen) {
+            return Err(invalid("daemon.listen", problem));
         }
         let f = &self.forge;
         if !(f.url.starts_with("http://") || f.url.starts_with("https://")) {

@@ -10,6 +10,7 @@ pub mod checks;
 pub mod config;
 pub mod engine;
 pub mod lifecycle;
+pub mod listen;
 pub mod names;
 pub mod overlay;
 pub mod recipe;

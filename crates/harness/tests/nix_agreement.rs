@@ -231,3 +231,58 @@ settingsOptions = {
         vec!["daemon.listen".to_string(), "harness.abra".to_string()]
     );
 }
+
+/// The listen rule of `check-config` (crates/harness/src/listen.rs) against the shared cases
+/// that scripts/check-nix also runs through the module's rule (nixos/listen.nix).
+#[test]
+fn listen_rule_agrees_with_the_shared_cases() {
+    let cases: serde_json::Value = serde_json::from_str(&repo_file("tests/listen-cases.json"))
+        .expect("tests/listen-cases.json is JSON");
+    let list = |name: &str| -> Vec<String> {
+        cases[name]
+            .as_array()
+            .unwrap_or_else(|| panic!("tests/listen-cases.json has no `{name}` list"))
+            .iter()
+            .map(|v| v.as_str().expect("listen cases are strings").to_string())
+            .collect()
+    };
+    let (valid, invalid) = (list("valid"), list("invalid"));
+    assert!(
+        valid.len() > 5 && invalid.len() > 5,
+        "too few listen cases to mean anything"
+    );
+    let refused: Vec<_> = valid
+        .iter()
+        .filter(|s| cc_ci_harness::listen::check(s).is_err())
+        .collect();
+    let accepted: Vec<_> = invalid
+        .iter()
+        .filter(|s| cc_ci_harness::listen::check(s).is_ok())
+        .collect();
+    assert!(
+        refused.is_empty() && accepted.is_empty(),
+        "listen::check disagrees with tests/listen-cases.json:\n  valid but refused: {refused:?}\n  invalid but accepted: {accepted:?}"
+    );
+}
+
+/// The module's `listen` option and its `daemon.listen` key are typed by nixos/listen.nix, the
+/// rule scripts/check-nix holds to the shared cases.
+#[test]
+fn module_types_listen_with_the_shared_rule() {
+    let text = repo_file("nixos/module.nix");
+    assert!(
+        text.contains("import ./listen.nix"),
+        "nixos/module.nix does not use nixos/listen.nix for its listen type"
+    );
+    let options = block(&text, "options.services.cc-ci = {");
+    let listen = block(options, "listen = mkOption {");
+    assert!(
+        listen.contains("type = listenType;"),
+        "services.cc-ci.listen is not typed by listenType:\n{listen}"
+    );
+    let settings = block(&text, "settingsOptions = {");
+    assert!(
+        settings.contains("\"daemon.listen\" = ownedBy \"listen\" listenType"),
+        "settings.daemon.listen is not typed by listenType"
+    );
+}
