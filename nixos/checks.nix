@@ -160,7 +160,15 @@ let
     virtualisation.docker.liveRestore = true;
   };
 
+  # The cases scripts/check-nix runs when it has nixpkgs' lib: the module under the real module
+  # system with stub NixOS options, here with the pinned nixpkgs' lib.
+  libCases = (import ../tests/nix/module-eval.nix { inherit lib; }).cases;
+  failedLibCases = lib.attrNames (lib.filterAttrs (_: ok: !ok) libCases);
+
   moduleEval =
+    assert lib.assertMsg (failedLibCases == [ ]) (
+      "tests/nix/module-eval.nix: " + lib.concatStringsSep "; " failedLibCases
+    );
     assert lib.assertMsg (ourFailedAssertions good == [ ]) (
       "a valid configuration fails: " + lib.concatStringsSep "; " (ourFailedAssertions good)
     );
@@ -175,7 +183,9 @@ let
       ) "listen = ${listen} is refused or not passed to cc-ci.socket"
     ) goodListens;
     assert refusesValue "an unknown settings key (settings.forge.token)" inlineToken.config.services.cc-ci.settings;
-    assert refusesValue "an inline token reaching the config file" inlineToken.config.environment.etc."cc-ci/config.toml".source.outPath;
+    assert refusesValue "an inline token reaching the config file" (
+      toString inlineToken.config.environment.etc."cc-ci/config.toml".source
+    );
     assert refuses "openFirewall with a unix socket" unixFirewall "openFirewall";
     assert refuses "openFirewall with a loopback listen" loopbackFirewall "loopback";
     assert refuses "a work_dir under /tmp" tmpWorkDir "work_dir";
@@ -198,8 +208,8 @@ let
     ) "the service's resource limits are not set";
     assert lib.assertMsg (!(good.config.systemd.services ? cc-ci-backup-bot)) "backup-bot-two is deployed without backupBot.enable";
     assert lib.assertMsg (
-      lib.hasInfix "'2.4.0+2.4.0'" backupBotUnit.script
-      && lib.hasInfix "'backup-bot-two'" backupBotUnit.script
+      lib.hasInfix "version=${lib.escapeShellArg "2.4.0+2.4.0"}\n" backupBotUnit.script
+      && lib.hasInfix "recipe=${lib.escapeShellArg "backup-bot-two"}\n" backupBotUnit.script
       && lib.elem "cc-ci-swarm.service" backupBotUnit.after
       && lib.elem "cc-ci-backup-bot.service" backupBot.config.systemd.services.cc-ci.wants
     ) "the backup-bot-two unit does not deploy the configured recipe and version after the swarm";

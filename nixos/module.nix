@@ -420,7 +420,7 @@ in
       type = types.str;
       default = "4G";
       example = "8G";
-      description = "`MemoryMax=` of the daemon and the gc job: the daemon, its runs (`cc-ci run`, abra, git, the docker client) together. Beyond it the kernel kills inside the unit, the daemon restarts and resumes its queue. Containers under test are not counted (they run in docker's cgroups). Raise it with `settings.daemon.concurrency`.";
+      description = "`MemoryMax=` of the daemon and the gc job: the daemon, its runs (`cc-ci run`, abra, git, the docker client) together. Beyond it the OOM killer ends the biggest process in the unit, which fails that run (`OOMPolicy=continue` keeps the daemon going; a killed daemon restarts and re-queues its run). Containers under test are not counted (they run in docker's cgroups). Raise it with `settings.daemon.concurrency`.";
     };
 
     limits.tasksMax = mkOption {
@@ -639,8 +639,10 @@ in
       home = statePath;
       description = "cc-ci daemon";
     };
-    users.groups.cc-ci = { };
-    users.groups.${cfg.socketGroup} = lib.mkIf isUnixSocket { };
+    # The socket's group too, when a unix socket is used (it may be the same group).
+    users.groups = lib.genAttrs (lib.unique (
+      [ "cc-ci" ] ++ lib.optional isUnixSocket cfg.socketGroup
+    )) (_: { });
 
     systemd.tmpfiles.rules = lib.optional extraWorkDir "d ${workDir} 0700 cc-ci cc-ci -";
 
@@ -692,6 +694,9 @@ in
         ExecStart = "${lib.getExe cfg.package} serve --config ${configFile}";
         WatchdogSec = "60s";
         Restart = "on-failure";
+        # An OOM kill under MemoryMax= (usually a run's abra) fails that run, not the daemon
+        # and its other runs; systemd's default policy would stop the whole unit.
+        OOMPolicy = "continue";
         RestartSec = "5s";
         # SIGTERM goes to the daemon only: it stops taking runs, gives the running run its grace
         # period, then cancels it (another grace period) and tears it down (docs/daemon.md).
