@@ -451,7 +451,7 @@ in
     checkConfig = mkOption {
       type = types.bool;
       default = true;
-      description = "Validate the generated config file at build time with `cc-ci check-config`. Turn off only when the build machine cannot run the package (cross builds).";
+      description = "Validate the generated config file at build time with `cc-ci check-config`, run on the build machine (in a cross build, cc-ci built for the build platform). Turn off only when cc-ci cannot be built or run there.";
     };
 
     extraPackages = mkOption {
@@ -545,7 +545,7 @@ in
     backupBot.recipe = mkOption {
       type = types.str;
       default = "backup-bot-two";
-      example = "https://git.example.org/me/backup-bot-two.git";
+      example = "backup-bot-two";
       description = "The recipe abra deploys as backup-bot-two: a name from the Co-op Cloud catalogue, as `abra app new` takes it.";
     };
 
