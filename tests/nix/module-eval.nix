@@ -31,7 +31,13 @@ let
       type = types.anything;
       generate = name: value: forcing name (builtins.toJSON value);
     };
-    runCommand = name: _env: script: forcing name script;
+    runCommand =
+      name: env: script:
+      stubDrv name
+      // {
+        outPath = forcing name script;
+        inherit env;
+      };
     stdenv = {
       buildPlatform.canExecute = _: true;
       hostPlatform.system = "x86_64-linux";
@@ -96,8 +102,16 @@ let
     in
     outputs;
 
-  evalWith =
-    modules: cfg:
+  # A cross build: the build machine cannot run the host's binaries.
+  crossPkgs = pkgs // {
+    stdenv = pkgs.stdenv // {
+      buildPlatform.canExecute = _: false;
+    };
+    buildPackages.callPackage = _: _: stubDrv "cc-ci-for-the-build-platform";
+  };
+
+  evalWithPkgs =
+    pkgs: modules: cfg:
     (lib.evalModules {
       modules = [
         nixosStub
@@ -106,6 +120,7 @@ let
       ]
       ++ modules;
     }).config;
+  evalWith = evalWithPkgs pkgs;
   eval = evalWith [ ../../nixos/module.nix ];
 
   base = {
@@ -270,6 +285,16 @@ let
       evaluates (generated both)
       && both.systemd.services.cc-ci.serviceConfig.ExecStart
       == good.systemd.services.cc-ci.serviceConfig.ExecStart;
+    "check-config runs the deployed package natively" =
+      map (p: p.name) good.environment.etc."cc-ci/config.toml".source.env.nativeBuildInputs == [
+        "cc-ci"
+      ];
+    "check-config runs the build platform's cc-ci in a cross build" =
+      map (p: p.name)
+        (evalWithPkgs crossPkgs [ ../../nixos/module.nix ] base)
+        .environment.etc."cc-ci/config.toml".source.env.nativeBuildInputs == [
+          "cc-ci-for-the-build-platform"
+        ];
     "no backup-bot-two unit unless enabled" = !(good.systemd.services ? cc-ci-backup-bot);
     "the backup-bot-two unit deploys the configured recipe and version after the swarm" =
       let
