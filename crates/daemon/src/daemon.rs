@@ -748,6 +748,9 @@ async fn sync_run(shared: &Arc<Shared>, run: &crate::store::RunRow) -> Result<()
                 .await?;
         }
         shared.store.set_posted_status(run.id, &key)?;
+        if let (RunState::Done, Some(end)) = (run.state, run.finished_at) {
+            crate::metrics::report_posted(end);
+        }
     }
     let dir = runner::run_dir(&shared.state_dir, run.id);
     let report = runner::read_report(&dir);

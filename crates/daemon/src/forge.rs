@@ -151,6 +151,7 @@ impl Forge {
         let mut last = None;
         for attempt in 0..self.attempts {
             if attempt > 0 {
+                crate::metrics::forge_retry();
                 tokio::time::sleep(delay).await;
                 delay = delay.saturating_mul(2);
             }
@@ -183,6 +184,11 @@ impl Forge {
                     message: e.without_url().to_string(),
                 },
             };
+            crate::metrics::forge_error(match err {
+                ForgeError::Status { .. } => "status",
+                ForgeError::Transport { .. } => "transport",
+                _ => "decode",
+            });
             if !err.transient() {
                 return Err(err);
             }

@@ -136,6 +136,10 @@ fn json(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
 }
 
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+    // The HTML pages, their assets, downloads, live events and /metrics (crate::pages).
+    if let Some(r) = crate::pages::route(&shared, &req) {
+        return r;
+    }
     let path = req.uri().path().to_string();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let method = req.method().clone();
@@ -359,6 +363,7 @@ async fn webhook(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> 
     let delivery =
         header(&headers, "x-forgejo-delivery").or_else(|| header(&headers, "x-gitea-delivery"));
     let (status, msg) = decide(&shared, &headers, &body, delivery.as_deref()).await;
+    crate::metrics::webhook(status.as_u16());
     tracing::info!(
         delivery = delivery.as_deref().unwrap_or("-"),
         event = header(&headers, "x-gitea-event").as_deref().unwrap_or("-"),

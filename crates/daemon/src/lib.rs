@@ -9,6 +9,8 @@ mod error;
 mod forge;
 mod http;
 mod logging;
+mod metrics;
+mod pages;
 mod poll;
 pub mod render;
 mod runner;

@@ -74,6 +74,7 @@ impl LogSink {
 
     pub fn line(&self, text: &str) {
         let clean = self.shared.secrets.redact(text);
+        crate::metrics::log_line(&clean);
         {
             let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
             let _ = f.write_all(clean.as_bytes());
@@ -543,6 +544,11 @@ fn finish(
 ) {
     tracing::info!(run_id = run.id, recipe = %crate::render::recipe_of(&run.repo), pr = run.pr,
         verdict = verdict.as_str(), reason = reason.as_deref().unwrap_or(""), "run finished");
+    crate::metrics::run_finished(
+        run,
+        verdict,
+        read_report(&run_dir(&shared.state_dir, run.id)).as_ref(),
+    );
     if let Err(e) = shared
         .store
         .finish_run(run.id, verdict, reason.as_deref(), code)

@@ -698,6 +698,17 @@ impl Store {
         })
     }
 
+    /// (state, verdict or "", number of runs): the `cc_ci_runs` gauge of `/metrics`.
+    pub fn count_by_state_verdict(&self) -> Result<Vec<(String, String, i64)>, DaemonError> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT state, COALESCE(verdict, ''), COUNT(*) FROM runs GROUP BY state, verdict",
+            )?;
+            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect()
+        })
+    }
+
     pub fn get_run(&self, id: i64) -> Result<Option<RunRow>, DaemonError> {
         self.with(|c| {
             c.query_row(
