@@ -142,9 +142,10 @@ pub(super) fn board_page(shared: &Arc<Shared>) -> hyper::Response<Body> {
         for ((repo, pr), r) in latest {
             body.push_str(&format!(
                 "<tr data-recipe=\"{recipe}\" data-pr=\"{pr}\"><td><a href=\"/?repo={qrepo}\">{recipe}</a></td>\
-                 <td>{repo} #{pr}</td><td>{badge}</td><td><a href=\"/runs/{id}\">#{id}</a></td>\
+                 <td><a href=\"{forge}/{repo}/pulls/{pr}\">{repo} #{pr}</a></td><td>{badge}</td><td><a href=\"/runs/{id}\">#{id}</a></td>\
                  <td><code>{sha}</code></td><td>{age}</td></tr>",
                 recipe = esc(recipe_of(repo)),
+                forge = esc(shared.config.forge.url.trim_end_matches('/')),
                 qrepo = esc(&enc(repo)),
                 repo = esc(repo),
                 badge = badge(run_label(r)),
