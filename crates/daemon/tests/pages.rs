@@ -51,6 +51,10 @@ done
 id=$(basename "$dir")
 mode=$(cat "$MARK/mode.$id")
 echo "[0.0s] cloning the recipe"
+echo "[   1.0s] install: deploying head 0123456789"
+echo "[   3.0s] waiting for convergence"
+echo "[   9.0s] stability window: no restarts for 3 s"
+echo "[  12.0s] install: checks done"
 case "$mode" in
   hostile)
     mkdir -p "$dir/diagnostics"
@@ -288,6 +292,11 @@ async fn run_pages_in_a_real_browser() {
         b.js("return document.querySelectorAll('#timeline svg g.bar').length")
             .await,
         4
+    );
+    // The waits (convergence, stability window) are visible as steps of their own.
+    assert_eq!(
+        b.js("return Array.from(document.querySelectorAll('#steps svg rect.wait')).map(r => r.textContent).join(' | ')").await,
+        "waiting for convergence (6.0 s) | stability window: no restarts for 3 s (3.0 s)"
     );
     assert_eq!(
         b.js("return Array.from(document.querySelectorAll('#downloads a')).map(a => a.getAttribute('href')).join(' ')").await,

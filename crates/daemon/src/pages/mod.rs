@@ -78,16 +78,26 @@ fn with_id(id: &str, f: impl FnOnce(i64) -> Response<Body>) -> Response<Body> {
     }
 }
 
-/// Browsers ask for text/html first; API clients (curl, the CLI) do not.
+/// Browsers ask for text/html; API clients (curl, the CLI) do not. A range with `q=0` is a
+/// refusal, not a request.
 fn wants_html<B>(req: &Request<B>) -> bool {
-    req.headers()
+    let Some(accept) = req
+        .headers()
         .get(hyper::header::ACCEPT)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| {
-            a.split(',').any(|t| {
-                t.trim().starts_with("text/html") && !t.contains("q=0,") && !t.ends_with("q=0")
-            })
-        })
+    else {
+        return false;
+    };
+    accept.split(',').any(|range| {
+        let mut parts = range.split(';').map(str::trim);
+        let media = parts.next().unwrap_or("");
+        let refused = parts.any(|p| {
+            p.strip_prefix("q=")
+                .and_then(|q| q.parse::<f32>().ok())
+                .is_some_and(|q| q <= 0.0)
+        });
+        media.eq_ignore_ascii_case("text/html") && !refused
+    })
 }
 
 fn last_event_id<B>(req: &Request<B>) -> Option<u64> {
@@ -289,6 +299,22 @@ pub(crate) fn run_label(run: &crate::store::RunRow) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn html_only_when_asked_for() {
+        let ask = |a: Option<&str>| {
+            let mut r = Request::builder();
+            if let Some(a) = a {
+                r = r.header("accept", a);
+            }
+            wants_html(&r.body(()).unwrap())
+        };
+        assert!(ask(Some("text/html,application/xhtml+xml,*/*;q=0.8")));
+        assert!(!ask(None));
+        assert!(!ask(Some("application/json")));
+        assert!(!ask(Some("*/*")));
+        assert!(!ask(Some("text/html;q=0, application/json")));
+    }
 
     #[test]
     fn escapes_markup() {

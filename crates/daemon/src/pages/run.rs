@@ -159,6 +159,8 @@ pub(super) fn live_html(shared: &Shared, run: &RunRow) -> String {
         _ => Vec::new(),
     };
     out.push_str(&timeline(run, &tiers));
+    let (log, _) = read_tail(&dir.join("log.txt"), LOG_TAIL);
+    out.push_str(&steps_html(shared, run, &steps(&log)));
     out.push_str(&checks(shared, &tiers));
     if let Some(r) = &report {
         out.push_str(&teardown_and_notes(shared, r));
@@ -274,6 +276,79 @@ fn timeline(run: &RunRow, tiers: &[TierReport]) -> String {
     svg.push_str("</svg>");
     table.push_str("</tbody></table>");
     format!("<section id=\"timeline\"><h2>Timeline</h2>{svg}{table}</section>")
+}
+
+/// The harness's progress lines (`[   12.3s] waiting for convergence`): seconds since the
+/// run started and what it began doing then.
+pub(super) fn steps(log: &str) -> Vec<(f64, String)> {
+    log.lines()
+        .filter_map(|l| {
+            let rest = l.trim_start().strip_prefix('[')?;
+            let (t, msg) = rest.split_once("s] ")?;
+            let t: f64 = t.trim().parse().ok()?;
+            (t.is_finite() && t >= 0.0).then(|| (t, msg.trim_end().to_string()))
+        })
+        .take(500)
+        .collect()
+}
+
+/// What kind of step a progress line starts: waits (convergence, the stability window) are
+/// what a maintainer looks for when a run was slow.
+fn step_kind(msg: &str) -> &'static str {
+    let m = msg.to_ascii_lowercase();
+    if m.contains("waiting") || m.contains("stability window") {
+        "wait"
+    } else if m.starts_with("teardown") {
+        "teardown"
+    } else if m.contains("deploy") || m.contains("backup") || m.contains("restore") {
+        "action"
+    } else {
+        "step"
+    }
+}
+
+/// The steps on one time axis, each lasting until the next one starts (the last one until the
+/// run ended, or now).
+fn steps_html(shared: &Shared, run: &RunRow, steps: &[(f64, String)]) -> String {
+    if steps.is_empty() {
+        return String::new();
+    }
+    let last = steps.last().map(|s| s.0).unwrap_or(0.0);
+    let end = match run.started_at {
+        Some(s) => ((run.finished_at.unwrap_or_else(crate::store::now) - s) as f64).max(last),
+        None => last,
+    }
+    .max(0.1);
+    let (w, h) = (720.0, 22.0);
+    let mut svg = format!(
+        "<svg class=\"steps\" viewBox=\"0 0 {w} {h}\" width=\"{w}\" height=\"{h}\" role=\"img\" aria-label=\"steps\">"
+    );
+    let mut table = String::from(
+        "<table class=\"steps\"><thead><tr><th>at</th><th>took</th><th>step</th></tr></thead><tbody>",
+    );
+    for (i, (t, msg)) in steps.iter().enumerate() {
+        let next = steps.get(i + 1).map(|s| s.0).unwrap_or(end);
+        let took = (next - t).max(0.0);
+        let kind = step_kind(msg);
+        let msg = esc(&shared.secrets.redact(msg));
+        let x = t / end * w;
+        let len = (took / end * w).max(1.0);
+        svg.push_str(&format!(
+            "<rect class=\"{kind}\" x=\"{x:.1}\" y=\"2\" width=\"{len:.1}\" height=\"{}\"><title>{msg} ({took:.1} s)</title></rect>",
+            h - 4.0
+        ));
+        table.push_str(&format!(
+            "<tr class=\"step {kind}\"><td>{t:.1} s</td><td>{took:.1} s</td><td>{msg}</td></tr>"
+        ));
+    }
+    svg.push_str("</svg>");
+    table.push_str("</tbody></table>");
+    format!(
+        "<section id=\"steps\"><h2>Steps</h2><p class=\"hint\">From the run's progress lines; \
+         waits (convergence, stability windows) in amber.</p>{svg}\
+         <details class=\"steps\"><summary>{} steps</summary>{table}</details></section>",
+        steps.len()
+    )
 }
 
 fn rank(v: Verdict) -> u8 {
@@ -566,4 +641,27 @@ pub(super) fn events(shared: Arc<Shared>, id: i64, from: u64) -> hyper::Response
     let mut r = respond(StatusCode::OK, "text/event-stream", Bytes::new());
     *r.body_mut() = BoxBody::new(ChannelBody(rx));
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_lines_become_steps() {
+        let log = "cc-ci: run #1\n[    0.0s] run of web\n[   12.5s] waiting for convergence\n\
+                   noise [1s] no\n[   40.0s] stability window: no restarts for 30 s\n[x] bad\n";
+        let s = steps(log);
+        assert_eq!(
+            s,
+            vec![
+                (0.0, "run of web".to_string()),
+                (12.5, "waiting for convergence".to_string()),
+                (40.0, "stability window: no restarts for 30 s".to_string()),
+            ]
+        );
+        assert_eq!(step_kind(&s[1].1), "wait");
+        assert_eq!(step_kind(&s[2].1), "wait");
+        assert_eq!(step_kind("install: deploying head abc"), "action");
+    }
 }

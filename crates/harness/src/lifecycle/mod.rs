@@ -743,6 +743,10 @@ impl Job {
             }
         }
         // Stability window: no task may be replaced and none may turn unhealthy.
+        self.progress.step(&format!(
+            "stability window: no restarts for {} s",
+            self.opts.config.harness.stability_window_secs
+        ));
         let stable = self.stability().await?;
         out.push(match stable {
             Ok(()) => CheckResult::generic(
