@@ -182,6 +182,8 @@ async fn run_pages_in_a_real_browser() {
     std::fs::write(env.marks().join("mode.1"), "hostile").unwrap();
     std::fs::write(env.marks().join("mode.2"), "live").unwrap();
     env.gitea.add_pr("coop/web", 2, SHA2);
+    // The first status post fails once (HTTP 500): retried, and counted in /metrics.
+    env.gitea.state.lock().unwrap().fail_statuses = 1;
     let d = env.start().await;
     let addr = d.local_addr().unwrap();
     let base = format!("http://{addr}");
@@ -435,6 +437,8 @@ async fn run_pages_in_a_real_browser() {
         2.0
     );
     assert!(value("cc_ci_gc_runs_total") >= 1.0);
+    assert_eq!(value("cc_ci_forge_api_errors_total{kind=\"status\"}"), 1.0);
+    assert_eq!(value("cc_ci_forge_api_retries_total"), 1.0);
     assert!(value("cc_ci_report_latency_seconds_count") >= 1.0);
     d.shutdown().await;
 }
