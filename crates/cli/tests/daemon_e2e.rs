@@ -10,6 +10,8 @@
 //! suites on the same swarm; each removes what it deployed even when it fails (a guard that
 //! kills its daemon and runs `cc-ci gc` with its config).
 
+#[path = "../../daemon/tests/browser/mod.rs"]
+mod browser;
 #[path = "../../daemon/tests/common/mod.rs"]
 mod common;
 
@@ -812,6 +814,38 @@ async fn full_path_socket_activated_pass_and_fail() {
         );
         domains.push(names::stack_name(&domain));
     }
+    // A real run's page in a real browser (crates/daemon/tests/pages.rs covers the pages in
+    // depth with made-up runs), and /metrics counting the real runs.
+    let fin = s.wait_final("coop/web", &web).await;
+    let b = browser::Browser::start().await;
+    b.goto(&fin.target_url).await;
+    assert_eq!(
+        b.js("return document.querySelector('#state').dataset.state + ' ' + Array.from(document.querySelectorAll('#timeline tr.tier')).map(r => r.dataset.tier + ':' + r.cells[1].textContent).join(' ')").await,
+        "pass install:pass"
+    );
+    let checks = b.text("#checks").await;
+    assert!(
+        checks.contains("converged") && checks.contains("stable"),
+        "{checks}"
+    );
+    assert_eq!(
+        b.js("return Array.from(document.querySelectorAll('#steps tr.wait')).map(r => r.cells[2].textContent).join(' | ')").await.as_str().map(|w| w.contains("waiting for convergence") && w.contains("stability window")),
+        Some(true),
+        "the waits are not among the steps"
+    );
+    assert!(!b.text("body").await.contains(TOKEN));
+    b.close().await;
+    let metrics = reqwest::get(format!("{}/metrics", s.config.daemon.public_url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("cc_ci_runs{state=\"done\",verdict=\"pass\"} 2"),
+        "{metrics}"
+    );
+
     // The runs cloned the recipes from the forge, at the pull requests' refs.
     assert!(
         s.gitea
