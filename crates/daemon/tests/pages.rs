@@ -389,12 +389,26 @@ async fn run_pages_in_a_real_browser() {
     b.goto(&format!("{base}/?repo=coop%2Fother")).await;
     assert!(b.text("#no-runs").await.contains("No runs match"));
 
-    // The board: the latest run of each pull request.
+    // The board: the latest run of each pull request; PR 1 got new commits since its run.
+    env.gitea.set_head("coop/web", 1, SHA2);
+    let payload = pull_request_payload("synchronized", "coop/web", 1, SHA2);
+    let (code, body) = deliver(
+        addr,
+        Flavour::Gitea,
+        "pull_request",
+        "pull_request_sync",
+        "sync-1",
+        &payload,
+        None,
+    )
+    .await;
+    assert_eq!(code, 202, "{body}");
     b.goto(&format!("{base}/board")).await;
     assert_eq!(
-        b.js("return Array.from(document.querySelectorAll('#board tbody tr')).map(r => r.dataset.recipe + '#' + r.dataset.pr + ':' + r.cells[2].textContent).join(' ')").await,
-        "web#1:fail web#2:pass"
+        b.js("return Array.from(document.querySelectorAll('#board tbody tr')).map(r => r.dataset.recipe + '#' + r.dataset.pr + ':' + r.cells[2].textContent + ':' + r.querySelector('.head').textContent).join(' ')").await,
+        "web#1:fail:stale: now fedcba9876 web#2:pass:current"
     );
+    b.fit_height(2400).await;
     std::fs::write(screenshot_path("board.png"), b.screenshot().await).unwrap();
     b.close().await;
 
@@ -434,7 +448,7 @@ async fn run_pages_in_a_real_browser() {
     );
     assert_eq!(
         value("cc_ci_webhook_deliveries_total{outcome=\"accepted\"}"),
-        2.0
+        3.0
     );
     assert!(value("cc_ci_gc_runs_total") >= 1.0);
     assert_eq!(value("cc_ci_forge_api_errors_total{kind=\"status\"}"), 1.0);

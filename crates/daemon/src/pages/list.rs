@@ -129,6 +129,12 @@ pub(super) fn board_page(shared: &Arc<Shared>) -> hyper::Response<Body> {
     for r in &runs {
         latest.entry((r.repo.as_str(), r.pr)).or_insert(r);
     }
+    // A pull request whose head moved on since its latest run shows an out-of-date result.
+    let heads: BTreeMap<(String, i64), String> = shared
+        .store
+        .pr_heads()
+        .map(|h| h.into_iter().collect())
+        .unwrap_or_default();
     let mut body = String::from(
         "<h1>Recipe board</h1><p class=\"hint\">The latest run of every pull request, by recipe.</p>",
     );
@@ -137,13 +143,21 @@ pub(super) fn board_page(shared: &Arc<Shared>) -> hyper::Response<Body> {
     } else {
         body.push_str(
             "<table id=\"board\" class=\"list\"><thead><tr><th>recipe</th><th>pull request</th><th>latest</th>\
-             <th>run</th><th>commit</th><th>age</th></tr></thead><tbody>",
+             <th>run</th><th>commit</th><th>head</th><th>age</th></tr></thead><tbody>",
         );
         for ((repo, pr), r) in latest {
             body.push_str(&format!(
                 "<tr data-recipe=\"{recipe}\" data-pr=\"{pr}\"><td><a href=\"/?repo={qrepo}\">{recipe}</a></td>\
                  <td><a href=\"{forge}/{repo}/pulls/{pr}\">{repo} #{pr}</a></td><td>{badge}</td><td><a href=\"/runs/{id}\">#{id}</a></td>\
-                 <td><code>{sha}</code></td><td>{age}</td></tr>",
+                 <td><code>{sha}</code></td><td class=\"head\">{head}</td><td>{age}</td></tr>",
+                head = match heads.get(&(repo.to_ascii_lowercase(), pr)) {
+                    Some(h) if *h != r.head_sha => format!(
+                        "stale: now <code>{}</code>",
+                        esc(h.get(..10).unwrap_or(h))
+                    ),
+                    Some(_) => "current".into(),
+                    None => "–".into(),
+                },
                 recipe = esc(recipe_of(repo)),
                 forge = esc(shared.config.forge.url.trim_end_matches('/')),
                 qrepo = esc(&enc(repo)),

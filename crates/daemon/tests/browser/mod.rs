@@ -163,7 +163,7 @@ impl Browser {
     /// Make the window as tall as the page (at most `max` pixels), so one screenshot shows it.
     pub async fn fit_height(&self, max: u64) {
         let h = self
-            .js("return document.documentElement.scrollHeight")
+            .js("return document.body.scrollHeight")
             .await
             .as_u64()
             .unwrap_or(900);
