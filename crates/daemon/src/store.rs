@@ -698,12 +698,12 @@ impl Store {
         })
     }
 
-    /// Every pull request's last known head ((repo lower-cased, pr) → sha): the board's
+    /// Every pull request's last known head (repo lower-cased, pr, sha): the board's
     /// "current or stale".
-    pub fn pr_heads(&self) -> Result<Vec<((String, i64), String)>, DaemonError> {
+    pub fn pr_heads(&self) -> Result<Vec<(String, i64, String)>, DaemonError> {
         self.with(|c| {
             let mut st = c.prepare("SELECT repo, pr, head_sha FROM pr_heads")?;
-            st.query_map([], |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)))?
+            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                 .collect()
         })
     }

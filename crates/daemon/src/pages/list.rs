@@ -133,7 +133,7 @@ pub(super) fn board_page(shared: &Arc<Shared>) -> hyper::Response<Body> {
     let heads: BTreeMap<(String, i64), String> = shared
         .store
         .pr_heads()
-        .map(|h| h.into_iter().collect())
+        .map(|h| h.into_iter().map(|(r, p, s)| ((r, p), s)).collect())
         .unwrap_or_default();
     let mut body = String::from(
         "<h1>Recipe board</h1><p class=\"hint\">The latest run of every pull request, by recipe.</p>",
