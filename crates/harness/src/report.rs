@@ -174,15 +174,15 @@ impl RunReport {
             out.push_str("\n**Failing checks**\n\n");
             for (t, c) in failing {
                 out.push_str(&format!(
-                    "- `{}` / `{}` ({}): {}\n",
+                    "- `{}` / {} ({}): {}\n",
                     t.name,
-                    c.name,
+                    code_span(&c.name),
                     match c.source {
                         CheckSource::Generic => "generic",
                         CheckSource::Overlay => "overlay",
                         CheckSource::RepoLocal => "repo-local",
                     },
-                    excerpt(&c.detail, 300).replace('\n', " ")
+                    code_span(&excerpt(&c.detail, 300))
                 ));
             }
         }
@@ -195,17 +195,21 @@ impl RunReport {
         if !skipped.is_empty() {
             out.push_str("\n**Skipped**\n\n");
             for (t, c) in skipped {
-                out.push_str(&format!("- `{}`: {}\n", t.name, excerpt(&c.detail, 200)));
+                out.push_str(&format!(
+                    "- `{}`: {}\n",
+                    t.name,
+                    code_span(&excerpt(&c.detail, 200))
+                ));
             }
         }
         if !self.teardown.leftovers.is_empty() {
             out.push_str(&format!(
                 "\n**Teardown left:** {}\n",
-                self.teardown.leftovers.join(", ")
+                code_span(&self.teardown.leftovers.join(", "))
             ));
         }
         for n in &self.notes {
-            out.push_str(&format!("\n> {n}\n"));
+            out.push_str(&format!("\n> {}\n", code_span(n)));
         }
         out.push_str(&format!("\nCommit tested: `{}`", self.head_sha));
         if let Some(url) = log_url {
@@ -272,6 +276,27 @@ impl RunReport {
         out.push_str("</testsuites>\n");
         out
     }
+}
+
+/// `s` as one Markdown code span, whatever it contains: the delimiter is longer than any run of
+/// backticks inside, and line breaks become spaces. Text a recipe controls (check output,
+/// logs) is quoted this way in the pull-request comment, so it cannot mention people, embed
+/// images or links, or break the layout.
+pub fn code_span(s: &str) -> String {
+    let flat: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let mut longest = 0;
+    let mut run = 0;
+    for c in flat.chars() {
+        run = if c == '`' { run + 1 } else { 0 };
+        longest = longest.max(run);
+    }
+    let fence = "`".repeat(longest + 1);
+    // A space on each side keeps a leading or trailing backtick out of the delimiter; Markdown
+    // strips one such space again.
+    format!("{fence} {flat} {fence}")
 }
 
 /// At most `max` characters of `s`, cut on a character boundary, with an ellipsis when cut.

@@ -23,6 +23,7 @@ use crate::teardown::{self, RunDir};
 use crate::wait::{Probe, WaitError, wait_for};
 
 mod data;
+mod guard;
 mod output;
 mod tiers;
 
@@ -434,6 +435,7 @@ impl Job {
                 short(&self.head_sha)
             ))
         })?;
+        self.compose_policy(&checkout, &format!("head {}", short(&self.head_sha)))?;
         self.load_overlay(&checkout)?;
         self.progress.step(&format!(
             "recipe {} head {}",
@@ -481,13 +483,14 @@ impl Job {
         // --- Install tier (on the base when upgrading, else on the head).
         let install_start = Instant::now();
         let mut install_checks = Vec::new();
-        let target = match &self.base {
+        let target = match self.base.clone() {
             Some(b) => {
                 checkout
-                    .checkout(b)
+                    .checkout(&b)
                     .await
                     .map_err(|e| Stop::Infra(e.to_string()))?;
-                Target::Release(b.clone())
+                self.compose_policy(&checkout, &format!("base release {b}"))?;
+                Target::Release(b)
             }
             None => {
                 checkout
