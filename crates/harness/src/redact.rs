@@ -6,6 +6,11 @@ use std::sync::{Arc, RwLock};
 
 pub const MASK: &str = "[REDACTED]";
 
+/// Names of the systemd credentials holding the forge token and the webhook secret (the daemon
+/// reads the same names).
+pub const FORGE_TOKEN_CREDENTIAL: &str = "forge-token";
+pub const WEBHOOK_SECRET_CREDENTIAL: &str = "webhook-secret";
+
 /// Shared, cheap to clone; every clone sees every value registered anywhere.
 #[derive(Debug, Clone, Default)]
 pub struct Redactor {
@@ -44,6 +49,28 @@ impl Redactor {
             }
         }
         out
+    }
+
+    /// Learns the forge token and the webhook secret the way the daemon reads them: the
+    /// systemd credentials (`$CREDENTIALS_DIRECTORY/forge-token`, `webhook-secret`) and the
+    /// files the config names. A run never needs them, but a recipe can echo whatever reaches
+    /// it, and every file a run writes is served to the pull request. Unreadable files teach
+    /// nothing (the daemon refuses to start without them; a run by hand may not have them).
+    pub fn learn_forge_secrets(&self, forge: &crate::config::ForgeConfig) {
+        let creds = std::env::var_os("CREDENTIALS_DIRECTORY").map(std::path::PathBuf::from);
+        let mut files: Vec<std::path::PathBuf> = Vec::new();
+        if let Some(d) = &creds {
+            files.push(d.join(FORGE_TOKEN_CREDENTIAL));
+            files.push(d.join(WEBHOOK_SECRET_CREDENTIAL));
+        }
+        files.extend(forge.token_file.iter().cloned());
+        files.extend(forge.webhook_secret_file.iter().cloned());
+        for f in files {
+            if let Ok(v) = crate::safefs::read_regular(&f, &f.display().to_string(), 64 << 10, true)
+            {
+                self.add(&v);
+            }
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -113,6 +140,31 @@ mod tests {
         );
         assert_eq!(r.redact("abc"), "abc");
         assert_eq!(r.len(), 2);
+    }
+
+    #[test]
+    fn learns_the_forge_secrets_from_the_configured_files() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("token"), "tok-3f9a8b7c6d\n").unwrap();
+        std::fs::write(d.path().join("hook"), "  hook-secret-xyz  ").unwrap();
+        let forge = crate::config::ForgeConfig {
+            token_file: Some(d.path().join("token")),
+            webhook_secret_file: Some(d.path().join("hook")),
+            ..Default::default()
+        };
+        let r = Redactor::new();
+        r.learn_forge_secrets(&forge);
+        assert_eq!(
+            r.redact("a tok-3f9a8b7c6d b hook-secret-xyz"),
+            format!("a {MASK} b {MASK}")
+        );
+        // Missing files teach nothing and do not fail.
+        let r = Redactor::new();
+        r.learn_forge_secrets(&crate::config::ForgeConfig {
+            token_file: Some(d.path().join("missing")),
+            ..Default::default()
+        });
+        assert!(r.is_empty());
     }
 
     #[test]

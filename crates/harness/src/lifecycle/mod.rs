@@ -186,6 +186,7 @@ where
     C: std::future::Future<Output = &'static str>,
 {
     let redactor = Redactor::new();
+    redactor.learn_forge_secrets(&opts.config.forge);
     let progress = Progress::new(redactor.clone());
     // --- Inputs: everything checked before anything is created (exit 2 changes nothing).
     let recipe = names::recipe_name_from_source(&opts.recipe_source);
@@ -229,6 +230,9 @@ where
                 opts.report_dir.display()
             ),
         );
+    }
+    if let Err(e) = output::check_writable(&opts.report_dir) {
+        return RunOutcome::refused(exit::INFRA, e);
     }
     let h = &opts.config.harness;
     let domain = names::app_domain(&recipe, &h.domain_suffix, rand::random::<u32>());
@@ -297,8 +301,9 @@ where
     // --- Teardown: always, unless a failed deployment is kept on request.
     let provisional = RunReport::overall(&job.tiers, &TeardownReport::default());
     let failed = refusal.is_none() && provisional != Verdict::Pass;
-    if failed {
-        job.write_diagnostics().await;
+    let mut write_errors = Vec::new();
+    if failed && let Err(e) = job.write_diagnostics().await {
+        write_errors.push(e);
     }
     let teardown = if failed && opts.keep_on_failure {
         progress.step(&format!(
@@ -317,12 +322,21 @@ where
         return RunOutcome {
             exit_code: code,
             report: None,
-            message: Some(msg),
+            message: Some(redactor.redact(&msg)),
         };
     }
     let report = job.report(teardown);
-    write_reports(&opts.report_dir, &report, &redactor);
-    print_table(&report);
+    print_table(&report, &redactor);
+    let written = write_reports(&opts.report_dir, &report, &redactor)
+        .and_then(|()| job.abra.log_error().map_or(Ok(()), Err));
+    if let Err(e) = written.and_then(|()| write_errors.into_iter().next().map_or(Ok(()), Err)) {
+        // A run whose report is missing must not look like a run that passed.
+        return RunOutcome {
+            exit_code: exit::INFRA,
+            report: None,
+            message: Some(redactor.redact(&e)),
+        };
+    }
     let exit_code = exit_code(&report);
     RunOutcome {
         exit_code,
@@ -637,7 +651,8 @@ impl Job {
             .step(&format!("{}: {}", t.name, verdict.as_str()));
         self.tiers.push(t);
         let partial = self.report(TeardownReport::default());
-        write_json(
+        // Progress is a courtesy to the daemon; the final report files decide the exit code.
+        let _ = write_json(
             &self.opts.report_dir.join("progress.json"),
             &partial,
             &self.redactor,
@@ -792,7 +807,7 @@ impl Job {
                 out.push_str(&format!(
                     "; {}: {}",
                     s.short_name,
-                    crate::report::excerpt(&h, 300)
+                    crate::report::excerpt(&self.redactor.redact(&h), 300)
                 ));
             }
         }
