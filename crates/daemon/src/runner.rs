@@ -440,11 +440,10 @@ pub async fn supervise(
         }
         None => (None, None),
     };
-    if cancelled.is_some() {
-        // SIGKILL may have left the deployment up.
-        if sig == Some(libc::SIGKILL) {
-            run_gc(&shared, Some(&sink)).await;
-        }
+    // A run that died of a signal (SIGKILL after the grace period, the OOM killer, a crash)
+    // did not tear down: its deployment may still be up.
+    if sig.is_some() {
+        run_gc(&shared, Some(&sink)).await;
     }
     let report = read_report(&dir);
     match cancelled {

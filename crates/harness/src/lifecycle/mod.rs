@@ -207,7 +207,7 @@ where
     }
     // --- Infrastructure.
     let engine = match Engine::from_env() {
-        Ok(e) => e,
+        Ok(e) => e.with_timeout(Duration::from_secs(opts.config.harness.engine_timeout_secs)),
         Err(e) => return RunOutcome::refused(exit::INFRA, e.to_string()),
     };
     match engine.check_swarm().await {
@@ -693,7 +693,8 @@ impl Job {
         }
         let deploy = match deploy {
             Ok(r) => r,
-            Err(why) => {
+            Err(Err(hung)) => return Err(hung.into()),
+            Err(Ok(why)) => {
                 let health = self.health_hint().await;
                 out.push(CheckResult::generic(
                     "deploy",
@@ -737,7 +738,7 @@ impl Job {
             ));
             Err(why)
         } else {
-            self.wait_converged().await
+            self.wait_converged().await?
         };
         if !self.generic_enabled() {
             return Ok(converge.is_ok());
@@ -816,23 +817,32 @@ impl Job {
 
     /// Resolves only when the stack is failing for certain, counting only tasks created after
     /// `before` (an upgrade must not be judged by the base's history).
-    async fn watch_for_failure(&self, before: &BTreeSet<String>) -> String {
+    /// A hung engine ends the watch too (`Err`): abra talks to the same engine and would only
+    /// hang until its own, much longer, deadline.
+    async fn watch_for_failure(
+        &self,
+        before: &BTreeSet<String>,
+    ) -> Result<String, EngineError> {
         let interval = Duration::from_millis(self.opts.config.harness.poll_interval_ms);
         loop {
             tokio::time::sleep(interval).await;
-            let Ok(mut snap) = self.engine.snapshot(&self.stack).await else {
-                continue;
+            let mut snap = match self.engine.snapshot(&self.stack).await {
+                Ok(s) => s,
+                Err(e) if e.is_hung() => return Err(e),
+                // A restarting engine refuses connections for a moment; abra notices for itself.
+                Err(_) => continue,
             };
             for s in &mut snap.services {
                 s.tasks.retain(|t| !before.contains(&t.id));
             }
             if let Convergence::Failed(why) = checks::convergence(&snap) {
-                return why;
+                return Ok(why);
             }
         }
     }
 
-    async fn wait_converged(&self) -> Result<(), String> {
+    /// `Err` only when the engine is gone or hangs: that is no verdict on the recipe.
+    async fn wait_converged(&self) -> Result<Result<(), String>, Stop> {
         let h = &self.opts.config.harness;
         let r = wait_for(
             &format!("stack {} to converge", self.stack),
@@ -848,10 +858,12 @@ impl Job {
             },
         )
         .await;
-        r.map_err(|e| match e {
-            WaitError::Failed { reason, .. } => reason,
-            other => other.to_string(),
-        })
+        match r {
+            Ok(()) => Ok(Ok(())),
+            Err(WaitError::Probe(e)) if e.is_unreachable() => Err(e.into()),
+            Err(WaitError::Failed { reason, .. }) => Ok(Err(reason)),
+            Err(other) => Ok(Err(other.to_string())),
+        }
     }
 
     async fn stability(&self) -> Result<Result<(), String>, Stop> {
@@ -884,7 +896,10 @@ impl Job {
 
     async fn teardown(&mut self, run_dir: RunDir) -> TeardownReport {
         // abra first (it may clean more than the engine knows about), then the engine makes sure.
-        let _ = self.abra.undeploy(&self.domain).await;
+        // An engine that does not answer would only make abra wait for its own deadline.
+        if self.engine.check_swarm().await.is_ok() {
+            let _ = self.abra.undeploy(&self.domain).await;
+        }
         let timeout = Duration::from_secs(self.opts.config.harness.converge_timeout_secs.max(60));
         let result = teardown::teardown_stack(&self.engine, &self.stack, timeout).await;
         let report = match result {
