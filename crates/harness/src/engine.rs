@@ -170,7 +170,8 @@ impl Engine {
         timeout: Duration,
         cap: usize,
     ) -> Result<(StatusCode, Bytes), EngineError> {
-        match tokio::time::timeout(timeout, self.request_once(method.clone(), path, body, cap)).await
+        match tokio::time::timeout(timeout, self.request_once(method.clone(), path, body, cap))
+            .await
         {
             Ok(r) => r,
             Err(_) => Err(EngineError::Hung {

@@ -819,10 +819,7 @@ impl Job {
     /// `before` (an upgrade must not be judged by the base's history).
     /// A hung engine ends the watch too (`Err`): abra talks to the same engine and would only
     /// hang until its own, much longer, deadline.
-    async fn watch_for_failure(
-        &self,
-        before: &BTreeSet<String>,
-    ) -> Result<String, EngineError> {
+    async fn watch_for_failure(&self, before: &BTreeSet<String>) -> Result<String, EngineError> {
         let interval = Duration::from_millis(self.opts.config.harness.poll_interval_ms);
         loop {
             tokio::time::sleep(interval).await;
