@@ -250,7 +250,7 @@ fn symlink(target: &str, link: &Path) {
 }
 
 const VOLUMES: &str = "      - data:/data\n";
-const IMAGE: &str = "    image: cc-ci-fixture/web:1\n";
+const NETWORKS: &str = "    networks:\n      - proxy\n";
 
 type Edit = Box<dyn FnOnce(&Path)>;
 
@@ -276,29 +276,29 @@ fn hostile_cases() -> Vec<(&'static str, Edit, Vec<&'static str>)> {
         (
             "privileged",
             compose(
-                IMAGE,
-                "    image: cc-ci-fixture/web:1\n    privileged: true\n",
+                NETWORKS,
+                "    networks:\n      - proxy\n    privileged: true\n",
             ),
             vec!["service `app`", "`privileged`"],
         ),
         (
             "cap-add",
             compose(
-                IMAGE,
-                "    image: cc-ci-fixture/web:1\n    cap_add: [SYS_ADMIN]\n",
+                NETWORKS,
+                "    networks:\n      - proxy\n    cap_add: [SYS_ADMIN]\n",
             ),
             vec!["`cap_add`"],
         ),
         (
             "host-pid",
-            compose(IMAGE, "    image: cc-ci-fixture/web:1\n    pid: host\n"),
+            compose(NETWORKS, "    networks:\n      - proxy\n    pid: host\n"),
             vec!["`pid`", "host-namespace"],
         ),
         (
             "apparmor-off",
             compose(
-                IMAGE,
-                "    image: cc-ci-fixture/web:1\n    security_opt: ['apparmor:unconfined']\n",
+                NETWORKS,
+                "    networks:\n      - proxy\n    security_opt: ['apparmor:unconfined']\n",
             ),
             vec!["security_opt[0]"],
         ),
