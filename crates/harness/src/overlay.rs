@@ -455,6 +455,39 @@ expect = "hi"
     }
 
     #[test]
+    fn repo_local_files_must_be_regular_files_inside_the_folder() {
+        let d = tempfile::tempdir().unwrap();
+        let cc = d.path().join(".cc-ci");
+        std::fs::create_dir_all(&cc).unwrap();
+        std::fs::write(d.path().join("outside.sh"), "cat /etc/shadow\n").unwrap();
+        std::os::unix::fs::symlink(d.path().join("outside.sh"), cc.join("check.sh")).unwrap();
+        let overlay = cc.join("overlay.toml");
+        std::fs::write(
+            &overlay,
+            "[[check]]\nname='s'\ntiers=['install']\nservice='app'\nkind='script'\nscript='check.sh'\n",
+        )
+        .unwrap();
+        let e = load("web", &[], Some(&overlay)).unwrap_err().message;
+        assert!(e.contains("symbolic link"), "{e}");
+        // The same file in an operator's folder may be a symlink (the Nix store is made of them).
+        let op = load("overlay", &[cc.clone()], None).unwrap();
+        assert!(
+            matches!(&op.checks[0].1.kind, CheckKind::Exec { command, .. } if command[2].contains("shadow"))
+        );
+        // The overlay file itself a symlink out of the checkout, or a FIFO: refused.
+        std::fs::remove_file(&overlay).unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", &overlay).unwrap();
+        let e = load("web", &[], Some(&overlay)).unwrap_err().message;
+        assert!(e.contains("symbolic link"), "{e}");
+        std::fs::remove_file(&overlay).unwrap();
+        let c = std::ffi::CString::new(overlay.to_str().unwrap()).unwrap();
+        // SAFETY: plain syscall on a path we own.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = load("web", &[], Some(&overlay)).unwrap_err().message;
+        assert!(e.contains("FIFO"), "{e}");
+    }
+
+    #[test]
     fn judges() {
         let hdr = "  HTTP/1.1 200 OK\n  Content-Type: text/html\n";
         assert!(judge_http(200, Some("Welcome"), 0, "<h1>Welcome</h1>", hdr).is_ok());
