@@ -296,7 +296,12 @@ pub fn code_span(s: &str) -> String {
     let fence = "`".repeat(longest + 1);
     // A space on each side keeps a leading or trailing backtick out of the delimiter; Markdown
     // strips one such space again.
-    format!("{fence} {flat} {fence}")
+    let pad = if flat.starts_with('`') || flat.ends_with('`') {
+        " "
+    } else {
+        ""
+    };
+    format!("{fence}{pad}{flat}{pad}{fence}")
 }
 
 /// At most `max` characters of `s`, cut on a character boundary, with an ellipsis when cut.
@@ -330,6 +335,51 @@ fn xml_escape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn code_spans_hold_any_text() {
+        assert_eq!(code_span("deploy"), "`deploy`");
+        assert_eq!(code_span("a `b` c"), "``a `b` c``");
+        assert_eq!(code_span("``x"), "``` ``x ```");
+        assert_eq!(code_span("line\nbreak"), "`line break`");
+        // What a recipe could print to reach people or embed things stays inert code.
+        let s = code_span("@admin ![x](http://e/x.png) [l](http://e) `@x`");
+        assert!(s.starts_with("`` ") || s.starts_with("``@"), "{s}");
+        assert!(s.ends_with("``"), "{s}");
+    }
+
+    #[test]
+    fn recipe_text_in_the_summary_is_quoted() {
+        let r = RunReport {
+            recipe: "web".into(),
+            git_ref: "HEAD".into(),
+            head_sha: "abc".into(),
+            base_version: None,
+            app_domain: "web-abcdef.ci.local".into(),
+            verdict: Verdict::Fail,
+            deploy_count: 1,
+            tiers: vec![TierReport {
+                name: "install".into(),
+                verdict: Verdict::Fail,
+                duration_ms: 1,
+                checks: vec![CheckResult::generic(
+                    "converged",
+                    Verdict::Fail,
+                    "healthcheck said: @admin ![pwn](http://evil/x.png) `` | broken table",
+                )],
+            }],
+            teardown: TeardownReport::default(),
+            notes: vec!["note with @someone".into()],
+        };
+        let md = r.summary_markdown(None);
+        assert!(
+            md.contains(
+                "```healthcheck said: @admin ![pwn](http://evil/x.png) `` | broken table```"
+            ),
+            "{md}"
+        );
+        assert!(md.contains("> `note with @someone`"), "{md}");
+    }
 
     fn sample() -> RunReport {
         let tiers = vec![
