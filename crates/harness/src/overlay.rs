@@ -470,7 +470,7 @@ expect = "hi"
         let e = load("web", &[], Some(&overlay)).unwrap_err().message;
         assert!(e.contains("symbolic link"), "{e}");
         // The same file in an operator's folder may be a symlink (the Nix store is made of them).
-        let op = load("overlay", &[cc.clone()], None).unwrap();
+        let op = load("overlay", std::slice::from_ref(&cc), None).unwrap();
         assert!(
             matches!(&op.checks[0].1.kind, CheckKind::Exec { command, .. } if command[2].contains("shadow"))
         );

@@ -209,17 +209,14 @@ fn foreign(
             "foreign-object",
             format!("`{n}` is not a name of this stack (it must start with `${{STACK_NAME}}_`)"),
         ),
-        Some(_) => {
-            if external && !external_ok_with_stack_name {
-                // An external volume of this stack cannot exist before its first deploy.
-                push(
-                    place.to_string(),
-                    "external".into(),
-                    "foreign-object",
-                    "an external volume is not created by this deployment".into(),
-                );
-            }
-        }
+        // An external volume of this stack cannot exist before its first deploy.
+        Some(_) if external && !external_ok_with_stack_name => push(
+            place.to_string(),
+            "external".into(),
+            "foreign-object",
+            "an external volume is not created by this deployment".into(),
+        ),
+        Some(_) => {}
         None if external => push(
             place.to_string(),
             "external".into(),
@@ -324,10 +321,10 @@ fn check_service_key(
             }
         }
         "extends" => {
-            if let Some(f) = v.as_mapping().and_then(|m| m.get("file")) {
-                if let Err(why) = file_ref(&scalar(f), file_check) {
-                    push("extends.file".into(), "file-outside", why);
-                }
+            if let Some(f) = v.as_mapping().and_then(|m| m.get("file"))
+                && let Err(why) = file_ref(&scalar(f), file_check)
+            {
+                push("extends.file".into(), "file-outside", why);
             }
         }
         _ => {}

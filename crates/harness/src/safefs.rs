@@ -157,9 +157,9 @@ pub fn read_capped(r: impl Read, shown: &str, cap: u64) -> Result<String, SafeEr
 
 /// `1 MiB`, `64 KiB`, `100 bytes`.
 pub fn human(n: u64) -> String {
-    if n >= 1 << 20 && n % (1 << 20) == 0 {
+    if n >= 1 << 20 && n.is_multiple_of(1 << 20) {
         format!("{} MiB", n >> 20)
-    } else if n >= 1 << 10 && n % (1 << 10) == 0 {
+    } else if n >= 1 << 10 && n.is_multiple_of(1 << 10) {
         format!("{} KiB", n >> 10)
     } else {
         format!("{n} bytes")
