@@ -317,7 +317,11 @@ fn hostile_cases() -> Vec<(&'static str, Edit, Vec<&'static str>)> {
         ),
         (
             "config-symlink",
-            Box::new(|d: &Path| symlink("/etc/passwd", &d.join("page.txt"))),
+            // Even a link to a file inside: what Docker reads must be what cc-ci judged.
+            Box::new(|d: &Path| {
+                std::fs::rename(d.join("page.txt"), d.join("real.txt")).unwrap();
+                symlink("real.txt", &d.join("page.txt"))
+            }),
             vec!["configs `page`", "page.txt", "symbolic link"],
         ),
         (
@@ -353,6 +357,11 @@ fn hostile_cases() -> Vec<(&'static str, Edit, Vec<&'static str>)> {
             "env-symlink",
             Box::new(|d: &Path| symlink("/etc/hostname", &d.join(".env.sample"))),
             vec![".env.sample", "symbolic link"],
+        ),
+        (
+            "abra-sh-symlink",
+            Box::new(|d: &Path| symlink("/etc/shadow", &d.join("abra.sh"))),
+            vec!["abra.sh", "symbolic link", "/etc/shadow"],
         ),
         (
             "cc-ci-dir-symlink",

@@ -93,6 +93,86 @@ pub fn check_inside(root: &Path, rel: &str) -> Result<bool, SafeError> {
     Ok(true)
 }
 
+/// Most entries [`escaping_links`] looks at: a checkout larger than this is refused rather than
+/// walked for ever.
+pub const TREE_ENTRY_CAP: usize = 100_000;
+
+/// Symbolic links anywhere in the checkout (outside `.git`) that point out of it, and entries
+/// that are neither files, directories nor symlinks (git creates none): abra reads the checkout
+/// too (`abra.sh`, release notes, files the compose file names), so none may lead off it.
+/// Returns `path: why` for each, relative to `root`.
+pub fn escaping_links(root: &Path) -> Result<Vec<String>, SafeError> {
+    let mut out = Vec::new();
+    let mut seen = 0usize;
+    let mut dirs = vec![std::path::PathBuf::new()];
+    while let Some(rel_dir) = dirs.pop() {
+        let entries = std::fs::read_dir(root.join(&rel_dir)).map_err(|e| SafeError::Io {
+            path: rel_dir.display().to_string(),
+            source: e,
+        })?;
+        for entry in entries.flatten() {
+            seen += 1;
+            if seen > TREE_ENTRY_CAP {
+                return Err(refused(
+                    ".",
+                    format!("the checkout has more than {TREE_ENTRY_CAP} files and directories"),
+                ));
+            }
+            let rel = rel_dir.join(entry.file_name());
+            if rel == Path::new(".git") {
+                continue;
+            }
+            let Ok(ft) = entry.file_type() else { continue };
+            if ft.is_dir() {
+                dirs.push(rel);
+            } else if ft.is_symlink() {
+                let target = std::fs::read_link(root.join(&rel)).unwrap_or_default();
+                if !stays_inside(&rel, &target) {
+                    out.push(format!(
+                        "{}: is a symbolic link to `{}`, outside the checkout",
+                        rel.display(),
+                        target.display()
+                    ));
+                }
+            } else if !ft.is_file() {
+                out.push(format!("{}: is {}", rel.display(), kind_of(&ft)));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Whether a link at `link` (relative to the root) to `target` resolves, lexically, inside the
+/// root. Absolute targets never do (the checkout's own absolute path is not stable).
+fn stays_inside(link: &Path, target: &Path) -> bool {
+    if target.is_absolute() {
+        return false;
+    }
+    let mut depth: Vec<&std::ffi::OsStr> = link
+        .parent()
+        .into_iter()
+        .flat_map(|p| p.components())
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n),
+            _ => None,
+        })
+        .collect();
+    for c in target.components() {
+        match c {
+            Component::Normal(n) => depth.push(n),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if depth.pop().is_none() {
+                    return false;
+                }
+            }
+            Component::RootDir | Component::Prefix(_) => return false,
+        }
+    }
+    true
+}
+
 /// Reads `rel` inside `root` (see [`check_inside`]) up to `cap` bytes; `Ok(None)` when missing.
 pub fn read_inside(root: &Path, rel: &str, cap: u64) -> Result<Option<String>, SafeError> {
     if !check_inside(root, rel)? {
@@ -211,6 +291,29 @@ mod tests {
             let e = read_inside(&root, rel, 100).unwrap_err().to_string();
             assert!(e.contains(why) && e.starts_with(rel), "{rel}: {e}");
         }
+    }
+
+    #[test]
+    fn links_leaving_the_checkout_are_found_anywhere_in_it() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("recipe");
+        std::fs::create_dir_all(root.join("a/b")).unwrap();
+        std::fs::create_dir_all(root.join(".git")).unwrap();
+        std::fs::write(root.join("abra.sh"), "x").unwrap();
+        symlink("/etc/shadow", root.join("a/b/abs")).unwrap();
+        symlink("../../../outside", root.join("a/b/up")).unwrap();
+        symlink("../../abra.sh", root.join("a/b/inner")).unwrap();
+        symlink("./x/../../abra.sh", root.join("a/ok")).unwrap();
+        symlink("/etc/passwd", root.join(".git/ignored")).unwrap();
+        let found = escaping_links(&root).unwrap();
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found[0].starts_with("a/b/abs: is a symbolic link to `/etc/shadow`"));
+        assert!(found[1].starts_with("a/b/up:"));
+        assert!(stays_inside(
+            Path::new("a/ok"),
+            Path::new("./x/../../abra.sh")
+        ));
+        assert!(!stays_inside(Path::new("top"), Path::new("..")));
     }
 
     #[test]

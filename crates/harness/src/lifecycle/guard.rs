@@ -37,6 +37,16 @@ impl Job {
                 ".cc-ci is not a directory (a symbolic link?): cc-ci reads only regular files inside the checkout".into(),
             ));
         }
+        let escaping = safefs::escaping_links(&checkout.dir).map_err(|e| bad(e.to_string()))?;
+        if let Some(first) = escaping.first() {
+            let more = match escaping.len() {
+                1 => String::new(),
+                n => format!(" (and {} more)", n - 1),
+            };
+            return Err(bad(format!(
+                "{first}{more}: cc-ci and abra read only regular files inside the checkout"
+            )));
+        }
         let sample = checkout
             .read_file(".env.sample")
             .map_err(|e| bad(e.to_string()))?
