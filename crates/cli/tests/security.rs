@@ -24,7 +24,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use cc_ci_harness::config::Config;
-use common::{Env, SHA, comment, eventually, read};
+use common::{Env, SECRET, SHA, TOKEN, comment, eventually, read};
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -768,5 +768,46 @@ async fn a_run_that_dies_of_a_signal_is_followed_by_gc() {
         || env.state(),
     )
     .await;
+    d.shutdown().await;
+}
+
+/// The daemon hands a run the forge token and webhook secret on an inherited pipe (fd 3), so
+/// the harness can mask them, and nowhere else: not in its environment or arguments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_learns_the_forge_secrets_only_through_its_pipe() {
+    let mut env = Env::new().await;
+    let marks = env.marks();
+    let exe = marks.join("peeking-cc-ci");
+    write_exe(
+        &exe,
+        &format!(
+            "#!/bin/sh\nif [ \"$1\" = gc ]; then echo 'gc: 0 collected'; exit 0; fi\n\
+             echo \"fd=$CC_CI_SECRETS_FD\" > '{m}/seen'\n\
+             cat <&3 >> '{m}/seen'\n\
+             env >> '{m}/env'\necho \"$@\" >> '{m}/args'\nexit 3\n",
+            m = marks.display()
+        ),
+    );
+    env.exe = exe;
+    let d = env.start().await;
+    let addr = d.local_addr().unwrap();
+    assert_eq!(
+        comment(addr, "coop/web", 1, 9002, "alice", "!testme")
+            .await
+            .0,
+        202
+    );
+    env.wait_status(SHA, "error", "infrastructure").await;
+    let seen = read(&marks.join("seen"));
+    assert!(seen.starts_with("fd=3\n"), "{seen}");
+    assert!(seen.contains(TOKEN) && seen.contains(SECRET), "{seen}");
+    for f in ["env", "args"] {
+        let text = read(&marks.join(f));
+        assert!(!text.is_empty(), "the run wrote no {f}");
+        assert!(
+            !text.contains(TOKEN) && !text.contains(SECRET),
+            "a secret reached the run's {f}: {text}"
+        );
+    }
     d.shutdown().await;
 }

@@ -11,6 +11,10 @@ pub const MASK: &str = "[REDACTED]";
 pub const FORGE_TOKEN_CREDENTIAL: &str = "forge-token";
 pub const WEBHOOK_SECRET_CREDENTIAL: &str = "webhook-secret";
 
+/// The environment variable naming the descriptor on which the daemon hands a run the values
+/// it must mask (the run's environment itself never holds them).
+pub const SECRETS_FD_ENV: &str = "CC_CI_SECRETS_FD";
+
 /// Shared, cheap to clone; every clone sees every value registered anywhere.
 #[derive(Debug, Clone, Default)]
 pub struct Redactor {
@@ -69,6 +73,28 @@ impl Redactor {
             if let Ok(v) = crate::safefs::read_regular(&f, &f.display().to_string(), 64 << 10, true)
             {
                 self.add(&v);
+            }
+        }
+    }
+
+    /// Learns the values the daemon hands a run on an inherited pipe (one per line): under
+    /// systemd the run's environment has no `CREDENTIALS_DIRECTORY`, so this is how it knows
+    /// what to mask. `fd` is the value of [`SECRETS_FD_ENV`]; the descriptor is closed after.
+    pub fn learn_from_fd(&self, fd: Option<&str>) {
+        use std::os::fd::FromRawFd;
+        let Some(fd) = fd.and_then(|v| v.trim().parse::<i32>().ok()) else {
+            return;
+        };
+        // Never stdin/stdout/stderr; and only a descriptor that is open.
+        // SAFETY: F_GETFD only inspects the descriptor.
+        if fd < 3 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+            return;
+        }
+        // SAFETY: the daemon passed this descriptor for us alone; it is read once and closed.
+        let f = unsafe { std::fs::File::from_raw_fd(fd) };
+        if let Ok(text) = crate::safefs::read_capped(f, "the secrets pipe", 64 << 10) {
+            for line in text.lines() {
+                self.add(line);
             }
         }
     }
@@ -165,6 +191,30 @@ mod tests {
             ..Default::default()
         });
         assert!(r.is_empty());
+    }
+
+    #[test]
+    fn learns_values_from_an_inherited_pipe_and_closes_it() {
+        use std::io::Write;
+        use std::os::fd::IntoRawFd;
+        let (r, mut w) = std::io::pipe().unwrap();
+        w.write_all(b"pipe-token-123\npipe-hook-456\n").unwrap();
+        drop(w);
+        let fd = r.into_raw_fd();
+        let red = Redactor::new();
+        red.learn_from_fd(Some(&fd.to_string()));
+        assert_eq!(
+            red.redact("pipe-token-123 pipe-hook-456"),
+            format!("{MASK} {MASK}")
+        );
+        // SAFETY: only inspects the descriptor, which must be closed now.
+        assert!(unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0);
+        // Nothing, garbage, or a standard descriptor: nothing learnt, nothing closed.
+        for v in [None, Some("x"), Some("1")] {
+            let r = Redactor::new();
+            r.learn_from_fd(v);
+            assert!(r.is_empty());
+        }
     }
 
     #[test]

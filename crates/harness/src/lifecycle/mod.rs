@@ -187,6 +187,7 @@ where
 {
     let redactor = Redactor::new();
     redactor.learn_forge_secrets(&opts.config.forge);
+    redactor.learn_from_fd(std::env::var(crate::redact::SECRETS_FD_ENV).ok().as_deref());
     let progress = Progress::new(redactor.clone());
     // --- Inputs: everything checked before anything is created (exit 2 changes nothing).
     let recipe = names::recipe_name_from_source(&opts.recipe_source);
