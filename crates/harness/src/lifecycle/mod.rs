@@ -894,12 +894,19 @@ impl Job {
 
     async fn teardown(&mut self, run_dir: RunDir) -> TeardownReport {
         // abra first (it may clean more than the engine knows about), then the engine makes sure.
-        // An engine that does not answer would only make abra wait for its own deadline.
-        if self.engine.check_swarm().await.is_ok() {
-            let _ = self.abra.undeploy(&self.domain).await;
-        }
-        let timeout = Duration::from_secs(self.opts.config.harness.converge_timeout_secs.max(60));
-        let result = teardown::teardown_stack(&self.engine, &self.stack, timeout).await;
+        // An engine that does not answer would only make abra wait for its own deadline, and
+        // every removal wait for the engine's.
+        let result = match self.engine.check_swarm().await {
+            Err(e) if e.is_hung() => Err(teardown::TeardownError::Engine(e)),
+            answered => {
+                if answered.is_ok() {
+                    let _ = self.abra.undeploy(&self.domain).await;
+                }
+                let timeout =
+                    Duration::from_secs(self.opts.config.harness.converge_timeout_secs.max(60));
+                teardown::teardown_stack(&self.engine, &self.stack, timeout).await
+            }
+        };
         let report = match result {
             Ok(left) if left.is_empty() => TeardownReport {
                 verdict: Some(Verdict::Pass),
