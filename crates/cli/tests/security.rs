@@ -295,6 +295,14 @@ fn hostile_cases() -> Vec<(&'static str, Edit, Vec<&'static str>)> {
             vec!["`pid`", "host-namespace"],
         ),
         (
+            "host-network-by-name",
+            compose(
+                "networks:\n  proxy:\n    external: true\n",
+                "networks:\n  proxy:\n    external: true\n    name: host\n",
+            ),
+            vec!["networks `proxy`", "host-namespace"],
+        ),
+        (
             "apparmor-off",
             compose(
                 NETWORKS,

@@ -159,6 +159,35 @@ pub fn check_compose(
             foreign(&place, v, false, &mut push);
         }
     }
+    // The predefined `host` network, joined as an external network, is the host's network
+    // namespace by another name.
+    if let Some(Value::Mapping(nets)) = get("networks") {
+        for (name, v) in nets {
+            let key_name = scalar(name);
+            let Some(v) = v.as_mapping() else { continue };
+            let real = v
+                .get("name")
+                .map(scalar)
+                .unwrap_or_else(|| key_name.clone());
+            let driver = v.get("driver").map(scalar).unwrap_or_default();
+            let external = v.get("external").is_some_and(truthy);
+            if driver == "host"
+                || driver.contains('$')
+                || (external && (real == "host" || real.contains('$')))
+            {
+                push(
+                    format!("networks `{key_name}`"),
+                    if driver.is_empty() {
+                        "external".into()
+                    } else {
+                        "driver".into()
+                    },
+                    "host-namespace",
+                    "joins the host's network".into(),
+                );
+            }
+        }
+    }
     for section in ["secrets", "configs"] {
         let Some(Value::Mapping(objs)) = get(section) else {
             continue;
@@ -643,6 +672,14 @@ mod tests {
             "services: {}\nconfigs:\n  c:\n    name: ${STACK_NAME}_../x\n",
         ] {
             assert_eq!(rules(&judge(doc)), vec!["foreign-object"], "{doc}");
+        }
+        for doc in [
+            "services: {}\nnetworks:\n  h:\n    external: true\n    name: host\n",
+            "services: {}\nnetworks:\n  host:\n    external: true\n",
+            "services: {}\nnetworks:\n  n:\n    driver: host\n",
+            "services: {}\nnetworks:\n  n:\n    external: true\n    name: ${NET}\n",
+        ] {
+            assert_eq!(rules(&judge(doc)), vec!["host-namespace"], "{doc}");
         }
         // External networks (the shared `proxy`) are how recipes reach the proxy: allowed.
         assert!(
