@@ -160,6 +160,17 @@ let
       builtinDefault = "250";
       description = "How often the swarm state is polled while waiting, in milliseconds.";
     };
+    "harness.engine_timeout_secs" = builtin {
+      type = types.ints.positive;
+      builtinDefault = "30";
+      description = "Deadline of one Docker Engine API request, in seconds: a hung engine ends the run with exit 3.";
+    };
+    "harness.compose_allow" = mkOption {
+      type = types.attrsOf (types.listOf types.str);
+      default = { };
+      example = { "coop-cloud/traefik" = [ "docker-socket" ]; };
+      description = "Compose-policy rules allowed per repository (`owner/name`); every other way for a recipe to reach the host is refused (see docs/harness.md).";
+    };
 
     "daemon.listen" = ownedBy "listen" listenType cfg.listen;
     "daemon.state_dir" = mkOption {

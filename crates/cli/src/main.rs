@@ -163,7 +163,8 @@ async fn cmd_teardown(domain: String, config: Option<PathBuf>) -> anyhow::Result
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
-    let engine = Engine::from_env()?;
+    let engine =
+        Engine::from_env()?.with_timeout(Duration::from_secs(config.harness.engine_timeout_secs));
     let left = teardown::teardown_domain(
         &engine,
         &lifecycle::work_dir(&config),
@@ -187,7 +188,8 @@ async fn cmd_gc(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
-    let engine = Engine::from_env()?;
+    let engine =
+        Engine::from_env()?.with_timeout(Duration::from_secs(config.harness.engine_timeout_secs));
     let work = lifecycle::work_dir(&config);
     let report = teardown::gc(
         &engine,

@@ -235,7 +235,8 @@ pub fn bad_stages_reply(user: &str, unknown: &[String]) -> String {
         "@{user}: unknown stage(s) {} — use `!testme` alone or followed by some of: {}.",
         unknown
             .iter()
-            .map(|s| format!("`{}`", excerpt(s, 40)))
+            // The commenter's text, quoted so that it cannot mention or embed anything.
+            .map(|s| cc_ci_harness::report::code_span(&excerpt(s, 40)))
             .collect::<Vec<_>>()
             .join(", "),
         STAGES.join(", ")

@@ -145,7 +145,26 @@ fn spawn_logged(
 ) -> std::io::Result<(Child, Vec<tokio::task::JoinHandle<()>>)> {
     let mut cmd = base_command(shared);
     cmd.args(args);
-    let mut child = cmd.spawn()?;
+    let secrets = secrets_pipe(shared)?;
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&secrets);
+    cmd.env(cc_ci_harness::redact::SECRETS_FD_ENV, "3");
+    // SAFETY: only async-signal-safe calls (fcntl, dup2) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let ok = if raw == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(raw, 3)
+            };
+            if ok < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let spawned = cmd.spawn();
+    drop(secrets);
+    let mut child = spawned?;
     let mut pumps = Vec::new();
     if let Some(out) = child.stdout.take() {
         pumps.push(tokio::spawn(pump(out, sink.clone())));
@@ -154,6 +173,26 @@ fn spawn_logged(
         pumps.push(tokio::spawn(pump(err, sink.clone())));
     }
     Ok((child, pumps))
+}
+
+/// The forge token and webhook secret, one per line, in a pipe the child inherits as fd 3:
+/// the run never has them in its environment, arguments or files, yet can mask them in what it
+/// writes (a recipe that gets hold of one must not be able to publish it through a report).
+fn secrets_pipe(shared: &Shared) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::io::Write;
+    let (read, mut write) = std::io::pipe()?;
+    let mut text = String::new();
+    for v in [&shared.secrets.token, &shared.secrets.webhook_secret]
+        .into_iter()
+        .flatten()
+    {
+        text.push_str(v);
+        text.push('\n');
+    }
+    // A few hundred bytes: far below a pipe's buffer, so this never blocks.
+    write.write_all(text.as_bytes())?;
+    drop(write);
+    Ok(read.into())
 }
 
 /// Wait for the output pumps; a grandchild that keeps the pipe open must not hold us forever.
@@ -441,11 +480,10 @@ pub async fn supervise(
         }
         None => (None, None),
     };
-    if cancelled.is_some() {
-        // SIGKILL may have left the deployment up.
-        if sig == Some(libc::SIGKILL) {
-            run_gc(&shared, Some(&sink)).await;
-        }
+    // A run that died of a signal (SIGKILL after the grace period, the OOM killer, a crash)
+    // did not tear down: its deployment may still be up.
+    if sig.is_some() {
+        run_gc(&shared, Some(&sink)).await;
     }
     let report = read_report(&dir);
     match cancelled {

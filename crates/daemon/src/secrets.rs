@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use crate::error::DaemonError;
 
 /// Credential names under `$CREDENTIALS_DIRECTORY` (systemd `LoadCredential=`).
-pub const TOKEN_CREDENTIAL: &str = "forge-token";
-pub const WEBHOOK_CREDENTIAL: &str = "webhook-secret";
+/// (One spelling, shared with the harness, which learns the same values to redact them.)
+pub const TOKEN_CREDENTIAL: &str = cc_ci_harness::redact::FORGE_TOKEN_CREDENTIAL;
+pub const WEBHOOK_CREDENTIAL: &str = cc_ci_harness::redact::WEBHOOK_SECRET_CREDENTIAL;
 
 #[derive(Clone, Default)]
 pub struct Secrets {

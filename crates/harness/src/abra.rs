@@ -4,7 +4,6 @@
 //! fails without one even with `-n`), a deadline, and its output ANSI-stripped and redacted before
 //! anyone sees it. Spellings the reference marks *unconfirmed* are kept in [`spelling`].
 
-use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -40,6 +39,15 @@ pub enum AbraError {
         timeout: Duration,
         output: String,
     },
+    #[error(
+        "`abra {args}` printed more than cc-ci's limit of {} and was stopped; output so far:\n{output}",
+        crate::safefs::human(*cap as u64)
+    )]
+    TooMuchOutput {
+        args: String,
+        cap: usize,
+        output: String,
+    },
     #[error("`abra {args}` failed with exit code {code}:\n{output}")]
     Failed {
         args: String,
@@ -52,7 +60,9 @@ impl AbraError {
     /// The (redacted) output abra printed, when there is any.
     pub fn output(&self) -> &str {
         match self {
-            AbraError::Timeout { output, .. } | AbraError::Failed { output, .. } => output,
+            AbraError::Timeout { output, .. }
+            | AbraError::Failed { output, .. }
+            | AbraError::TooMuchOutput { output, .. } => output,
             _ => "",
         }
     }
@@ -66,6 +76,9 @@ pub struct AbraOutput {
     pub duration: Duration,
 }
 
+/// Most output one abra call may print (abra's tables and logs are kilobytes; more is runaway).
+pub const OUTPUT_CAP: usize = 16 << 20;
+
 #[derive(Debug, Clone)]
 pub struct Abra {
     bin: PathBuf,
@@ -73,6 +86,8 @@ pub struct Abra {
     timeout: Duration,
     redactor: Redactor,
     log: Option<PathBuf>,
+    /// The first failure to append to the log: the run's report is then incomplete.
+    log_error: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 }
 
 /// Resolves which abra to run: the flag, then `CC_CI_ABRA`, then the config, then `abra` on PATH.
@@ -112,7 +127,13 @@ impl Abra {
             timeout,
             redactor,
             log: None,
+            log_error: Default::default(),
         }
+    }
+
+    /// Why `abra.log` could not be written, if it could not.
+    pub fn log_error(&self) -> Option<String> {
+        self.log_error.lock().ok().and_then(|e| e.clone())
     }
 
     /// Appends every call and its (redacted) output to this file.
@@ -131,7 +152,7 @@ impl Abra {
         full.push("-n".into());
         let shown = args.join(" ");
         let started = Instant::now();
-        let result = run_in_pty(&self.bin, &full, &self.abra_dir, self.timeout).await;
+        let result = run_in_pty(&self.bin, &full, &self.abra_dir, self.timeout, OUTPUT_CAP).await;
         let (code, raw) = match result {
             Ok(v) => v,
             Err(PtyError::Spawn(reason)) => {
@@ -146,6 +167,15 @@ impl Abra {
                 return Err(AbraError::Timeout {
                     args: shown,
                     timeout: self.timeout,
+                    output,
+                });
+            }
+            Err(PtyError::TooMuch(raw)) => {
+                let output = self.clean(&raw);
+                self.append_log(&shown, None, &output);
+                return Err(AbraError::TooMuchOutput {
+                    args: shown,
+                    cap: OUTPUT_CAP,
                     output,
                 });
             }
@@ -171,22 +201,34 @@ impl Abra {
         })
     }
 
+    /// Output of a call that did not finish: what it printed may still hold the secrets table.
     fn clean(&self, raw: &str) -> String {
-        self.redactor.redact(&strip_ansi(raw))
+        let text = strip_ansi(raw);
+        for v in parse_secret_table(&text) {
+            self.redactor.add(&v);
+        }
+        self.redactor.redact(&text)
     }
 
     fn append_log(&self, args: &str, code: Option<i32>, output: &str) {
         use std::io::Write;
         let Some(path) = &self.log else { return };
-        if let Ok(mut f) = std::fs::OpenOptions::new()
+        let status = code
+            .map(|c| format!("exit {c}"))
+            .unwrap_or_else(|| "did not finish".into());
+        let written = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
+            .and_then(|mut f| writeln!(f, "$ abra {args} -n   [{status}]\n{output}"));
+        if let Err(e) = written
+            && let Ok(mut first) = self.log_error.lock()
+            && first.is_none()
         {
-            let status = code
-                .map(|c| format!("exit {c}"))
-                .unwrap_or_else(|| "timed out".into());
-            let _ = writeln!(f, "$ abra {args} -n   [{status}]\n{output}");
+            *first = Some(format!(
+                "cannot write {}: {e} (is the report directory full or read-only?)",
+                path.display()
+            ));
         }
     }
 
@@ -281,23 +323,45 @@ fn non_empty_lines(s: &str) -> Vec<String> {
 /// header naming `NAME` and `VALUE`. (Real abra's exact table is unconfirmed; the stand-in prints
 /// this shape, and anything else simply teaches the redactor nothing.)
 pub fn parse_secret_table(text: &str) -> Vec<String> {
+    const SEPARATORS: [char; 3] = ['│', '|', '┃'];
     let mut out = Vec::new();
-    let mut value_col: Option<usize> = None;
+    // (column of VALUE, number of cells of the header row)
+    let mut header: Option<(usize, usize)> = None;
     for line in text.lines() {
-        let cells: Vec<&str> = line.split(['│', '|', '┃']).map(str::trim).collect();
+        let cells: Vec<&str> = line.split(SEPARATORS).map(str::trim).collect();
         if cells.len() < 3 {
             continue;
         }
         if let Some(i) = cells.iter().position(|c| c.eq_ignore_ascii_case("value")) {
-            value_col = Some(i);
+            header = Some((i, cells.len()));
             continue;
         }
-        if let Some(i) = value_col
-            && let Some(v) = cells.get(i)
-            && !v.is_empty()
-            && !v.chars().all(|c| "-─━=+┼".contains(c))
-        {
-            out.push(v.to_string());
+        let Some((i, width)) = header else { continue };
+        // A value containing a separator splits into more cells than the header has: the
+        // value is everything from its column up to the cells that follow it, taken from the
+        // line itself so that it is masked whole.
+        let extra = cells.len().saturating_sub(width);
+        let bounds: Vec<usize> = line
+            .char_indices()
+            .filter(|(_, c)| SEPARATORS.contains(c))
+            .map(|(at, c)| at + c.len_utf8())
+            .collect();
+        let value = match (
+            i.checked_sub(1).and_then(|b| bounds.get(b)),
+            bounds.get(i + extra),
+        ) {
+            (Some(&start), Some(&end_after)) => {
+                let end = line[..end_after]
+                    .char_indices()
+                    .next_back()
+                    .map(|(at, _)| at)
+                    .unwrap_or(start);
+                line.get(start..end).unwrap_or_default().trim()
+            }
+            _ => cells.get(i).copied().unwrap_or_default(),
+        };
+        if !value.is_empty() && !value.chars().all(|c| "-─━=+┼".contains(c)) {
+            out.push(value.to_string());
         }
     }
     out
@@ -307,19 +371,33 @@ enum PtyError {
     Spawn(String),
     /// Output collected before the deadline.
     Timeout(String),
+    /// Output collected up to the cap.
+    TooMuch(String),
 }
 
 /// Runs a program with a new pseudo-terminal as its controlling terminal and stdin/stdout/stderr,
-/// collecting what it prints. On the deadline (or when the future is dropped) the program's whole
-/// process group is killed.
+/// collecting what it prints (at most `cap` bytes). The deadline covers the program's exit *and*
+/// the end of its terminal: a leftover process holding the terminal cannot hang the run. On the
+/// deadline, on too much output, or when the future is dropped the program's whole process
+/// group is killed.
 async fn run_in_pty(
     bin: &Path,
     args: &[String],
     abra_dir: &Path,
     timeout: Duration,
+    cap: usize,
 ) -> Result<(i32, String), PtyError> {
+    let deadline = tokio::time::Instant::now() + timeout;
     let (master, slave) =
         open_pty().map_err(|e| PtyError::Spawn(format!("cannot open a pseudo-terminal: {e}")))?;
+    // SAFETY: fcntl on an fd we own; the master is read without blocking a thread.
+    unsafe {
+        let flags = libc::fcntl(master.as_raw_fd(), libc::F_GETFL);
+        libc::fcntl(master.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
+    }
+    // SAFETY: `master` is an OwnedFd we own; it is neither replaced nor closed while registered.
+    let master = unsafe { tokio::io::unix::AsyncFd::register(master) }
+        .map_err(|e| PtyError::Spawn(format!("cannot watch the pseudo-terminal: {e}")))?;
     let mut cmd = tokio::process::Command::new(bin);
     cmd.args(args)
         .env("ABRA_DIR", abra_dir)
@@ -365,39 +443,98 @@ async fn run_in_pty(
     drop(cmd);
     drop(slave);
     let pgid = child.id().map(|p| p as i32);
-    let group = GroupGuard(pgid);
-    // The master is read on a blocking thread: it ends with EIO once every holder of the slave is gone.
-    let reader = tokio::task::spawn_blocking(move || {
-        let mut f = std::fs::File::from(master);
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 8192];
-        loop {
-            match f.read(&mut chunk) {
-                Ok(0) => break,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(_) => break,
+    let mut group = GroupGuard(pgid);
+    let mut buf = Vec::new();
+    let run = async {
+        let reading = read_terminal(&master, &mut buf, cap);
+        tokio::pin!(reading);
+        let status = tokio::select! {
+            st = child.wait() => st,
+            end = &mut reading => {
+                if end == TerminalEnd::Full {
+                    return Err(TerminalEnd::Full);
+                }
+                // Every holder closed the terminal; the program itself is ending.
+                return Ok(child.wait().await);
             }
+        };
+        // Grandchildren may still hold the terminal; they belong to the finished call.
+        group.kill();
+        match reading.await {
+            TerminalEnd::Full => Err(TerminalEnd::Full),
+            TerminalEnd::Closed => Ok(status),
         }
-        String::from_utf8_lossy(&buf).into_owned()
-    });
-    let status = tokio::time::timeout(timeout, child.wait()).await;
-    match status {
-        Ok(Ok(st)) => {
-            // Grandchildren may still hold the terminal; they belong to the finished call.
-            drop(group);
-            let out = reader.await.unwrap_or_default();
+    };
+    let outcome = tokio::time::timeout_at(deadline, run).await;
+    drop(group);
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    match outcome {
+        Ok(Ok(Ok(st))) => {
             let code = st.code().unwrap_or_else(|| {
                 128 + std::os::unix::process::ExitStatusExt::signal(&st).unwrap_or(0)
             });
-            Ok((code, out))
+            Ok((code, text(&buf)))
         }
-        Ok(Err(e)) => Err(PtyError::Spawn(e.to_string())),
-        Err(_) => {
-            drop(group);
+        Ok(Ok(Err(e))) => Err(PtyError::Spawn(e.to_string())),
+        Ok(Err(_)) => {
             let _ = child.kill().await;
-            let out = reader.await.unwrap_or_default();
-            Err(PtyError::Timeout(out))
+            Err(PtyError::TooMuch(text(&buf)))
+        }
+        Err(_) => {
+            let _ = child.kill().await;
+            Err(PtyError::Timeout(text(&buf)))
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum TerminalEnd {
+    /// Every holder of the terminal's slave side is gone.
+    Closed,
+    /// The cap was reached.
+    Full,
+}
+
+/// Reads the master side until the terminal closes (EIO/EOF) or `cap` bytes were read.
+async fn read_terminal(
+    master: &tokio::io::unix::AsyncFd<OwnedFd>,
+    buf: &mut Vec<u8>,
+    cap: usize,
+) -> TerminalEnd {
+    let mut chunk = [0u8; 8192];
+    loop {
+        let Ok(mut ready) = master.readable().await else {
+            return TerminalEnd::Closed;
+        };
+        let r = ready.try_io(|fd| {
+            // SAFETY: reading into a buffer we own, of its length, from an fd we own.
+            let n = unsafe {
+                libc::read(
+                    fd.get_ref().as_raw_fd(),
+                    chunk.as_mut_ptr().cast(),
+                    chunk.len(),
+                )
+            };
+            if n < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(n as usize)
+            }
+        });
+        match r {
+            Ok(Ok(0)) => return TerminalEnd::Closed,
+            Ok(Ok(n)) => {
+                let room = cap.saturating_sub(buf.len());
+                buf.extend_from_slice(&chunk[..n.min(room)]);
+                if n > room {
+                    return TerminalEnd::Full;
+                }
+            }
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            // EIO: the last holder of the slave side closed it.
+            Ok(Err(_)) => return TerminalEnd::Closed,
+            // Spurious readiness: wait again.
+            Err(_would_block) => {}
         }
     }
 }
@@ -405,14 +542,20 @@ async fn run_in_pty(
 /// Kills a process group when dropped (deadline, cancellation, or normal end).
 struct GroupGuard(Option<i32>);
 
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
+impl GroupGuard {
+    fn kill(&mut self) {
         if let Some(pgid) = self.0 {
             // SAFETY: plain syscall; a group that is already gone gives ESRCH, which is fine.
             unsafe {
                 libc::kill(-pgid, libc::SIGKILL);
             }
         }
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
@@ -520,6 +663,88 @@ mod tests {
             quick.run(&["hang"]).await,
             Err(AbraError::Timeout { .. })
         ));
+    }
+
+    #[test]
+    fn values_containing_separators_are_learnt_whole() {
+        let text = "\
+│ NAME     │ VALUE       │
+│ db_pass  │ ab|cd│ef┃gh  │
+│ plain    │ p1a1n-v4lue │
+";
+        assert_eq!(parse_secret_table(text), vec!["ab|cd│ef┃gh", "p1a1n-v4lue"]);
+        let r = Redactor::new();
+        for v in parse_secret_table(text) {
+            r.add(&v);
+        }
+        assert_eq!(r.redact("x ab|cd│ef┃gh y"), "x [REDACTED] y");
+    }
+
+    fn script(dir: &Path, body: &str) -> PathBuf {
+        let p = dir.join("fake-abra");
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        p
+    }
+
+    #[tokio::test]
+    async fn secrets_printed_before_a_timeout_are_learnt() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = script(
+            dir.path(),
+            "printf '│ NAME │ VALUE │\\n│ pw │ late-secret-9 │\\n'; exec sleep 30",
+        );
+        let red = Redactor::new();
+        let abra = Abra::new(
+            bin,
+            dir.path().into(),
+            Duration::from_millis(700),
+            red.clone(),
+        );
+        let err = abra.run(&["app", "new"]).await.unwrap_err();
+        assert!(matches!(err, AbraError::Timeout { .. }), "{err}");
+        assert!(!err.to_string().contains("late-secret-9"), "{err}");
+        assert_eq!(red.redact("late-secret-9"), "[REDACTED]");
+    }
+
+    #[tokio::test]
+    async fn one_deadline_covers_the_terminal_and_the_exit() {
+        let dir = tempfile::tempdir().unwrap();
+        // The terminal closes long before the process ends: the wait for the exit that follows
+        // the end of the output is under the same deadline.
+        let bin = script(
+            dir.path(),
+            "echo done; exec sleep 30 </dev/null >/dev/null 2>&1",
+        );
+        let abra = Abra::new(
+            bin,
+            dir.path().into(),
+            Duration::from_millis(800),
+            Redactor::new(),
+        );
+        let started = Instant::now();
+        let err = abra.run(&["x"]).await.unwrap_err();
+        assert!(matches!(err, AbraError::Timeout { .. }), "{err}");
+        assert!(err.output().contains("done"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[tokio::test]
+    async fn runaway_output_is_a_clear_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = script(dir.path(), "exec yes cc-ci");
+        let r = run_in_pty(&bin, &[], dir.path(), Duration::from_secs(20), 64 << 10).await;
+        match r {
+            Err(PtyError::TooMuch(out)) => assert_eq!(out.len(), 64 << 10),
+            _ => panic!("expected too much output"),
+        }
+        let shown = AbraError::TooMuchOutput {
+            args: "x".into(),
+            cap: OUTPUT_CAP,
+            output: String::new(),
+        }
+        .to_string();
+        assert!(shown.contains("16 MiB"), "{shown}");
     }
 
     #[test]

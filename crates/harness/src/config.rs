@@ -66,6 +66,11 @@ pub struct HarnessConfig {
     pub stability_window_secs: u64,
     /// How often the swarm state is polled while waiting, in milliseconds.
     pub poll_interval_ms: u64,
+    /// Compose-policy rules allowed per repository (`owner/name` → rule names); see
+    /// `policy::RULES`. Everything else a recipe could use to reach the host is refused.
+    pub compose_allow: std::collections::BTreeMap<String, Vec<String>>,
+    /// Deadline of one Docker Engine API request, in seconds (a hung engine is exit 3).
+    pub engine_timeout_secs: u64,
 }
 
 impl Default for HarnessConfig {
@@ -82,6 +87,8 @@ impl Default for HarnessConfig {
             converge_timeout_secs: 300,
             stability_window_secs: 10,
             poll_interval_ms: 250,
+            compose_allow: std::collections::BTreeMap::new(),
+            engine_timeout_secs: 30,
         }
     }
 }
@@ -247,6 +254,7 @@ impl Config {
             ("harness.abra_timeout_secs", h.abra_timeout_secs),
             ("harness.converge_timeout_secs", h.converge_timeout_secs),
             ("harness.poll_interval_ms", h.poll_interval_ms),
+            ("harness.engine_timeout_secs", h.engine_timeout_secs),
             ("daemon.run_timeout_secs", self.daemon.run_timeout_secs),
             (
                 "daemon.request_timeout_secs",
@@ -266,6 +274,24 @@ impl Config {
                 .find(|r| crate::names::validate_recipe_name(r).is_err())
             {
                 return Err(invalid(key, format!("`{bad}` is not a recipe name")));
+            }
+        }
+        for (repo, rules) in &h.compose_allow {
+            if !crate::names::is_owner_slash_repo(repo) {
+                return Err(invalid(
+                    "harness.compose_allow",
+                    format!("`{repo}` is not of the form owner/name"),
+                ));
+            }
+            if let Some(bad) = rules.iter().find(|r| !crate::policy::is_rule(r)) {
+                let known: Vec<&str> = crate::policy::RULES.iter().map(|(r, _)| *r).collect();
+                return Err(invalid(
+                    "harness.compose_allow",
+                    format!(
+                        "{repo}: `{bad}` is not a policy rule; known rules: {}",
+                        known.join(", ")
+                    ),
+                ));
             }
         }
         let d = &self.daemon;
@@ -354,6 +380,39 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("Nix store"), "{err}");
+    }
+
+    #[test]
+    fn compose_allowances_name_repositories_and_rules() {
+        let c = Config::parse(
+            "[harness.compose_allow]\n\"coop-cloud/traefik\" = [\"docker-socket\"]\n",
+            Path::new("c.toml"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.harness.compose_allow["coop-cloud/traefik"],
+            vec!["docker-socket"]
+        );
+        let err = Config::parse(
+            "[harness.compose_allow]\ntraefik = [\"docker-socket\"]\n",
+            Path::new("c.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("harness.compose_allow") && err.contains("owner/name"),
+            "{err}"
+        );
+        let err = Config::parse(
+            "[harness.compose_allow]\n\"a/b\" = [\"everything\"]\n",
+            Path::new("c.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("everything") && err.contains("docker-socket"),
+            "{err}"
+        );
     }
 
     #[test]

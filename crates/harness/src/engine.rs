@@ -26,6 +26,14 @@ pub enum EngineError {
         "cannot reach the Docker engine at {socket}: {reason} (is dockerd running? run scripts/setup-swarm or set DOCKER_HOST=unix:///path)"
     )]
     Unreachable { socket: String, reason: String },
+    #[error(
+        "the Docker engine at {socket} did not answer {what} within {timeout:?}: it hangs (check dockerd; harness.engine_timeout_secs sets this deadline)"
+    )]
+    Hung {
+        socket: String,
+        what: String,
+        timeout: Duration,
+    },
     #[error("Docker engine answered {status} to {method} {path}: {message}")]
     Api {
         method: String,
@@ -44,14 +52,32 @@ pub enum EngineError {
 impl EngineError {
     /// True when the engine itself is gone (an infrastructure error, not a recipe failure).
     pub fn is_unreachable(&self) -> bool {
-        matches!(self, EngineError::Unreachable { .. })
+        matches!(
+            self,
+            EngineError::Unreachable { .. } | EngineError::Hung { .. }
+        )
+    }
+
+    /// True when the engine accepted the request but did not answer in time.
+    pub fn is_hung(&self) -> bool {
+        matches!(self, EngineError::Hung { .. })
     }
 }
 
 #[derive(Debug, Clone)]
 pub struct Engine {
     socket: PathBuf,
+    /// Deadline of one request (connect, send, whole answer): a hung engine must not hang a run.
+    timeout: Duration,
 }
+
+/// Default deadline of one Engine API request (`harness.engine_timeout_secs`).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest answer read from the engine for a listing (services, tasks, containers, ...).
+pub const ANSWER_CAP: usize = 64 << 20;
+/// Largest output read back from a command run in a container, or from a service's logs: what
+/// a recipe's container prints is the recipe's to choose.
+pub const OUTPUT_CAP: usize = 4 << 20;
 
 /// Everything a stack owns in the swarm, by kind.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -107,13 +133,21 @@ impl Engine {
             Ok(h) if !h.is_empty() => match h.strip_prefix("unix://") {
                 Some(path) => Ok(Self {
                     socket: path.into(),
+                    timeout: DEFAULT_TIMEOUT,
                 }),
                 None => Err(EngineError::UnsupportedHost(h)),
             },
             _ => Ok(Self {
                 socket: "/var/run/docker.sock".into(),
+                timeout: DEFAULT_TIMEOUT,
             }),
         }
+    }
+
+    /// Sets the deadline of every request (`harness.engine_timeout_secs`).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     async fn request(
@@ -121,6 +155,39 @@ impl Engine {
         method: Method,
         path: &str,
         body: Option<Value>,
+    ) -> Result<(StatusCode, Bytes), EngineError> {
+        self.request_within(method, path, body, self.timeout, ANSWER_CAP)
+            .await
+    }
+
+    /// One request under a deadline and a cap on the answer's size. A deadline passed is the
+    /// engine being unreachable (exit 3); an answer over the cap is an error naming the cap.
+    async fn request_within(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        timeout: Duration,
+        cap: usize,
+    ) -> Result<(StatusCode, Bytes), EngineError> {
+        match tokio::time::timeout(timeout, self.request_once(method.clone(), path, body, cap))
+            .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(EngineError::Hung {
+                socket: self.socket.display().to_string(),
+                what: format!("{method} {}", path.split('?').next().unwrap_or(path)),
+                timeout,
+            }),
+        }
+    }
+
+    async fn request_once(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        cap: usize,
     ) -> Result<(StatusCode, Bytes), EngineError> {
         let unreachable = |reason: String| EngineError::Unreachable {
             socket: self.socket.display().to_string(),
@@ -149,13 +216,25 @@ impl Engine {
             .await
             .map_err(|e| unreachable(e.to_string()))?;
         let status = resp.status();
-        let bytes = resp
-            .into_body()
+        let collected = http_body_util::Limited::new(resp.into_body(), cap)
             .collect()
-            .await
-            .map_err(|e| unreachable(e.to_string()))?
-            .to_bytes();
+            .await;
         conn_task.abort();
+        let bytes = match collected {
+            Ok(c) => c.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return Err(EngineError::Api {
+                    method: method.to_string(),
+                    path: path.into(),
+                    status: status.as_u16(),
+                    message: format!(
+                        "the answer is larger than cc-ci's limit of {}",
+                        crate::safefs::human(cap as u64)
+                    ),
+                });
+            }
+            Err(e) => return Err(unreachable(e.to_string())),
+        };
         Ok((status, bytes))
     }
 
@@ -461,7 +540,9 @@ impl Engine {
             "/services/{}/logs?stdout=1&stderr=1&timestamps=1&tail={tail}",
             encode(service_id)
         );
-        let (status, bytes) = self.request(Method::GET, &path, None).await?;
+        let (status, bytes) = self
+            .request_within(Method::GET, &path, None, self.timeout, OUTPUT_CAP)
+            .await?;
         if !status.is_success() {
             return Err(api_error("GET", &path, status, &bytes));
         }
@@ -495,10 +576,11 @@ impl Engine {
         let start_path = format!("/exec/{}/start", encode(&id));
         let started = tokio::time::timeout(
             timeout,
-            self.request(
+            self.request_once(
                 Method::POST,
                 &start_path,
                 Some(serde_json::json!({ "Detach": false, "Tty": false })),
+                OUTPUT_CAP,
             ),
         )
         .await

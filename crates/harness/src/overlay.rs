@@ -195,21 +195,24 @@ pub fn load(
         sources.push((CheckSource::RepoLocal, p.to_path_buf()));
     }
     for (source, path) in sources {
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => {
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        // The repository's own files are read like any file of the checkout (regular files
+        // only, no symlinks); the operator's may be symlinks (e.g. into the Nix store).
+        let repo_local = source == CheckSource::RepoLocal;
+        let text = match read_overlay_file(&base, &path, repo_local) {
+            Ok(Some(t)) => t,
+            Ok(None) => continue,
+            Err(message) => {
                 return Err(OverlayError {
                     file: path,
                     line: 0,
-                    message: format!("cannot read: {e}"),
+                    message,
                 });
             }
         };
         let mut f = parse(&text, &path)?;
-        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         for c in &mut f.checks {
-            inline_script(c, &base, &path)?;
+            inline_script(c, &base, &path, repo_local)?;
         }
         overlay.skip_tiers = f.skip_tiers;
         overlay.canaries = f.canaries;
@@ -224,7 +227,35 @@ pub fn load(
 
 /// Replaces a `script` check by an `exec` of the script's text. The script must be a plain file
 /// inside the overlay's folder: no absolute paths, no `..`.
-fn inline_script(c: &mut CheckSpec, base: &Path, file: &Path) -> Result<(), OverlayError> {
+/// Reads an overlay file or script, capped; `None` when it does not exist.
+fn read_overlay_file(base: &Path, path: &Path, repo_local: bool) -> Result<Option<String>, String> {
+    use crate::safefs::{RECIPE_FILE_CAP, SafeError, read_inside, read_regular};
+    let name = path
+        .strip_prefix(base)
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| path.display().to_string());
+    let r = if repo_local {
+        read_inside(base, &name, RECIPE_FILE_CAP)
+    } else {
+        match read_regular(path, &name, RECIPE_FILE_CAP, true) {
+            Err(SafeError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                Ok(None)
+            }
+            other => other.map(Some),
+        }
+    };
+    r.map_err(|e| match e {
+        SafeError::Refused { problem, .. } => problem,
+        SafeError::Io { source, .. } => format!("cannot read: {source}"),
+    })
+}
+
+fn inline_script(
+    c: &mut CheckSpec,
+    base: &Path,
+    file: &Path,
+    repo_local: bool,
+) -> Result<(), OverlayError> {
     let CheckKind::Script {
         script,
         exit_code,
@@ -250,12 +281,14 @@ fn inline_script(c: &mut CheckSpec, base: &Path, file: &Path) -> Result<(), Over
             c.name
         )));
     }
-    let text = std::fs::read_to_string(base.join(rel)).map_err(|e| {
-        err(format!(
-            "check `{}`: field `script`: cannot read `{script}`: {e}",
-            c.name
-        ))
-    })?;
+    let text = read_overlay_file(base, &base.join(rel), repo_local)
+        .and_then(|t| t.ok_or_else(|| "no such file".to_string()))
+        .map_err(|e| {
+            err(format!(
+                "check `{}`: field `script`: cannot read `{script}`: {e}",
+                c.name
+            ))
+        })?;
     c.kind = CheckKind::Exec {
         command: vec!["sh".into(), "-c".into(), text, script.clone()],
         exit_code: *exit_code,
@@ -419,6 +452,39 @@ expect = "hi"
         assert_eq!(o.files.len(), 3);
         let none = load("other", &[a.path().into()], None).unwrap();
         assert!(none.checks.is_empty() && none.canaries);
+    }
+
+    #[test]
+    fn repo_local_files_must_be_regular_files_inside_the_folder() {
+        let d = tempfile::tempdir().unwrap();
+        let cc = d.path().join(".cc-ci");
+        std::fs::create_dir_all(&cc).unwrap();
+        std::fs::write(d.path().join("outside.sh"), "cat /etc/shadow\n").unwrap();
+        std::os::unix::fs::symlink(d.path().join("outside.sh"), cc.join("check.sh")).unwrap();
+        let overlay = cc.join("overlay.toml");
+        std::fs::write(
+            &overlay,
+            "[[check]]\nname='s'\ntiers=['install']\nservice='app'\nkind='script'\nscript='check.sh'\n",
+        )
+        .unwrap();
+        let e = load("web", &[], Some(&overlay)).unwrap_err().message;
+        assert!(e.contains("symbolic link"), "{e}");
+        // The same file in an operator's folder may be a symlink (the Nix store is made of them).
+        let op = load("overlay", std::slice::from_ref(&cc), None).unwrap();
+        assert!(
+            matches!(&op.checks[0].1.kind, CheckKind::Exec { command, .. } if command[2].contains("shadow"))
+        );
+        // The overlay file itself a symlink out of the checkout, or a FIFO: refused.
+        std::fs::remove_file(&overlay).unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", &overlay).unwrap();
+        let e = load("web", &[], Some(&overlay)).unwrap_err().message;
+        assert!(e.contains("symbolic link"), "{e}");
+        std::fs::remove_file(&overlay).unwrap();
+        let c = std::ffi::CString::new(overlay.to_str().unwrap()).unwrap();
+        // SAFETY: plain syscall on a path we own.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = load("web", &[], Some(&overlay)).unwrap_err().message;
+        assert!(e.contains("FIFO"), "{e}");
     }
 
     #[test]

@@ -177,15 +177,18 @@ impl Checkout {
         Ok(newest_release(&older).map(String::from))
     }
 
+    /// Reads a file of the checkout: only a regular file inside it, reached without a symlink,
+    /// of at most [`crate::safefs::RECIPE_FILE_CAP`] bytes; `None` when it does not exist.
     pub fn read_file(&self, name: &str) -> Result<Option<String>, RecipeError> {
-        match std::fs::read_to_string(self.dir.join(name)) {
-            Ok(s) => Ok(Some(s)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(RecipeError::Invalid {
+        crate::safefs::read_inside(&self.dir, name, crate::safefs::RECIPE_FILE_CAP).map_err(|e| {
+            RecipeError::Invalid {
                 file: name.into(),
-                problem: e.to_string(),
-            }),
-        }
+                problem: match e {
+                    crate::safefs::SafeError::Refused { problem, .. } => problem,
+                    other => other.to_string(),
+                },
+            }
+        })
     }
 }
 

@@ -6,6 +6,15 @@ use std::sync::{Arc, RwLock};
 
 pub const MASK: &str = "[REDACTED]";
 
+/// Names of the systemd credentials holding the forge token and the webhook secret (the daemon
+/// reads the same names).
+pub const FORGE_TOKEN_CREDENTIAL: &str = "forge-token";
+pub const WEBHOOK_SECRET_CREDENTIAL: &str = "webhook-secret";
+
+/// The environment variable naming the descriptor on which the daemon hands a run the values
+/// it must mask (the run's environment itself never holds them).
+pub const SECRETS_FD_ENV: &str = "CC_CI_SECRETS_FD";
+
 /// Shared, cheap to clone; every clone sees every value registered anywhere.
 #[derive(Debug, Clone, Default)]
 pub struct Redactor {
@@ -44,6 +53,50 @@ impl Redactor {
             }
         }
         out
+    }
+
+    /// Learns the forge token and the webhook secret the way the daemon reads them: the
+    /// systemd credentials (`$CREDENTIALS_DIRECTORY/forge-token`, `webhook-secret`) and the
+    /// files the config names. A run never needs them, but a recipe can echo whatever reaches
+    /// it, and every file a run writes is served to the pull request. Unreadable files teach
+    /// nothing (the daemon refuses to start without them; a run by hand may not have them).
+    pub fn learn_forge_secrets(&self, forge: &crate::config::ForgeConfig) {
+        let creds = std::env::var_os("CREDENTIALS_DIRECTORY").map(std::path::PathBuf::from);
+        let mut files: Vec<std::path::PathBuf> = Vec::new();
+        if let Some(d) = &creds {
+            files.push(d.join(FORGE_TOKEN_CREDENTIAL));
+            files.push(d.join(WEBHOOK_SECRET_CREDENTIAL));
+        }
+        files.extend(forge.token_file.iter().cloned());
+        files.extend(forge.webhook_secret_file.iter().cloned());
+        for f in files {
+            if let Ok(v) = crate::safefs::read_regular(&f, &f.display().to_string(), 64 << 10, true)
+            {
+                self.add(&v);
+            }
+        }
+    }
+
+    /// Learns the values the daemon hands a run on an inherited pipe (one per line): under
+    /// systemd the run's environment has no `CREDENTIALS_DIRECTORY`, so this is how it knows
+    /// what to mask. `fd` is the value of [`SECRETS_FD_ENV`]; the descriptor is closed after.
+    pub fn learn_from_fd(&self, fd: Option<&str>) {
+        use std::os::fd::FromRawFd;
+        let Some(fd) = fd.and_then(|v| v.trim().parse::<i32>().ok()) else {
+            return;
+        };
+        // Never stdin/stdout/stderr; and only a descriptor that is open.
+        // SAFETY: F_GETFD only inspects the descriptor.
+        if fd < 3 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+            return;
+        }
+        // SAFETY: the daemon passed this descriptor for us alone; it is read once and closed.
+        let f = unsafe { std::fs::File::from_raw_fd(fd) };
+        if let Ok(text) = crate::safefs::read_capped(f, "the secrets pipe", 64 << 10) {
+            for line in text.lines() {
+                self.add(line);
+            }
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -113,6 +166,55 @@ mod tests {
         );
         assert_eq!(r.redact("abc"), "abc");
         assert_eq!(r.len(), 2);
+    }
+
+    #[test]
+    fn learns_the_forge_secrets_from_the_configured_files() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("token"), "tok-3f9a8b7c6d\n").unwrap();
+        std::fs::write(d.path().join("hook"), "  hook-secret-xyz  ").unwrap();
+        let forge = crate::config::ForgeConfig {
+            token_file: Some(d.path().join("token")),
+            webhook_secret_file: Some(d.path().join("hook")),
+            ..Default::default()
+        };
+        let r = Redactor::new();
+        r.learn_forge_secrets(&forge);
+        assert_eq!(
+            r.redact("a tok-3f9a8b7c6d b hook-secret-xyz"),
+            format!("a {MASK} b {MASK}")
+        );
+        // Missing files teach nothing and do not fail.
+        let r = Redactor::new();
+        r.learn_forge_secrets(&crate::config::ForgeConfig {
+            token_file: Some(d.path().join("missing")),
+            ..Default::default()
+        });
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn learns_values_from_an_inherited_pipe_and_closes_it() {
+        use std::io::Write;
+        use std::os::fd::IntoRawFd;
+        let (r, mut w) = std::io::pipe().unwrap();
+        w.write_all(b"pipe-token-123\npipe-hook-456\n").unwrap();
+        drop(w);
+        let fd = r.into_raw_fd();
+        let red = Redactor::new();
+        red.learn_from_fd(Some(&fd.to_string()));
+        assert_eq!(
+            red.redact("pipe-token-123 pipe-hook-456"),
+            format!("{MASK} {MASK}")
+        );
+        // SAFETY: only inspects the descriptor, which must be closed now.
+        assert!(unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0);
+        // Nothing, garbage, or a standard descriptor: nothing learnt, nothing closed.
+        for v in [None, Some("x"), Some("1")] {
+            let r = Redactor::new();
+            r.learn_from_fd(v);
+            assert!(r.is_empty());
+        }
     }
 
     #[test]

@@ -174,15 +174,15 @@ impl RunReport {
             out.push_str("\n**Failing checks**\n\n");
             for (t, c) in failing {
                 out.push_str(&format!(
-                    "- `{}` / `{}` ({}): {}\n",
+                    "- `{}` / {} ({}): {}\n",
                     t.name,
-                    c.name,
+                    code_span(&c.name),
                     match c.source {
                         CheckSource::Generic => "generic",
                         CheckSource::Overlay => "overlay",
                         CheckSource::RepoLocal => "repo-local",
                     },
-                    excerpt(&c.detail, 300).replace('\n', " ")
+                    code_span(&excerpt(&c.detail, 300))
                 ));
             }
         }
@@ -195,17 +195,21 @@ impl RunReport {
         if !skipped.is_empty() {
             out.push_str("\n**Skipped**\n\n");
             for (t, c) in skipped {
-                out.push_str(&format!("- `{}`: {}\n", t.name, excerpt(&c.detail, 200)));
+                out.push_str(&format!(
+                    "- `{}`: {}\n",
+                    t.name,
+                    code_span(&excerpt(&c.detail, 200))
+                ));
             }
         }
         if !self.teardown.leftovers.is_empty() {
             out.push_str(&format!(
                 "\n**Teardown left:** {}\n",
-                self.teardown.leftovers.join(", ")
+                code_span(&self.teardown.leftovers.join(", "))
             ));
         }
         for n in &self.notes {
-            out.push_str(&format!("\n> {n}\n"));
+            out.push_str(&format!("\n> {}\n", code_span(n)));
         }
         out.push_str(&format!("\nCommit tested: `{}`", self.head_sha));
         if let Some(url) = log_url {
@@ -274,6 +278,32 @@ impl RunReport {
     }
 }
 
+/// `s` as one Markdown code span, whatever it contains: the delimiter is longer than any run of
+/// backticks inside, and line breaks become spaces. Text a recipe controls (check output,
+/// logs) is quoted this way in the pull-request comment, so it cannot mention people, embed
+/// images or links, or break the layout.
+pub fn code_span(s: &str) -> String {
+    let flat: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let mut longest = 0;
+    let mut run = 0;
+    for c in flat.chars() {
+        run = if c == '`' { run + 1 } else { 0 };
+        longest = longest.max(run);
+    }
+    let fence = "`".repeat(longest + 1);
+    // A space on each side keeps a leading or trailing backtick out of the delimiter; Markdown
+    // strips one such space again.
+    let pad = if flat.starts_with('`') || flat.ends_with('`') {
+        " "
+    } else {
+        ""
+    };
+    format!("{fence}{pad}{flat}{pad}{fence}")
+}
+
 /// At most `max` characters of `s`, cut on a character boundary, with an ellipsis when cut.
 pub fn excerpt(s: &str, max: usize) -> String {
     if s.chars().count() <= max {
@@ -305,6 +335,51 @@ fn xml_escape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn code_spans_hold_any_text() {
+        assert_eq!(code_span("deploy"), "`deploy`");
+        assert_eq!(code_span("a `b` c"), "``a `b` c``");
+        assert_eq!(code_span("``x"), "``` ``x ```");
+        assert_eq!(code_span("line\nbreak"), "`line break`");
+        // What a recipe could print to reach people or embed things stays inert code.
+        let s = code_span("@admin ![x](http://e/x.png) [l](http://e) `@x`");
+        assert!(s.starts_with("`` ") || s.starts_with("``@"), "{s}");
+        assert!(s.ends_with("``"), "{s}");
+    }
+
+    #[test]
+    fn recipe_text_in_the_summary_is_quoted() {
+        let r = RunReport {
+            recipe: "web".into(),
+            git_ref: "HEAD".into(),
+            head_sha: "abc".into(),
+            base_version: None,
+            app_domain: "web-abcdef.ci.local".into(),
+            verdict: Verdict::Fail,
+            deploy_count: 1,
+            tiers: vec![TierReport {
+                name: "install".into(),
+                verdict: Verdict::Fail,
+                duration_ms: 1,
+                checks: vec![CheckResult::generic(
+                    "converged",
+                    Verdict::Fail,
+                    "healthcheck said: @admin ![pwn](http://evil/x.png) `` | broken table",
+                )],
+            }],
+            teardown: TeardownReport::default(),
+            notes: vec!["note with @someone".into()],
+        };
+        let md = r.summary_markdown(None);
+        assert!(
+            md.contains(
+                "```healthcheck said: @admin ![pwn](http://evil/x.png) `` | broken table```"
+            ),
+            "{md}"
+        );
+        assert!(md.contains("> `note with @someone`"), "{md}");
+    }
 
     fn sample() -> RunReport {
         let tiers = vec![

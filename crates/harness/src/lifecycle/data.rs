@@ -131,9 +131,14 @@ impl Job {
             .exec(&container, &args, Duration::from_secs(120))
             .await
         {
-            Ok(o) => Ok(Ok(o)),
+            // Redacted before anything judges or quotes it: an excerpt could cut a secret in two.
+            Ok(o) => Ok(Ok(crate::engine::ExecOutput {
+                exit_code: o.exit_code,
+                stdout: self.redactor.redact(&o.stdout),
+                stderr: self.redactor.redact(&o.stderr),
+            })),
             Err(e) if e.is_unreachable() => Err(e.into()),
-            Err(e) => Ok(Err(e.to_string())),
+            Err(e) => Ok(Err(self.redactor.redact(&e.to_string()))),
         }
     }
 

@@ -23,6 +23,7 @@ use crate::teardown::{self, RunDir};
 use crate::wait::{Probe, WaitError, wait_for};
 
 mod data;
+mod guard;
 mod output;
 mod tiers;
 
@@ -185,6 +186,8 @@ where
     C: std::future::Future<Output = &'static str>,
 {
     let redactor = Redactor::new();
+    redactor.learn_forge_secrets(&opts.config.forge);
+    redactor.learn_from_fd(std::env::var(crate::redact::SECRETS_FD_ENV).ok().as_deref());
     let progress = Progress::new(redactor.clone());
     // --- Inputs: everything checked before anything is created (exit 2 changes nothing).
     let recipe = names::recipe_name_from_source(&opts.recipe_source);
@@ -205,7 +208,7 @@ where
     }
     // --- Infrastructure.
     let engine = match Engine::from_env() {
-        Ok(e) => e,
+        Ok(e) => e.with_timeout(Duration::from_secs(opts.config.harness.engine_timeout_secs)),
         Err(e) => return RunOutcome::refused(exit::INFRA, e.to_string()),
     };
     match engine.check_swarm().await {
@@ -228,6 +231,9 @@ where
                 opts.report_dir.display()
             ),
         );
+    }
+    if let Err(e) = output::check_writable(&opts.report_dir) {
+        return RunOutcome::refused(exit::INFRA, e);
     }
     let h = &opts.config.harness;
     let domain = names::app_domain(&recipe, &h.domain_suffix, rand::random::<u32>());
@@ -296,8 +302,9 @@ where
     // --- Teardown: always, unless a failed deployment is kept on request.
     let provisional = RunReport::overall(&job.tiers, &TeardownReport::default());
     let failed = refusal.is_none() && provisional != Verdict::Pass;
-    if failed {
-        job.write_diagnostics().await;
+    let mut write_errors = Vec::new();
+    if failed && let Err(e) = job.write_diagnostics().await {
+        write_errors.push(e);
     }
     let teardown = if failed && opts.keep_on_failure {
         progress.step(&format!(
@@ -316,12 +323,21 @@ where
         return RunOutcome {
             exit_code: code,
             report: None,
-            message: Some(msg),
+            message: Some(redactor.redact(&msg)),
         };
     }
     let report = job.report(teardown);
-    write_reports(&opts.report_dir, &report, &redactor);
-    print_table(&report);
+    print_table(&report, &redactor);
+    let written = write_reports(&opts.report_dir, &report, &redactor)
+        .and_then(|()| job.abra.log_error().map_or(Ok(()), Err));
+    if let Err(e) = written.and_then(|()| write_errors.into_iter().next().map_or(Ok(()), Err)) {
+        // A run whose report is missing must not look like a run that passed.
+        return RunOutcome {
+            exit_code: exit::INFRA,
+            report: None,
+            message: Some(redactor.redact(&e)),
+        };
+    }
     let exit_code = exit_code(&report);
     RunOutcome {
         exit_code,
@@ -434,6 +450,7 @@ impl Job {
                 short(&self.head_sha)
             ))
         })?;
+        self.compose_policy(&checkout, &format!("head {}", short(&self.head_sha)))?;
         self.load_overlay(&checkout)?;
         self.progress.step(&format!(
             "recipe {} head {}",
@@ -481,13 +498,14 @@ impl Job {
         // --- Install tier (on the base when upgrading, else on the head).
         let install_start = Instant::now();
         let mut install_checks = Vec::new();
-        let target = match &self.base {
+        let target = match self.base.clone() {
             Some(b) => {
                 checkout
-                    .checkout(b)
+                    .checkout(&b)
                     .await
                     .map_err(|e| Stop::Infra(e.to_string()))?;
-                Target::Release(b.clone())
+                self.compose_policy(&checkout, &format!("base release {b}"))?;
+                Target::Release(b)
             }
             None => {
                 checkout
@@ -634,7 +652,8 @@ impl Job {
             .step(&format!("{}: {}", t.name, verdict.as_str()));
         self.tiers.push(t);
         let partial = self.report(TeardownReport::default());
-        write_json(
+        // Progress is a courtesy to the daemon; the final report files decide the exit code.
+        let _ = write_json(
             &self.opts.report_dir.join("progress.json"),
             &partial,
             &self.redactor,
@@ -675,7 +694,8 @@ impl Job {
         }
         let deploy = match deploy {
             Ok(r) => r,
-            Err(why) => {
+            Err(Err(hung)) => return Err(hung.into()),
+            Err(Ok(why)) => {
                 let health = self.health_hint().await;
                 out.push(CheckResult::generic(
                     "deploy",
@@ -719,7 +739,7 @@ impl Job {
             ));
             Err(why)
         } else {
-            self.wait_converged().await
+            self.wait_converged().await?
         };
         if !self.generic_enabled() {
             return Ok(converge.is_ok());
@@ -793,7 +813,7 @@ impl Job {
                 out.push_str(&format!(
                     "; {}: {}",
                     s.short_name,
-                    crate::report::excerpt(&h, 300)
+                    crate::report::excerpt(&self.redactor.redact(&h), 300)
                 ));
             }
         }
@@ -802,23 +822,29 @@ impl Job {
 
     /// Resolves only when the stack is failing for certain, counting only tasks created after
     /// `before` (an upgrade must not be judged by the base's history).
-    async fn watch_for_failure(&self, before: &BTreeSet<String>) -> String {
+    /// A hung engine ends the watch too (`Err`): abra talks to the same engine and would only
+    /// hang until its own, much longer, deadline.
+    async fn watch_for_failure(&self, before: &BTreeSet<String>) -> Result<String, EngineError> {
         let interval = Duration::from_millis(self.opts.config.harness.poll_interval_ms);
         loop {
             tokio::time::sleep(interval).await;
-            let Ok(mut snap) = self.engine.snapshot(&self.stack).await else {
-                continue;
+            let mut snap = match self.engine.snapshot(&self.stack).await {
+                Ok(s) => s,
+                Err(e) if e.is_hung() => return Err(e),
+                // A restarting engine refuses connections for a moment; abra notices for itself.
+                Err(_) => continue,
             };
             for s in &mut snap.services {
                 s.tasks.retain(|t| !before.contains(&t.id));
             }
             if let Convergence::Failed(why) = checks::convergence(&snap) {
-                return why;
+                return Ok(why);
             }
         }
     }
 
-    async fn wait_converged(&self) -> Result<(), String> {
+    /// `Err` only when the engine is gone or hangs: that is no verdict on the recipe.
+    async fn wait_converged(&self) -> Result<Result<(), String>, Stop> {
         let h = &self.opts.config.harness;
         let r = wait_for(
             &format!("stack {} to converge", self.stack),
@@ -834,10 +860,12 @@ impl Job {
             },
         )
         .await;
-        r.map_err(|e| match e {
-            WaitError::Failed { reason, .. } => reason,
-            other => other.to_string(),
-        })
+        match r {
+            Ok(()) => Ok(Ok(())),
+            Err(WaitError::Probe(e)) if e.is_unreachable() => Err(e.into()),
+            Err(WaitError::Failed { reason, .. }) => Ok(Err(reason)),
+            Err(other) => Ok(Err(other.to_string())),
+        }
     }
 
     async fn stability(&self) -> Result<Result<(), String>, Stop> {
@@ -870,9 +898,19 @@ impl Job {
 
     async fn teardown(&mut self, run_dir: RunDir) -> TeardownReport {
         // abra first (it may clean more than the engine knows about), then the engine makes sure.
-        let _ = self.abra.undeploy(&self.domain).await;
-        let timeout = Duration::from_secs(self.opts.config.harness.converge_timeout_secs.max(60));
-        let result = teardown::teardown_stack(&self.engine, &self.stack, timeout).await;
+        // An engine that does not answer would only make abra wait for its own deadline, and
+        // every removal wait for the engine's.
+        let result = match self.engine.check_swarm().await {
+            Err(e) if e.is_hung() => Err(teardown::TeardownError::Engine(e)),
+            answered => {
+                if answered.is_ok() {
+                    let _ = self.abra.undeploy(&self.domain).await;
+                }
+                let timeout =
+                    Duration::from_secs(self.opts.config.harness.converge_timeout_secs.max(60));
+                teardown::teardown_stack(&self.engine, &self.stack, timeout).await
+            }
+        };
         let report = match result {
             Ok(left) if left.is_empty() => TeardownReport {
                 verdict: Some(Verdict::Pass),

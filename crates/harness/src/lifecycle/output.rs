@@ -4,13 +4,13 @@
 use super::*;
 
 impl Job {
-    pub(super) async fn write_diagnostics(&self) {
+    /// Writes `diagnostics/`; a file that cannot be written is an error (the caller makes the
+    /// run exit 3). A engine that does not answer leaves nothing to write, which is no error.
+    pub(super) async fn write_diagnostics(&self) -> Result<(), String> {
         let dir = self.opts.report_dir.join("diagnostics");
-        if std::fs::create_dir_all(&dir).is_err() {
-            return;
-        }
+        std::fs::create_dir_all(&dir).map_err(|e| cannot_write(&dir, &e))?;
         let Ok(snap) = self.engine.snapshot(&self.stack).await else {
-            return;
+            return Ok(());
         };
         let mut tasks = String::new();
         for s in &snap.services {
@@ -25,58 +25,129 @@ impl Job {
                 ));
             }
             if let Ok(logs) = self.engine.service_logs(&s.id, 200).await {
-                let _ = std::fs::write(
-                    dir.join(format!("{}.log", s.short_name)),
-                    self.redactor.redact(&logs),
-                );
+                write_file(
+                    &dir.join(format!("{}.log", s.short_name)),
+                    &self.redactor.redact(&logs),
+                )?;
             }
         }
-        let _ = std::fs::write(dir.join("tasks.txt"), self.redactor.redact(&tasks));
+        write_file(&dir.join("tasks.txt"), &self.redactor.redact(&tasks))
     }
 }
 
-pub(super) fn write_json(path: &Path, report: &RunReport, redactor: &Redactor) {
-    if let Ok(text) = serde_json::to_string_pretty(report) {
-        let tmp = path.with_extension("json.tmp");
-        if std::fs::write(&tmp, redactor.redact(&text)).is_ok() {
-            let _ = std::fs::rename(&tmp, path);
+fn cannot_write(path: &Path, e: &std::io::Error) -> String {
+    format!(
+        "cannot write the report file {}: {e} (is the report directory full or read-only?)",
+        path.display()
+    )
+}
+
+/// Writes a whole file and makes sure it reached the disk's page cache in full (a full disk
+/// can otherwise show up only at close).
+fn write_file(path: &Path, text: &str) -> Result<(), String> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).map_err(|e| cannot_write(path, &e))?;
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| cannot_write(path, &e))
+}
+
+/// Fails when nothing can be written in the report directory (read-only, not a directory),
+/// before anything is deployed.
+pub(super) fn check_writable(dir: &Path) -> Result<(), String> {
+    let probe = dir.join(".cc-ci-write-check");
+    write_file(&probe, "ok\n")?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+pub(super) fn write_json(
+    path: &Path,
+    report: &RunReport,
+    redactor: &Redactor,
+) -> Result<(), String> {
+    let text = serde_json::to_string_pretty(&redacted(report, redactor))
+        .map_err(|e| format!("cannot serialise {}: {e}", path.display()))?;
+    let tmp = path.with_extension("json.tmp");
+    let written = write_file(&tmp, &redactor.redact(&text))
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| cannot_write(path, &e)));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// The report with every text redacted field by field, before anything cuts excerpts out of it
+/// (a secret cut in two by an excerpt would no longer be recognised).
+fn redacted(report: &RunReport, redactor: &Redactor) -> RunReport {
+    let mut r = report.clone();
+    for t in &mut r.tiers {
+        for c in &mut t.checks {
+            c.name = redactor.redact(&c.name);
+            c.detail = redactor.redact(&c.detail);
         }
     }
+    for n in r.notes.iter_mut().chain(r.teardown.leftovers.iter_mut()) {
+        *n = redactor.redact(n);
+    }
+    r.git_ref = redactor.redact(&r.git_ref);
+    r
 }
 
-pub(super) fn write_reports(dir: &Path, report: &RunReport, redactor: &Redactor) {
-    write_json(&dir.join("run.json"), report, redactor);
-    let _ = std::fs::write(
-        dir.join("summary.md"),
-        redactor.redact(&report.summary_markdown(None)),
-    );
-    let _ = std::fs::write(dir.join("junit.xml"), redactor.redact(&report.junit_xml()));
+/// `run.json`, `summary.md`, `junit.xml`; the first that cannot be written is the error.
+pub(super) fn write_reports(
+    dir: &Path,
+    report: &RunReport,
+    redactor: &Redactor,
+) -> Result<(), String> {
+    let report = &redacted(report, redactor);
+    write_json(&dir.join("run.json"), report, redactor)?;
+    write_file(
+        &dir.join("summary.md"),
+        &redactor.redact(&report.summary_markdown(None)),
+    )?;
+    write_file(
+        &dir.join("junit.xml"),
+        &redactor.redact(&report.junit_xml()),
+    )?;
     let _ = std::fs::remove_file(dir.join("progress.json"));
+    Ok(())
 }
 
-pub(super) fn print_table(report: &RunReport) {
-    eprintln!("\n{:<10} {:<8} {:>9}", "tier", "verdict", "duration");
+/// The final table on stderr (the daemon serves it as the run's log): redacted like every
+/// other text that leaves the process.
+pub(super) fn print_table(report: &RunReport, redactor: &Redactor) {
+    eprint!("{}", redactor.redact(&table(&redacted(report, redactor))));
+}
+
+fn table(report: &RunReport) -> String {
+    let mut out = format!("\n{:<10} {:<8} {:>9}\n", "tier", "verdict", "duration");
     for t in &report.tiers {
-        eprintln!(
-            "{:<10} {:<8} {:>8.1}s",
+        out.push_str(&format!(
+            "{:<10} {:<8} {:>8.1}s\n",
             t.name,
             t.verdict.as_str(),
             t.duration_ms as f64 / 1000.0
-        );
+        ));
         for c in t
             .checks
             .iter()
             .filter(|c| matches!(c.verdict, Verdict::Fail | Verdict::Error))
         {
-            eprintln!("  ✗ {}: {}", c.name, crate::report::excerpt(&c.detail, 300));
+            out.push_str(&format!(
+                "  ✗ {}: {}\n",
+                c.name,
+                crate::report::excerpt(&c.detail, 300)
+            ));
         }
     }
     if let Some(v) = report.teardown.verdict {
-        eprintln!("{:<10} {:<8}", "teardown", v.as_str());
+        out.push_str(&format!("{:<10} {:<8}\n", "teardown", v.as_str()));
     }
-    eprintln!(
-        "verdict: {} (deploys: {})",
+    out.push_str(&format!(
+        "verdict: {} (deploys: {})\n",
         report.verdict.as_str(),
         report.deploy_count
-    );
+    ));
+    out
 }

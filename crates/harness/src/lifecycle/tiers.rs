@@ -65,7 +65,7 @@ impl Job {
 
     pub(super) async fn backup(&mut self, out: &mut Vec<CheckResult>) -> Result<(), Stop> {
         // A hook in a dying container loses data silently: wait until every update has settled.
-        if let Err(why) = self.wait_converged().await {
+        if let Err(why) = self.wait_converged().await? {
             out.push(CheckResult::generic(
                 "settled",
                 Verdict::Fail,
@@ -264,7 +264,7 @@ impl Job {
             return Ok(());
         }
         if self.generic_enabled() {
-            match self.wait_converged().await {
+            match self.wait_converged().await? {
                 Ok(()) => out.push(CheckResult::generic(
                     "converged",
                     Verdict::Pass,
