@@ -159,8 +159,18 @@ let
     };
     "daemon.max_body_bytes" = builtin {
       type = types.ints.positive;
-      builtinDefault = "1048576";
-      description = "Largest webhook body accepted, in bytes (at least 1024).";
+      builtinDefault = "16777216";
+      description = "Largest webhook body accepted, in bytes (at least 1024). Newer Gitea and Forgejo carry a pull request's description twice in a comment payload, JSON-escaped.";
+    };
+    "daemon.max_connections" = builtin {
+      type = types.ints.positive;
+      builtinDefault = "256";
+      description = "Connections the daemon serves at once; more are answered 503 (keep it well below `LimitNOFILE`).";
+    };
+    "daemon.max_log_followers" = builtin {
+      type = types.ints.positive;
+      builtinDefault = "32";
+      description = "`/runs/{id}/log?follow` streams at once; more are answered 503.";
     };
     "daemon.request_timeout_secs" = builtin {
       type = types.ints.positive;

@@ -104,8 +104,13 @@ pub struct DaemonConfig {
     pub public_url: String,
     /// Interval of the pull-request comment poll, in seconds; 0 disables polling.
     pub poll_interval_secs: u64,
-    /// Largest webhook body accepted, in bytes.
+    /// Largest webhook body accepted, in bytes. Newer Gitea and Forgejo carry a pull
+    /// request's description twice in a comment payload, JSON-escaped (`<` becomes `\u003c`).
     pub max_body_bytes: usize,
+    /// Connections served at once; more are answered 503.
+    pub max_connections: usize,
+    /// `/runs/{id}/log?follow` streams at once; more are answered 503.
+    pub max_log_followers: usize,
     /// Deadline to read one webhook request, in seconds.
     pub request_timeout_secs: u64,
     /// How often a run interrupted by a daemon crash is re-queued before it is reported as an error.
@@ -122,7 +127,10 @@ impl Default for DaemonConfig {
             cancel_grace_secs: 30,
             public_url: "http://127.0.0.1:8088".into(),
             poll_interval_secs: 0,
-            max_body_bytes: 1 << 20,
+            // A 1 MiB description, twice, with room for escaping.
+            max_body_bytes: 16 << 20,
+            max_connections: 256,
+            max_log_followers: 32,
             request_timeout_secs: 10,
             max_requeues: 1,
         }
@@ -276,6 +284,18 @@ impl Config {
             return Err(invalid(
                 "daemon.max_body_bytes",
                 "must be at least 1024".into(),
+            ));
+        }
+        if d.max_connections < 2 {
+            return Err(invalid(
+                "daemon.max_connections",
+                "must be at least 2".into(),
+            ));
+        }
+        if d.max_log_followers == 0 {
+            return Err(invalid(
+                "daemon.max_log_followers",
+                "must be at least 1".into(),
             ));
         }
         if d.listen.is_empty() {
