@@ -768,7 +768,8 @@ pub async fn eventually<T>(
 }
 
 /// The fake `cc-ci`: `run` behaves as `<marks>/mode.<run id>` (else `<marks>/mode`) says:
-/// pass | fail | infra | hang | stubborn (ignores SIGTERM) | gated (waits for `<marks>/go`).
+/// pass | fail | infra | hang | stubborn (ignores SIGTERM) | gated (waits for `<marks>/go`) |
+/// othersha (passes, but reports another commit than it was given).
 /// `gc` appends to `<marks>/gc.log`. Every run appends its arguments to `<marks>/runs.log`.
 pub fn fake_exe(marks: &Path) -> PathBuf {
     let script = format!(
@@ -792,15 +793,19 @@ id=$(basename "$dir")
 echo "$id $$" >> "$MARK/pids"
 echo "run id=$id recipe=$recipe ref=$ref stages=$stages config=$config" >> "$MARK/runs.log"
 mode=$(cat "$MARK/mode.$id" 2>/dev/null || cat "$MARK/mode" 2>/dev/null || echo pass)
+# The commit the run tests: the ref when it is one (the daemon passes the approved commit).
+head=$ref
+case "$ref" in *[!0-9a-f]*|"") head={sha};; esac
+[ "$mode" = othersha ] && head={sha2}
 echo "[0.0s] cloning $recipe at $ref (leaky: {token})" >&2
 tier() {{ echo "{{\"name\":\"$1\",\"verdict\":\"$2\",\"duration_ms\":1500,\"checks\":[{{\"name\":\"converged\",\"source\":\"generic\",\"verdict\":\"$2\",\"detail\":\"$3\"}}]}}"; }}
 report() {{
-  echo "{{\"recipe\":\"web\",\"ref\":\"$ref\",\"head_sha\":\"{sha}\",\"base_version\":null,\"app_domain\":\"web-abcdef.ci.local\",\"verdict\":\"$1\",\"deploy_count\":1,\"tiers\":[$2],\"teardown\":{{\"verdict\":\"pass\",\"leftovers\":[]}},\"notes\":[]}}" > "$dir/$3"
+  echo "{{\"recipe\":\"web\",\"ref\":\"$ref\",\"head_sha\":\"$head\",\"base_version\":null,\"app_domain\":\"web-abcdef.ci.local\",\"verdict\":\"$1\",\"deploy_count\":1,\"tiers\":[$2],\"teardown\":{{\"verdict\":\"pass\",\"leftovers\":[]}},\"notes\":[]}}" > "$dir/$3"
 }}
 report error "$(tier install pass)" progress.json
 echo "[1.5s] install: pass"
 case "$mode" in
-  pass) report pass "$(tier install pass)" run.json; echo "| install | pass |"; exit 0;;
+  pass|othersha) report pass "$(tier install pass)" run.json; echo "| install | pass |"; exit 0;;
   fail) report fail "$(tier install fail 'service web never became healthy')" run.json; exit 1;;
   infra) echo "docker engine unreachable at /var/run/docker.sock" >&2; exit 3;;
   hang) trap 'echo "term $id" >> "$MARK/term.log"; exit 143' TERM; echo "$id" >> "$MARK/hanging"; sleep 1000 & wait $!;;
@@ -812,6 +817,7 @@ exit 2
         marks = marks.display(),
         token = TOKEN,
         sha = SHA,
+        sha2 = SHA2,
     );
     let path = marks.join("fake-cc-ci");
     std::fs::write(&path, script).unwrap();
@@ -952,6 +958,26 @@ impl Env {
             .unwrap();
         self.gitea.state.lock().unwrap().hook = d.local_addr();
         d
+    }
+
+    /// The run a trigger comment became, once it has.
+    pub async fn run_of_comment(&self, comment_id: i64) -> i64 {
+        let db = self.config.daemon.state_dir.clone().unwrap().join("cc-ci.sqlite");
+        eventually(
+            &format!("a run for comment {comment_id}"),
+            20,
+            || {
+                let store = cc_ci_daemon::store::Store::open_existing(&db).ok()?;
+                store
+                    .list_runs(1000)
+                    .ok()?
+                    .into_iter()
+                    .find(|r| r.trigger_comment_id == Some(comment_id))
+                    .map(|r| r.id)
+            },
+            || self.state(),
+        )
+        .await
     }
 
     /// Every answer the daemon gave to the deliveries of its own comments.
