@@ -121,10 +121,20 @@ async fn refuse_conn<I>(mut io: I)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         let _ = io.write_all(&busy_answer()).await;
         let _ = io.shutdown().await;
+        // Read what the client sent until it closes: closing with unread data would reset
+        // the connection and could destroy the answer before the client reads it.
+        let mut sink = [0u8; 4096];
+        let mut total = 0usize;
+        while let Ok(n) = io.read(&mut sink).await {
+            total += n;
+            if n == 0 || total > 1 << 16 {
+                break;
+            }
+        }
     })
     .await;
 }

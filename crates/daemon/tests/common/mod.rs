@@ -135,6 +135,9 @@ pub struct ForgeState {
     pub hook_answers: Vec<(u16, String)>,
     /// Every API request: (method, path with query).
     pub requests: Vec<(String, String)>,
+    /// Comments written while a poll is in the middle of reading: when the comments of pull
+    /// request `.0` are listed, `(repo, pr, user, body)` is added first.
+    pub inject_when_listing: Vec<(i64, (String, i64, String, String))>,
     pub deliveries_sent: u64,
 }
 
@@ -524,6 +527,29 @@ impl Gitea {
             (Method::GET, ["repos", o, r, "issues", n, "comments"]) => {
                 let repo = format!("{o}/{r}");
                 let n: i64 = n.parse().unwrap_or(-1);
+                let inject: Vec<_> = st
+                    .inject_when_listing
+                    .iter()
+                    .filter(|(when, _)| *when == n)
+                    .map(|(_, c)| c.clone())
+                    .collect();
+                st.inject_when_listing.retain(|(when, _)| *when != n);
+                for (crepo, cpr, user, body) in inject {
+                    st.next_comment += 1;
+                    let id = st.next_comment;
+                    st.comments.insert(
+                        id,
+                        CommentRec {
+                            id,
+                            repo: crepo,
+                            pr: cpr,
+                            user,
+                            body,
+                            edits: 0,
+                            updated: unix_now(),
+                        },
+                    );
+                }
                 // `since`: only comments updated at or after it (RFC 3339).
                 let since = query_param(query, "since")
                     .map(|s| s.replace("%3A", ":").replace("%2B", "+"))
@@ -723,6 +749,35 @@ pub async fn deliver(
     (r.status().as_u16(), r.text().await.unwrap())
 }
 
+/// A delivery of a hook configured with the *form* content type: the body is
+/// `payload=<urlencoded JSON>`, the signature is over the JSON.
+pub async fn deliver_form(daemon: SocketAddr, delivery: &str, json: &[u8]) -> (u16, String) {
+    let sig = cc_ci_daemon::trigger::sign(SECRET.as_bytes(), json);
+    let mut form = String::from("payload=");
+    for b in json {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                form.push(*b as char)
+            }
+            b' ' => form.push('+'),
+            _ => form.push_str(&format!("%{b:02X}")),
+        }
+    }
+    let r = reqwest::Client::new()
+        .post(format!("http://{daemon}/hooks/gitea"))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .header("X-Gitea-Event", "issue_comment")
+        .header("X-Gitea-Event-Type", "pull_request_comment")
+        .header("X-Gitea-Delivery", delivery)
+        .header("X-Gitea-Signature", &sig)
+        .header("X-Hub-Signature-256", format!("sha256={sig}"))
+        .body(form)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
 pub async fn comment(
     daemon: SocketAddr,
     repo: &str,
@@ -765,6 +820,37 @@ pub async fn eventually<T>(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// [`eventually`] for a condition that needs to await (an HTTP request).
+pub async fn eventually_async<T, F, Fut>(
+    what: &str,
+    secs: u64,
+    mut cond: F,
+    state: impl Fn() -> String,
+) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = cond().await {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "timed out after {secs} s waiting for {what}; state:\n{}",
+                state()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The status code of a GET, or None when the request failed.
+pub async fn get_status(url: String) -> Option<u16> {
+    reqwest::get(url).await.ok().map(|r| r.status().as_u16())
 }
 
 /// The fake `cc-ci`: `run` behaves as `<marks>/mode.<run id>` (else `<marks>/mode`) says:
