@@ -382,12 +382,12 @@ in
     repoLocalAllowlist = mkOption {
       type = types.listOf types.str;
       default = [ ];
-      example = [ "traefik" ];
+      example = [ "coop-cloud/traefik" ];
       description = ''
-        Recipes whose own tests (the `.cc-ci/` folder of the recipe repository: an overlay and
-        scripts) may run. That is code from a pull request running with docker access: list only
-        recipes whose every committer you trust. `[]` denies all. Written as
-        `harness.repo_local_allowlist`.
+        Repositories (`owner/name`, not recipe names) whose own tests (the `.cc-ci/` folder of
+        the recipe repository: an overlay and scripts) may run. That is code from a pull request
+        running with docker access: list only repositories whose every committer you trust. `[]`
+        denies all. Written as `harness.repo_local_allowlist`.
       '';
     };
 

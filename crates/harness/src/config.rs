@@ -54,7 +54,7 @@ pub struct HarnessConfig {
     pub work_dir: Option<PathBuf>,
     /// Operator overlay folders, searched after the overlays shipped with cc-ci (later wins per key).
     pub overlay_dirs: Vec<PathBuf>,
-    /// Recipes whose own `.cc-ci/` tests may run. Empty = deny all.
+    /// Repositories (`owner/name`) whose own `.cc-ci/` tests may run. Empty = deny all.
     pub repo_local_allowlist: Vec<String>,
     /// Recipes whose generic checks the operator turned off (shown in every report).
     pub skip_generic: Vec<String>,
@@ -265,10 +265,18 @@ impl Config {
                 return Err(invalid(key, "must be greater than 0".into()));
             }
         }
-        for (key, list) in [
-            ("harness.repo_local_allowlist", &h.repo_local_allowlist),
-            ("harness.skip_generic", &h.skip_generic),
-        ] {
+        // Keyed by the full repository: a recipe name would trust every fork of that name.
+        if let Some(bad) = h
+            .repo_local_allowlist
+            .iter()
+            .find(|r| !crate::names::is_owner_slash_repo(r))
+        {
+            return Err(invalid(
+                "harness.repo_local_allowlist",
+                format!("`{bad}` is not of the form owner/name (list repositories, not recipes)"),
+            ));
+        }
+        for (key, list) in [("harness.skip_generic", &h.skip_generic)] {
             if let Some(bad) = list
                 .iter()
                 .find(|r| crate::names::validate_recipe_name(r).is_err())
