@@ -747,6 +747,11 @@ impl Store {
         })
     }
 
+    /// Triggers stored (every accepted `!testme`, whatever became of it).
+    pub fn trigger_count(&self) -> Result<u64, DaemonError> {
+        self.with(|c| c.query_row("SELECT count(*) FROM triggers", [], |r| r.get(0)))
+    }
+
     /// (running, queued)
     pub fn counts(&self) -> Result<(usize, usize), DaemonError> {
         self.with(|c| {
