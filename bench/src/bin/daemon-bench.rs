@@ -392,7 +392,9 @@ async fn main() {
             ("--activations", Some(n)) if n.parse::<usize>().is_ok() => {
                 activations = n.parse().unwrap_or(10)
             }
-            ("--slow-ms", Some(n)) if n.parse::<u64>().is_ok() => slow_ms = n.parse().unwrap_or(500),
+            ("--slow-ms", Some(n)) if n.parse::<u64>().is_ok() => {
+                slow_ms = n.parse().unwrap_or(500)
+            }
             _ => {
                 eprintln!(
                     "usage: daemon-bench --cc-ci PATH [--requests N] [--secs S] [--activations N] [--slow-ms MS]"

@@ -256,9 +256,7 @@ impl Daemon {
             sync_lock: tokio::sync::Mutex::new(()),
             own_login: Mutex::new(None),
             connections: Arc::new(tokio::sync::Semaphore::new(config.daemon.max_connections)),
-            log_followers: Arc::new(tokio::sync::Semaphore::new(
-                config.daemon.max_log_followers,
-            )),
+            log_followers: Arc::new(tokio::sync::Semaphore::new(config.daemon.max_log_followers)),
             webhook_bodies: tokio::sync::Semaphore::new(WEBHOOK_BODIES),
             config,
         });
@@ -627,7 +625,9 @@ pub(crate) async fn process_trigger(
         // cc-ci's own comments never start anything (a reply quoting a `!testme` included).
         match shared.ensure_own_login().await {
             Ok(own) if own.eq_ignore_ascii_case(&t.user) => {
-                shared.store.drop_trigger(t.id, "a comment by cc-ci itself")?;
+                shared
+                    .store
+                    .drop_trigger(t.id, "a comment by cc-ci itself")?;
                 return Ok(TriggerOutcome::Dropped("a comment by cc-ci itself".into()));
             }
             Ok(_) => {}
@@ -647,9 +647,10 @@ pub(crate) async fn process_trigger(
         // One refusal reply per user and pull request an hour: a refused user repeating the
         // command must not make cc-ci fill the pull request with replies.
         let reply = |text: String| -> Result<Option<String>, DaemonError> {
-            let recent = shared
-                .store
-                .replied_since(&t.repo, t.pr, &t.user, now() - REPLY_QUIET_SECS)?;
+            let recent =
+                shared
+                    .store
+                    .replied_since(&t.repo, t.pr, &t.user, now() - REPLY_QUIET_SECS)?;
             Ok((!recent).then_some(text))
         };
         if t.authorised == Some(false) {
@@ -846,12 +847,10 @@ async fn sync_one(shared: &Arc<Shared>, id: i64) {
                 tracing::warn!(run_id = id, recipe = %render::recipe_of(&run.repo), pr = run.pr, error = %error,
                     "reporting to the forge failed; the result is kept and will be reported later");
             }
-            let _ = shared.store.sync_failed(
-                id,
-                shared.backoff_at(run.sync_failures),
-                &error,
-                give_up,
-            );
+            let _ =
+                shared
+                    .store
+                    .sync_failed(id, shared.backoff_at(run.sync_failures), &error, give_up);
         }
     }
 }
@@ -925,19 +924,13 @@ async fn sync_run_at(
                 Ok(()) => {}
                 // Someone deleted the comment: write a new one.
                 Err(e) if e.status() == Some(404) => {
-                    let cid = shared
-                        .forge
-                        .create_comment(repo, run.pr, &body)
-                        .await?;
+                    let cid = shared.forge.create_comment(repo, run.pr, &body).await?;
                     shared.store.set_comment_id(run.id, cid)?;
                 }
                 Err(e) => return Err(e.into()),
             },
             None => {
-                let cid = shared
-                    .forge
-                    .create_comment(repo, run.pr, &body)
-                    .await?;
+                let cid = shared.forge.create_comment(repo, run.pr, &body).await?;
                 shared.store.set_comment_id(run.id, cid)?;
             }
         }

@@ -422,7 +422,10 @@ impl Forge {
         let since = since
             .map(|s| format!("since={}&", s.replace(':', "%3A").replace('+', "%2B")))
             .unwrap_or_default();
-        let url = self.repo_url(repo, &format!("/issues/{pr}/comments?{since}limit=50&page=1"));
+        let url = self.repo_url(
+            repo,
+            &format!("/issues/{pr}/comments?{since}limit=50&page=1"),
+        );
         self.list_all(&what, url).await
     }
 
@@ -520,7 +523,10 @@ mod tests {
             f.follow_target("/api/v1/repos/a/b").as_deref(),
             Some("https://git.example.org/api/v1/repos/a/b")
         );
-        assert!(f.follow_target("https://git.example.org/api/v1/x").is_some());
+        assert!(
+            f.follow_target("https://git.example.org/api/v1/x")
+                .is_some()
+        );
         assert!(f.follow_target("https://evil.example/api/v1/x").is_none());
         assert!(f.follow_target("https://git.example.org.evil/x").is_none());
         assert!(f.follow_target("//evil.example/x").is_none());

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::daemon::{IngestOutcome, Shared, ingest, process_trigger};
-use crate::store::now;
 use crate::error::DaemonError;
+use crate::store::now;
 use crate::trigger::{self, CommentTrigger};
 
 pub(crate) async fn poll_loop(shared: Arc<Shared>) {

@@ -361,7 +361,9 @@ impl Store {
                 ("poll_state", "since", "INTEGER"),
             ] {
                 let exists: bool = c
-                    .prepare(&format!("SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"))?
+                    .prepare(&format!(
+                        "SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"
+                    ))?
                     .exists([column])?;
                 if !exists {
                     c.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))?;
@@ -557,7 +559,12 @@ impl Store {
             tx.execute("UPDATE triggers SET replied = 1 WHERE id = ?1", [t.id])?;
             tx.execute(
                 "INSERT INTO replies (repo, pr, user, at) VALUES (?1, ?2, ?3, ?4)",
-                params![t.repo.to_ascii_lowercase(), t.pr, t.user.to_ascii_lowercase(), now()],
+                params![
+                    t.repo.to_ascii_lowercase(),
+                    t.pr,
+                    t.user.to_ascii_lowercase(),
+                    now()
+                ],
             )?;
             tx.commit()
         })

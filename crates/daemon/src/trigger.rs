@@ -113,7 +113,10 @@ pub fn form_payload(body: &[u8]) -> Result<Vec<u8>, String> {
                 .ok_or_else(|| "form body: the `payload` field is not valid URL encoding".into());
         }
     }
-    Err("form body without a `payload` field (hook content type application/x-www-form-urlencoded)".into())
+    Err(
+        "form body without a `payload` field (hook content type application/x-www-form-urlencoded)"
+            .into(),
+    )
 }
 
 fn percent_decode(v: &[u8]) -> Option<Vec<u8>> {
@@ -519,8 +522,12 @@ mod tests {
         }
         // cc-ci's own comments never trigger, whatever they say.
         assert!(matches!(
-            classify("issue_comment", &comment_payload("created", true, "!testme"), Some("Alice"))
-                .unwrap(),
+            classify(
+                "issue_comment",
+                &comment_payload("created", true, "!testme"),
+                Some("Alice")
+            )
+            .unwrap(),
             Delivery::Ignored(_)
         ));
         assert!(classify("issue_comment", b"{}", None).is_err());

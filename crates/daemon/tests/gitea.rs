@@ -67,7 +67,12 @@ async fn rename_mid_run(redirect: u16) {
     env.gitea.state.lock().unwrap().redirect_status = redirect;
     let d = env.start().await;
     let addr = d.local_addr().unwrap();
-    assert_eq!(comment(addr, "coop/web", 1, 200, "alice", "!testme").await.0, 202);
+    assert_eq!(
+        comment(addr, "coop/web", 1, 200, "alice", "!testme")
+            .await
+            .0,
+        202
+    );
     env.wait_comment(1, "⏳ running").await;
     env.gitea.rename("coop/web", "coop-renamed/web");
     env.release().await;
@@ -86,20 +91,17 @@ async fn rename_mid_run(redirect: u16) {
         .unwrap();
     assert_eq!(one["forge_repo"], "coop-renamed/web", "{one}");
     // Writes after the first redirect go straight to the new place.
-    let st = env.gitea.state.lock().unwrap();
-    let first_new = st
-        .requests
+    let requests = env.gitea.state.lock().unwrap().requests.clone();
+    let first_new = requests
         .iter()
         .position(|(_, p)| p.contains("/repos/coop-renamed/web/"))
         .unwrap();
     assert!(
-        st.requests[first_new..]
+        requests[first_new..]
             .iter()
             .all(|(_, p)| !p.contains("/repos/coop/web/")),
-        "{:?}",
-        st.requests
+        "{requests:?}"
     );
-    drop(st);
     d.shutdown().await;
 }
 
@@ -120,9 +122,16 @@ async fn reports_the_forge_keeps_refusing_are_given_up_visibly() {
     env.gate();
     let mut opts = env.options();
     opts.tuning.report_attempts = 2;
-    let d = cc_ci_daemon::Daemon::start(env.config.clone(), opts).await.unwrap();
+    let d = cc_ci_daemon::Daemon::start(env.config.clone(), opts)
+        .await
+        .unwrap();
     let addr = d.local_addr().unwrap();
-    assert_eq!(comment(addr, "coop/web", 1, 210, "alice", "!testme").await.0, 202);
+    assert_eq!(
+        comment(addr, "coop/web", 1, 210, "alice", "!testme")
+            .await
+            .0,
+        202
+    );
     env.wait_comment(1, "⏳ running").await;
     env.gitea.state.lock().unwrap().down = true;
     env.release().await;
@@ -149,7 +158,12 @@ async fn push_events_are_checked_against_the_current_head() {
     env.set_mode(None, "hang");
     let d = env.start().await;
     let addr = d.local_addr().unwrap();
-    assert_eq!(comment(addr, "coop/web", 1, 220, "alice", "!testme").await.0, 202);
+    assert_eq!(
+        comment(addr, "coop/web", 1, 220, "alice", "!testme")
+            .await
+            .0,
+        202
+    );
     env.wait_hanging(1).await;
     let pr_reads = || {
         env.gitea
@@ -176,9 +190,20 @@ async fn push_events_are_checked_against_the_current_head() {
     )
     .await;
     assert_eq!(code, 202, "{body}");
-    eventually("the pull request to be read", 10, || (pr_reads() > before).then_some(()), || env.state()).await;
-    let cancelled = tokio::time::timeout(Duration::from_secs(2), env.wait_comment(1, "🛑 cancelled")).await;
-    assert!(cancelled.is_err(), "a stale push event cancelled the run: {}", env.state());
+    eventually(
+        "the pull request to be read",
+        10,
+        || (pr_reads() > before).then_some(()),
+        || env.state(),
+    )
+    .await;
+    let cancelled =
+        tokio::time::timeout(Duration::from_secs(2), env.wait_comment(1, "🛑 cancelled")).await;
+    assert!(
+        cancelled.is_err(),
+        "a stale push event cancelled the run: {}",
+        env.state()
+    );
 
     // Out of order the other way: the push really happened (the API says SHA2) but the
     // delivery that arrives carries the old head. The API decides: run 1 is superseded.
@@ -216,15 +241,24 @@ async fn polling_pages_through_capped_lists_and_never_skips_a_comment() {
     config.forge.poll_repos = vec!["coop/web".into()];
     config.daemon.poll_interval_secs = 1;
     config.daemon.concurrency = 4;
-    let d = cc_ci_daemon::Daemon::start(config.clone(), env.options()).await.unwrap();
+    let d = cc_ci_daemon::Daemon::start(config.clone(), env.options())
+        .await
+        .unwrap();
     let db = cc_ci_daemon::store::Store::open_existing(&cc_ci_daemon::database_path(d.state_dir()))
         .unwrap();
-    eventually("the first poll", 10, || db.poll_since("coop/web").unwrap(), || env.state()).await;
+    eventually(
+        "the first poll",
+        10,
+        || db.poll_since("coop/web").unwrap(),
+        || env.state(),
+    )
+    .await;
 
     // The trigger is on the last pull request (page 3) and after four other comments there
     // (its own page 3).
     for i in 0..4 {
-        env.gitea.add_comment("coop/web", 5, "bob", &format!("comment {i}"));
+        env.gitea
+            .add_comment("coop/web", 5, "bob", &format!("comment {i}"));
     }
     let c5 = env.gitea.add_comment("coop/web", 5, "alice", "!testme");
     let id = env.run_of_comment(c5).await;
@@ -232,14 +266,18 @@ async fn polling_pages_through_capped_lists_and_never_skips_a_comment() {
 
     // A comment written on pull request 2 while a poll is reading pull request 4 (after it
     // read 2), followed by a newer comment on 4: the next poll still finds it.
-    env.gitea.state.lock().unwrap().inject_when_listing.push((
-        4,
-        ("coop/web".into(), 2, "alice".into(), "!testme".into()),
-    ));
-    env.gitea.state.lock().unwrap().inject_when_listing.push((
-        4,
-        ("coop/web".into(), 4, "bob".into(), "later".into()),
-    ));
+    env.gitea
+        .state
+        .lock()
+        .unwrap()
+        .inject_when_listing
+        .push((4, ("coop/web".into(), 2, "alice".into(), "!testme".into())));
+    env.gitea
+        .state
+        .lock()
+        .unwrap()
+        .inject_when_listing
+        .push((4, ("coop/web".into(), 4, "bob".into(), "later".into())));
     let run2 = eventually(
         "a run for pull request 2",
         20,
@@ -257,13 +295,13 @@ async fn polling_pages_through_capped_lists_and_never_skips_a_comment() {
     let runs = read(&env.marks().join("runs.log"));
     assert_eq!(runs.lines().count(), 2, "{runs}");
     // Lists were read page by page.
-    let st = env.gitea.state.lock().unwrap();
+    let requests = env.gitea.state.lock().unwrap().requests.clone();
     assert!(
-        st.requests.iter().any(|(_, p)| p.contains("/pulls?") && p.contains("page=3")),
-        "{:?}",
-        st.requests
+        requests
+            .iter()
+            .any(|(_, p)| p.contains("/pulls?") && p.contains("page=3")),
+        "{requests:?}"
     );
-    drop(st);
     d.shutdown().await;
 }
 
@@ -277,7 +315,9 @@ async fn own_comments_public_members_and_one_refusal_an_hour() {
     }
     let mut config = env.config.clone();
     config.forge.org_allowlist.push("friends".into());
-    let d = cc_ci_daemon::Daemon::start(config, env.options()).await.unwrap();
+    let d = cc_ci_daemon::Daemon::start(config, env.options())
+        .await
+        .unwrap();
     env.gitea.state.lock().unwrap().hook = d.local_addr();
     let addr = d.local_addr().unwrap();
 
@@ -316,7 +356,12 @@ async fn own_comments_public_members_and_one_refusal_an_hour() {
     eventually(
         "a reply to mallory",
         10,
-        || env.gitea.bot_comments().into_iter().find(|c| c.body.contains("@mallory")),
+        || {
+            env.gitea
+                .bot_comments()
+                .into_iter()
+                .find(|c| c.body.contains("@mallory"))
+        },
         || env.state(),
     )
     .await;
@@ -347,7 +392,10 @@ async fn own_comments_public_members_and_one_refusal_an_hour() {
     // Every delivery of the bot's own comments was acknowledged.
     let answers = env.hook_answers();
     assert!(!answers.is_empty());
-    assert!(answers.iter().all(|(c, _)| (200..300).contains(c)), "{answers:?}");
+    assert!(
+        answers.iter().all(|(c, _)| (200..300).contains(c)),
+        "{answers:?}"
+    );
     d.shutdown().await;
 }
 
@@ -359,7 +407,8 @@ async fn form_content_type_and_large_descriptions_are_accepted() {
     let json = comment_payload("created", "coop/web", 1, 240, "alice", "!testme", true);
     let (code, body) = deliver_form(addr, "form-1", &json).await;
     assert_eq!(code, 202, "{body}");
-    env.wait_comment(env.run_of_comment(240).await, "✅ pass").await;
+    env.wait_comment(env.run_of_comment(240).await, "✅ pass")
+        .await;
 
     // A 1 MiB description, twice (issue.body and pull_request.body, Gitea 1.23+), escaped
     // as Go's JSON encoder does (`<` becomes `\u003c`).
@@ -396,11 +445,22 @@ async fn the_status_goes_only_on_the_commit_that_was_tested() {
     env.set_mode(None, "othersha");
     let d = env.start().await;
     let addr = d.local_addr().unwrap();
-    assert_eq!(comment(addr, "coop/web", 1, 250, "alice", "!testme").await.0, 202);
+    assert_eq!(
+        comment(addr, "coop/web", 1, 250, "alice", "!testme")
+            .await
+            .0,
+        202
+    );
     let st = env.wait_status(SHA, "error", "").await;
     let c = env.wait_comment(1, "⚠️ error").await;
     assert!(c.body.contains("approved for"), "{}", c.body);
-    assert!(env.gitea.statuses().iter().all(|s| s.sha == SHA && s.state != "success"), "{st:?}");
+    assert!(
+        env.gitea
+            .statuses()
+            .iter()
+            .all(|s| s.sha == SHA && s.state != "success"),
+        "{st:?}"
+    );
     let runs = read(&env.marks().join("runs.log"));
     assert!(runs.contains(&format!("ref={SHA} ")), "{runs}");
     d.shutdown().await;
@@ -415,15 +475,26 @@ async fn connection_and_log_follower_limits_answer_503() {
     let mut config = env.config.clone();
     config.daemon.max_connections = 3;
     config.daemon.max_log_followers = 1;
-    let d = cc_ci_daemon::Daemon::start(config, env.options()).await.unwrap();
+    let d = cc_ci_daemon::Daemon::start(config, env.options())
+        .await
+        .unwrap();
     let addr = d.local_addr().unwrap();
-    assert_eq!(comment(addr, "coop/web", 1, 260, "alice", "!testme").await.0, 202);
+    assert_eq!(
+        comment(addr, "coop/web", 1, 260, "alice", "!testme")
+            .await
+            .0,
+        202
+    );
     env.wait_comment(1, "⏳ running").await;
 
     // One follower is allowed; a second is refused while the first streams.
-    let first = reqwest::get(format!("http://{addr}/runs/1/log?follow=1")).await.unwrap();
+    let first = reqwest::get(format!("http://{addr}/runs/1/log?follow=1"))
+        .await
+        .unwrap();
     assert_eq!(first.status().as_u16(), 200);
-    let second = reqwest::get(format!("http://{addr}/runs/1/log?follow=1")).await.unwrap();
+    let second = reqwest::get(format!("http://{addr}/runs/1/log?follow=1"))
+        .await
+        .unwrap();
     assert_eq!(second.status().as_u16(), 503);
     drop(second);
     drop(first);

@@ -369,7 +369,10 @@ mod repo_local_tests {
         ] {
             assert!(!repo_local_allowed(&list, no), "{no}");
         }
-        assert!(!repo_local_allowed(&["traefik".into()], "https://f/coop-cloud/traefik.git"));
+        assert!(!repo_local_allowed(
+            &["traefik".into()],
+            "https://f/coop-cloud/traefik.git"
+        ));
     }
 }
 

@@ -194,17 +194,31 @@ fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
 
 /// One page of `items` as Gitea answers a list call: `limit` capped at `max_items`,
 /// `X-Total-Count` and a `Link` header with `next`/`last` while more pages exist.
-fn paged(url: &str, path: &str, query: &str, items: Vec<Value>, max_items: usize) -> Response<Full<Bytes>> {
-    let page: usize = query_param(query, "page").and_then(|p| p.parse().ok()).unwrap_or(1).max(1);
+fn paged(
+    url: &str,
+    path: &str,
+    query: &str,
+    items: Vec<Value>,
+    max_items: usize,
+) -> Response<Full<Bytes>> {
+    let page: usize = query_param(query, "page")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(1)
+        .max(1);
     let limit: usize = query_param(query, "limit")
         .and_then(|p| p.parse().ok())
         .filter(|l| *l > 0)
         .unwrap_or(max_items)
         .min(max_items);
     let total = items.len();
-    let slice: Vec<Value> = items.into_iter().skip((page - 1) * limit).take(limit).collect();
+    let slice: Vec<Value> = items
+        .into_iter()
+        .skip((page - 1) * limit)
+        .take(limit)
+        .collect();
     let mut r = resp(StatusCode::OK, Value::Array(slice));
-    r.headers_mut().insert("x-total-count", total.to_string().parse().unwrap());
+    r.headers_mut()
+        .insert("x-total-count", total.to_string().parse().unwrap());
     let pages = total.div_ceil(limit);
     let keep: Vec<&str> = query
         .split('&')
@@ -227,7 +241,8 @@ fn paged(url: &str, path: &str, query: &str, items: Vec<Value>, max_items: usize
         links.push(link(page - 1, "prev"));
     }
     if !links.is_empty() {
-        r.headers_mut().insert("link", links.join(",").parse().unwrap());
+        r.headers_mut()
+            .insert("link", links.join(",").parse().unwrap());
     }
     r
 }
@@ -457,7 +472,8 @@ impl Gitea {
         body: &[u8],
     ) -> (Response<Full<Bytes>>, Option<(&'static str, CommentRec)>) {
         let mut st = self.state.lock().unwrap();
-        st.requests.push((method.to_string(), format!("{path}?{query}")));
+        st.requests
+            .push((method.to_string(), format!("{path}?{query}")));
         if !auth_ok {
             st.unauthenticated += 1;
             return (
@@ -564,7 +580,7 @@ impl Gitea {
                 paged(&url, path, query, list, st.max_items)
             }
             (Method::POST, ["repos", o, r, "issues", n, "comments"]) => {
-                let v: Value = serde_json::from_slice(&body).unwrap();
+                let v: Value = serde_json::from_slice(body).unwrap();
                 st.next_comment += 1;
                 let id = st.next_comment;
                 let c = CommentRec {
@@ -582,7 +598,7 @@ impl Gitea {
                 resp(StatusCode::CREATED, j)
             }
             (Method::PATCH, ["repos", _o, _r, "issues", "comments", id]) => {
-                let v: Value = serde_json::from_slice(&body).unwrap();
+                let v: Value = serde_json::from_slice(body).unwrap();
                 let id: i64 = id.parse().unwrap();
                 match st.comments.get_mut(&id) {
                     Some(c) => {
@@ -607,7 +623,7 @@ impl Gitea {
                         None,
                     );
                 }
-                let v: Value = serde_json::from_slice(&body).unwrap();
+                let v: Value = serde_json::from_slice(body).unwrap();
                 st.statuses.push(StatusRec {
                     repo: format!("{o}/{r}"),
                     sha: sha.to_string(),
@@ -1048,7 +1064,13 @@ impl Env {
 
     /// The run a trigger comment became, once it has.
     pub async fn run_of_comment(&self, comment_id: i64) -> i64 {
-        let db = self.config.daemon.state_dir.clone().unwrap().join("cc-ci.sqlite");
+        let db = self
+            .config
+            .daemon
+            .state_dir
+            .clone()
+            .unwrap()
+            .join("cc-ci.sqlite");
         eventually(
             &format!("a run for comment {comment_id}"),
             20,
