@@ -126,8 +126,8 @@ pub(crate) struct Shared {
     pub connections: Arc<tokio::sync::Semaphore>,
     /// `/runs/{id}/log?follow` streams beyond this many are answered 503.
     pub log_followers: Arc<tokio::sync::Semaphore>,
-    /// Webhook bodies held in memory at once (each up to `max_body_bytes`).
-    pub webhook_bodies: tokio::sync::Semaphore,
+    /// Bytes of webhook bodies that may be held in memory at once, over all requests.
+    pub body_budget: crate::http::BodyBudget,
 }
 
 impl Shared {
@@ -163,9 +163,13 @@ impl Shared {
     }
 }
 
-/// Webhook bodies read into memory at once; more wait (within the request deadline), so
-/// `max_body_bytes` bounds memory by this many times, not by the connection count.
-const WEBHOOK_BODIES: usize = 8;
+/// Webhook bodies of the largest size that fit in memory at once: beyond that budget a
+/// request is answered 503 instead of growing the daemon (small bodies, the usual case, take
+/// little of it; slow senders hold only what they have sent).
+const BODY_BUDGET_BODIES: usize = 4;
+/// ... and never less than this, so a small `max_body_bytes` does not turn many ordinary
+/// deliveries at once into 503s (Gitea never retries a delivery).
+const BODY_BUDGET_MIN: usize = 64 << 20;
 
 /// A running daemon. `serve` wraps it with signal handling; tests drive it directly.
 pub struct Daemon {
@@ -257,7 +261,12 @@ impl Daemon {
             own_login: Mutex::new(None),
             connections: Arc::new(tokio::sync::Semaphore::new(config.daemon.max_connections)),
             log_followers: Arc::new(tokio::sync::Semaphore::new(config.daemon.max_log_followers)),
-            webhook_bodies: tokio::sync::Semaphore::new(WEBHOOK_BODIES),
+            body_budget: crate::http::BodyBudget::new(
+                config
+                    .daemon
+                    .max_body_bytes
+                    .saturating_mul(BODY_BUDGET_BODIES),
+            ),
             config,
         });
 
@@ -634,7 +643,10 @@ pub(crate) async fn process_trigger(
             // A token without the `read:user` scope cannot read its own account: go on
             // without (the bot's replies never hold a `!testme` line), rather than hold every
             // trigger back.
-            Err(e) if e.status().is_some_and(|s| (400..500).contains(&s) && s != 429) => {
+            Err(e)
+                if e.status()
+                    .is_some_and(|s| (400..500).contains(&s) && s != 429) =>
+            {
                 tracing::warn!(error = %e, "cannot read cc-ci's own forge account (give the token the read:user scope); its own comments are recognised by their content only");
             }
             Err(e) => return Ok(later(&e, &t)),

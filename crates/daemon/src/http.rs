@@ -366,16 +366,62 @@ fn log(shared: Arc<Shared>, id: i64, follow: bool) -> Response<Body> {
     r
 }
 
+/// Bytes of request bodies the daemon holds at once, shared by all requests.
+pub(crate) struct BodyBudget {
+    left: std::sync::atomic::AtomicUsize,
+}
+
+impl BodyBudget {
+    pub(crate) fn new(bytes: usize) -> Self {
+        Self {
+            left: std::sync::atomic::AtomicUsize::new(bytes),
+        }
+    }
+
+    fn take(&self, n: usize) -> bool {
+        use std::sync::atomic::Ordering;
+        self.left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |l| l.checked_sub(n))
+            .is_ok()
+    }
+
+    fn give(&self, n: usize) {
+        self.left.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// What one request took of the budget, given back when the request is done.
+struct Held<'a> {
+    budget: &'a BodyBudget,
+    bytes: usize,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.budget.give(self.bytes);
+    }
+}
+
 /// Read a body of at most `max` bytes. A larger one is read on and discarded up to 16 × `max`
-/// so that the sender, still sending, gets the 413 instead of a reset connection.
-async fn read_body(mut body: Incoming, max: usize) -> Result<Bytes, StatusCode> {
+/// so that the sender, still sending, gets the 413 instead of a reset connection. When all
+/// bodies in flight together would exceed the budget, 503.
+async fn read_body(
+    mut body: Incoming,
+    max: usize,
+    budget: &BodyBudget,
+) -> Result<(Bytes, Held<'_>), StatusCode> {
     let mut buf = bytes::BytesMut::new();
     let mut seen = 0usize;
+    let mut held = Held { budget, bytes: 0 };
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|_| StatusCode::BAD_REQUEST)?;
         if let Ok(data) = frame.into_data() {
             seen = seen.saturating_add(data.len());
             if seen <= max {
+                if !budget.take(data.len()) {
+                    return Err(StatusCode::SERVICE_UNAVAILABLE);
+                }
+                held.bytes += data.len();
                 buf.extend_from_slice(&data);
             } else if seen > max.saturating_mul(16) {
                 break;
@@ -385,7 +431,7 @@ async fn read_body(mut body: Incoming, max: usize) -> Result<Bytes, StatusCode> 
     if seen > max {
         Err(StatusCode::PAYLOAD_TOO_LARGE)
     } else {
-        Ok(buf.freeze())
+        Ok((buf.freeze(), held))
     }
 }
 
@@ -401,19 +447,23 @@ async fn webhook(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> 
     let max = shared.config.daemon.max_body_bytes;
     let headers = req.headers().clone();
     let timeout = Duration::from_secs(shared.config.daemon.request_timeout_secs);
-    let read = async {
-        // Bodies in memory at once are bounded (each may be max_body_bytes).
-        let _permit = shared.webhook_bodies.acquire().await;
-        read_body(req.into_body(), max).await
-    };
+    let read = read_body(req.into_body(), max, &shared.body_budget);
     let body = match tokio::time::timeout(timeout, read).await {
         Err(_) => return text(StatusCode::REQUEST_TIMEOUT, "body not received in time"),
         Ok(Err(status)) if status == StatusCode::PAYLOAD_TOO_LARGE => {
             return text(status, format!("body larger than {max} bytes"));
         }
+        Ok(Err(status)) if status == StatusCode::SERVICE_UNAVAILABLE => {
+            return text(
+                status,
+                "too many large deliveries at once, try again shortly",
+            );
+        }
         Ok(Err(status)) => return text(status, "cannot read the body"),
         Ok(Ok(b)) => b,
     };
+    // The budget stays taken while the body is being decided on.
+    let (body, _held) = body;
     let delivery =
         header(&headers, "x-forgejo-delivery").or_else(|| header(&headers, "x-gitea-delivery"));
     let (status, msg) = decide(&shared, &headers, &body, delivery.as_deref()).await;
