@@ -382,6 +382,21 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("Nix store"), "{err}");
+        // The repo-local allowlist names repositories, never bare recipe names.
+        let err = Config::parse(
+            "[harness]\nrepo_local_allowlist = [\"traefik\"]\n",
+            Path::new("c.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("owner/name"), "{err}");
+        assert!(
+            Config::parse(
+                "[harness]\nrepo_local_allowlist = [\"coop-cloud/traefik\"]\n",
+                Path::new("c.toml"),
+            )
+            .is_ok()
+        );
     }
 
     #[test]
