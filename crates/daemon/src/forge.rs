@@ -58,6 +58,23 @@ fn open() -> String {
     "open".into()
 }
 
+/// What identifies an item of a list endpoint (duplicates across pages are dropped).
+trait Keyed {
+    fn key(&self) -> i64;
+}
+
+impl Keyed for PullRequest {
+    fn key(&self) -> i64 {
+        self.number
+    }
+}
+
+impl Keyed for ApiComment {
+    fn key(&self) -> i64 {
+        self.id
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct ApiUser {
     pub login: String,
@@ -372,20 +389,24 @@ impl Forge {
     /// (`Link` without `next`, `X-Total-Count` reached, or an empty page). The admin's
     /// `MAX_RESPONSE_ITEMS` may cap pages below the `limit` asked for, so a short page alone
     /// does not mean the end.
-    async fn list_all<T: for<'de> Deserialize<'de>>(
+    async fn list_all<T: for<'de> Deserialize<'de> + Keyed>(
         &self,
         what: &str,
         first_url: String,
     ) -> Result<Vec<T>, ForgeError> {
         const MAX_PAGES: usize = 1000;
         let mut out: Vec<T> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         let mut url = first_url;
         for page in 1..=MAX_PAGES {
             let a = self.call(what, reqwest::Method::GET, &url, None).await?;
             let batch: Vec<T> = Self::decode(what, &a.body)?;
             let n = batch.len();
-            out.extend(batch);
-            if n == 0 || a.total.is_some_and(|t| out.len() >= t) {
+            let before = out.len();
+            out.extend(batch.into_iter().filter(|x| seen.insert(x.key())));
+            // A page with nothing new: the server ignores `page` (or the list shifted under
+            // us): what it has was read.
+            if n == 0 || out.len() == before || a.total.is_some_and(|t| out.len() >= t) {
                 break;
             }
             url = match a.next.and_then(|n| self.follow_target(&n)) {
