@@ -139,20 +139,51 @@ where
     .await;
 }
 
+/// Marks a response that streams for as long as a run goes (`/runs/{id}/log?follow`): its
+/// connection is exempt from the connection deadline (followers have their own limit).
+#[derive(Clone, Copy)]
+struct Streaming;
+
 async fn serve_conn<I>(shared: Arc<Shared>, io: I, _permit: tokio::sync::OwnedSemaphorePermit)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let timeout = Duration::from_secs(shared.config.daemon.request_timeout_secs);
+    // A connection holds one of `max_connections` slots: one that idles or reads its answer
+    // too slowly is cut after this, so idle clients cannot keep the slots.
+    let deadline = (timeout * 6).max(Duration::from_secs(60));
+    let streaming = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = streaming.clone();
     let svc = service_fn(move |req| {
         let shared = shared.clone();
-        async move { Ok::<_, Infallible>(handle(shared, req).await) }
+        let flag = flag.clone();
+        async move {
+            let r = handle(shared, req).await;
+            if r.extensions().get::<Streaming>().is_some() {
+                flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            Ok::<_, Infallible>(r)
+        }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(timeout)
+        // One request per connection: an idle kept-alive connection would hold a slot.
+        .keep_alive(false)
         .serve_connection(TokioIo::new(io), svc);
-    if let Err(e) = conn.await {
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = &mut conn => r,
+        _ = tokio::time::sleep(deadline) => {
+            if streaming.load(std::sync::atomic::Ordering::SeqCst) {
+                conn.await
+            } else {
+                tracing::debug!("connection cut: over its deadline");
+                return;
+            }
+        }
+    };
+    if let Err(e) = result {
         tracing::debug!(error = %e, "connection ended with an error");
     }
 }
@@ -363,6 +394,7 @@ fn log(shared: Arc<Shared>, id: i64, follow: bool) -> Response<Body> {
     if let Ok(v) = "text/plain; charset=utf-8".parse() {
         r.headers_mut().insert(CONTENT_TYPE, v);
     }
+    r.extensions_mut().insert(Streaming);
     r
 }
 

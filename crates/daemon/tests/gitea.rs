@@ -47,7 +47,7 @@ async fn payloads_of_every_supported_forge_version_trigger_runs() {
         let (code, body) = deliver_fixture(addr, name, &format!("fixture-{i}")).await;
         assert_eq!(code, 202, "{name}: {body}");
         let id = env.run_of_comment(9001 + i as i64).await;
-        env.wait_comment(id, "✅ pass").await;
+        env.wait_status(SHA, "success", &format!("run #{id}")).await;
         // A replay from the settings page: the same payload, a new delivery id.
         let (code, body) = deliver_fixture(addr, name, &format!("fixture-{i}-replay")).await;
         assert_eq!(code, 200, "{name} replay: {body}");
