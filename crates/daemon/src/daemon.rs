@@ -265,7 +265,8 @@ impl Daemon {
                 config
                     .daemon
                     .max_body_bytes
-                    .saturating_mul(BODY_BUDGET_BODIES),
+                    .saturating_mul(BODY_BUDGET_BODIES)
+                    .max(BODY_BUDGET_MIN),
             ),
             config,
         });

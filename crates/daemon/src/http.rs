@@ -80,9 +80,17 @@ async fn accept_loop(shared: Arc<Shared>, listener: Listener) {
                 tokio::spawn(serve_conn(shared.clone(), s, p));
             }
             (Ok(AcceptedConn::Tcp(s)), None) => {
+                tracing::warn!(
+                    limit = shared.config.daemon.max_connections,
+                    "too many connections: answering 503"
+                );
                 tokio::spawn(refuse_conn(s));
             }
             (Ok(AcceptedConn::Unix(s)), None) => {
+                tracing::warn!(
+                    limit = shared.config.daemon.max_connections,
+                    "too many connections: answering 503"
+                );
                 tokio::spawn(refuse_conn(s));
             }
             (Err(e), _) => {
