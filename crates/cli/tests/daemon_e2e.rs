@@ -1290,8 +1290,19 @@ async fn supersede_cancel_and_graceful_stop_tear_real_runs_down() {
             "!testme install",
         )
         .await;
-    // Accepted at once; refused after the answer (carol is no member yet).
+    // Accepted at once; refused after the answer (carol is no member yet): she gets a reply.
     assert_eq!(code, 202, "carol is no member yet: {body}");
+    eventually(
+        "the reply to carol",
+        30,
+        || {
+            s.bot_comments_on("coop/web", 1)
+                .into_iter()
+                .find(|c| c.body.contains("@carol"))
+        },
+        || s.state(),
+    )
+    .await;
     s.gitea.add_member("coop", "carol");
     let (code, body) = s
         .comment(
