@@ -534,3 +534,36 @@ async fn connection_and_log_follower_limits_answer_503() {
     env.wait_comment(1, "✅ pass").await;
     d.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_forge_delays_the_pending_status_but_not_the_answer() {
+    let env = Env::new().await;
+    let d = env.start().await;
+    let addr = d.local_addr().unwrap();
+    eventually(
+        "the daemon to read its own login",
+        10,
+        || (env.gitea.state.lock().unwrap().answered >= 1).then_some(()),
+        || env.state(),
+    )
+    .await;
+    // From now on every API call takes longer than Gitea waits for a delivery's answer.
+    let before = {
+        let mut st = env.gitea.state.lock().unwrap();
+        st.delay = Duration::from_secs(6);
+        st.answered
+    };
+    let (code, body) = comment(addr, "coop/web", 1, 270, "alice", "!testme").await;
+    assert_eq!(code, 202, "{body}");
+    // The answer did not wait for any forge call.
+    assert_eq!(
+        env.gitea.state.lock().unwrap().answered,
+        before,
+        "{}",
+        env.state()
+    );
+    // The forge gets its answers later; nothing is lost.
+    env.gitea.state.lock().unwrap().delay = Duration::ZERO;
+    env.wait_status(SHA, "success", "run #1").await;
+    d.shutdown().await;
+}

@@ -139,6 +139,8 @@ pub struct ForgeState {
     /// request `.0` are listed, `(repo, pr, user, body)` is added first.
     pub inject_when_listing: Vec<(i64, (String, i64, String, String))>,
     pub deliveries_sent: u64,
+    /// API answers given so far (after `delay`).
+    pub answered: u64,
 }
 
 #[derive(Clone)]
@@ -457,6 +459,7 @@ impl Gitea {
             tokio::time::sleep(delay).await;
         }
         let (answer, echo) = self.answer(auth_ok, &method, &path, &query, &body);
+        self.state.lock().unwrap().answered += 1;
         if let Some((action, c)) = echo {
             self.echo_to_hook(action, &c);
         }
