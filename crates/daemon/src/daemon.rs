@@ -171,6 +171,23 @@ const BODY_BUDGET_BODIES: usize = 4;
 /// deliveries at once into 503s (Gitea never retries a delivery).
 const BODY_BUDGET_MIN: usize = 64 << 20;
 
+fn body_budget_bytes(max_body_bytes: usize) -> usize {
+    max_body_bytes
+        .saturating_mul(BODY_BUDGET_BODIES)
+        .max(BODY_BUDGET_MIN)
+}
+
+#[cfg(test)]
+mod budget_tests {
+    #[test]
+    fn body_budget_has_a_floor_and_scales() {
+        assert_eq!(super::body_budget_bytes(4096), 64 << 20);
+        assert_eq!(super::body_budget_bytes(16 << 20), 64 << 20);
+        assert_eq!(super::body_budget_bytes(32 << 20), 128 << 20);
+        assert_eq!(super::body_budget_bytes(usize::MAX), usize::MAX);
+    }
+}
+
 /// A running daemon. `serve` wraps it with signal handling; tests drive it directly.
 pub struct Daemon {
     shared: Arc<Shared>,
@@ -261,13 +278,9 @@ impl Daemon {
             own_login: Mutex::new(None),
             connections: Arc::new(tokio::sync::Semaphore::new(config.daemon.max_connections)),
             log_followers: Arc::new(tokio::sync::Semaphore::new(config.daemon.max_log_followers)),
-            body_budget: crate::http::BodyBudget::new(
-                config
-                    .daemon
-                    .max_body_bytes
-                    .saturating_mul(BODY_BUDGET_BODIES)
-                    .max(BODY_BUDGET_MIN),
-            ),
+            body_budget: crate::http::BodyBudget::new(body_budget_bytes(
+                config.daemon.max_body_bytes,
+            )),
             config,
         });
 
