@@ -208,8 +208,18 @@ let
     };
     "daemon.max_body_bytes" = builtin {
       type = types.ints.positive;
-      builtinDefault = "1048576";
-      description = "Largest webhook body accepted, in bytes (at least 1024).";
+      builtinDefault = "16777216";
+      description = "Largest webhook body accepted, in bytes (at least 1024). Newer Gitea and Forgejo carry a pull request's description twice in a comment payload, JSON-escaped.";
+    };
+    "daemon.max_connections" = builtin {
+      type = types.ints.positive;
+      builtinDefault = "256";
+      description = "Connections the daemon serves at once; more are answered 503 (keep it well below `LimitNOFILE`).";
+    };
+    "daemon.max_log_followers" = builtin {
+      type = types.ints.positive;
+      builtinDefault = "32";
+      description = "`/runs/{id}/log?follow` streams at once; more are answered 503.";
     };
     "daemon.request_timeout_secs" = builtin {
       type = types.ints.positive;
@@ -496,12 +506,12 @@ in
     repoLocalAllowlist = mkOption {
       type = types.listOf types.str;
       default = [ ];
-      example = [ "traefik" ];
+      example = [ "coop-cloud/traefik" ];
       description = ''
-        Recipes whose own tests (the `.cc-ci/` folder of the recipe repository: an overlay and
-        scripts) may run. That is code from a pull request running with docker access: list only
-        recipes whose every committer you trust. `[]` denies all. Written as
-        `harness.repo_local_allowlist`.
+        Repositories (`owner/name`, not recipe names) whose own tests (the `.cc-ci/` folder of
+        the recipe repository: an overlay and scripts) may run. That is code from a pull request
+        running with docker access: list only repositories whose every committer you trust. `[]`
+        denies all. Written as `harness.repo_local_allowlist`.
       '';
     };
 

@@ -60,8 +60,13 @@ fn fixture_with_config(name: &str, extra_config: &str) -> Fixture {
     std::fs::write(
         &config,
         format!(
-            "[harness]\nwork_dir = \"{}\"\n{extra_config}",
-            work.display()
+            "[harness]\nwork_dir = \"{}\"\n{}",
+            work.display(),
+            // `{owner}`: the directory holding the fixture repository (its "owner").
+            extra_config.replace(
+                "{owner}",
+                &dir.path().file_name().unwrap().to_string_lossy()
+            )
         ),
     )
     .expect("write config");
@@ -439,7 +444,11 @@ fn restore_that_does_not_bring_data_back_fails_the_restore_tier() {
 
 #[test]
 fn repo_local_tests_are_ignored_unless_allowlisted() {
-    let f = fixture("web-repolocal");
+    // A repository of the same name under another owner is not trusted.
+    let f = fixture_with_config(
+        "web-repolocal",
+        "repo_local_allowlist = [\"someone-else/web-repolocal\"]\n",
+    );
     let r = f.run(&["--stages", "install"]);
     assert_eq!(r.code, 0, "stderr:\n{}", r.stderr);
     let notes = r.report()["notes"].to_string();
@@ -450,9 +459,11 @@ fn repo_local_tests_are_ignored_unless_allowlisted() {
     );
 
     // The same recipe on the allowlist: its failing repo-local check runs and fails the tier.
+    // The allowlist names the repository (`owner/name`: here the fixture's parent directory
+    // and name), not the recipe.
     let f = fixture_with_config(
         "web-repolocal",
-        "repo_local_allowlist = [\"web-repolocal\"]\n",
+        "repo_local_allowlist = [\"{owner}/web-repolocal\"]\n",
     );
     let r = f.run(&["--stages", "install"]);
     assert_eq!(r.code, 1, "stderr:\n{}", r.stderr);

@@ -75,6 +75,28 @@ pub fn queue(config: &Config, all: bool, out: &mut dyn Write) -> Result<(), Daem
     if shown == 0 {
         w(out, "(no runs queued or running)".into())?;
     }
+    let undelivered = store.undelivered_runs()?;
+    if !undelivered.is_empty() {
+        w(out, String::new())?;
+        w(out, "REPORTS NOT DELIVERED TO THE FORGE".into())?;
+        for r in undelivered {
+            w(
+                out,
+                format!(
+                    "{:<6} {:<28} {} after {} tries: {}",
+                    r.id,
+                    format!("{}#{}", r.repo, r.pr),
+                    if r.report_given_up {
+                        "undelivered (given up)"
+                    } else {
+                        "retrying"
+                    },
+                    r.sync_failures,
+                    r.report_error.as_deref().unwrap_or("-")
+                ),
+            )?;
+        }
+    }
     Ok(())
 }
 

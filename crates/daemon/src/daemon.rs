@@ -38,8 +38,9 @@ pub struct Tuning {
     pub retry_base: Duration,
     /// How often a running run's `progress.json` is looked at.
     pub progress_interval: Duration,
-    /// How long a webhook request waits for its trigger's authorisation before answering 202.
-    pub inline_intake_timeout: Duration,
+    /// Store-level report attempts of a run before reporting is given up (with a log line
+    /// and the state shown by `cc-ci queue`).
+    pub report_attempts: u32,
     /// Deadline of one `cc-ci gc`.
     pub gc_timeout: Duration,
     /// How long shutdown waits for the last forge reports.
@@ -54,7 +55,8 @@ impl Default for Tuning {
             forge_backoff: Duration::from_millis(500),
             retry_base: Duration::from_secs(5),
             progress_interval: Duration::from_secs(1),
-            inline_intake_timeout: Duration::from_secs(4),
+            // 5 s doubling, capped at 10 min: about two hours of trying.
+            report_attempts: 16,
             gc_timeout: Duration::from_secs(900),
             final_report_timeout: Duration::from_secs(10),
         }
@@ -117,6 +119,15 @@ pub(crate) struct Shared {
     pub intake_lock: tokio::sync::Mutex<()>,
     /// One forge sync at a time (a run's comment must be created once).
     pub sync_lock: tokio::sync::Mutex<()>,
+    /// The login of the token's user, once the forge has told it: its comments come back to
+    /// the hook and are never triggers.
+    pub own_login: Mutex<Option<String>>,
+    /// Open connections beyond this many are answered 503 at once.
+    pub connections: Arc<tokio::sync::Semaphore>,
+    /// `/runs/{id}/log?follow` streams beyond this many are answered 503.
+    pub log_followers: Arc<tokio::sync::Semaphore>,
+    /// Bytes of webhook bodies that may be held in memory at once, over all requests.
+    pub body_budget: crate::http::BodyBudget,
 }
 
 impl Shared {
@@ -132,6 +143,48 @@ impl Shared {
 
     pub fn shutting_down(&self) -> bool {
         *self.shutdown.borrow()
+    }
+
+    pub fn own_login(&self) -> Option<String> {
+        self.own_login
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The bot's login, asked of the forge the first time it is needed.
+    pub async fn ensure_own_login(&self) -> Result<String, ForgeError> {
+        if let Some(l) = self.own_login() {
+            return Ok(l);
+        }
+        let l = self.forge.own_login().await?;
+        *self.own_login.lock().unwrap_or_else(|p| p.into_inner()) = Some(l.clone());
+        Ok(l)
+    }
+}
+
+/// Webhook bodies of the largest size that fit in memory at once: beyond that budget a
+/// request is answered 503 instead of growing the daemon (small bodies, the usual case, take
+/// little of it; slow senders hold only what they have sent).
+const BODY_BUDGET_BODIES: usize = 4;
+/// ... and never less than this, so a small `max_body_bytes` does not turn many ordinary
+/// deliveries at once into 503s (Gitea never retries a delivery).
+const BODY_BUDGET_MIN: usize = 64 << 20;
+
+fn body_budget_bytes(max_body_bytes: usize) -> usize {
+    max_body_bytes
+        .saturating_mul(BODY_BUDGET_BODIES)
+        .max(BODY_BUDGET_MIN)
+}
+
+#[cfg(test)]
+mod budget_tests {
+    #[test]
+    fn body_budget_has_a_floor_and_scales() {
+        assert_eq!(super::body_budget_bytes(4096), 64 << 20);
+        assert_eq!(super::body_budget_bytes(16 << 20), 64 << 20);
+        assert_eq!(super::body_budget_bytes(32 << 20), 128 << 20);
+        assert_eq!(super::body_budget_bytes(usize::MAX), usize::MAX);
     }
 }
 
@@ -205,7 +258,6 @@ impl Daemon {
         let (active_count, _) = watch::channel(0usize);
         let (shutdown, _) = watch::channel(false);
         let shared = Arc::new(Shared {
-            config,
             config_path: opts.config_path.clone(),
             state_dir,
             exe,
@@ -223,6 +275,13 @@ impl Daemon {
             gc_done: AtomicBool::new(false),
             intake_lock: tokio::sync::Mutex::new(()),
             sync_lock: tokio::sync::Mutex::new(()),
+            own_login: Mutex::new(None),
+            connections: Arc::new(tokio::sync::Semaphore::new(config.daemon.max_connections)),
+            log_followers: Arc::new(tokio::sync::Semaphore::new(config.daemon.max_log_followers)),
+            body_budget: crate::http::BodyBudget::new(body_budget_bytes(
+                config.daemon.max_body_bytes,
+            )),
+            config,
         });
 
         reconcile_interrupted(&shared)?;
@@ -235,6 +294,25 @@ impl Daemon {
         if polling {
             tasks.push(tokio::spawn(crate::poll::poll_loop(shared.clone())));
         }
+        let login_shared = shared.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut shutdown = login_shared.shutdown.subscribe();
+            let mut delay = login_shared.tuning.tick;
+            loop {
+                match login_shared.ensure_own_login().await {
+                    Ok(login) => {
+                        tracing::info!(login = %login, "forge account of cc-ci");
+                        return;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot read cc-ci's own forge account yet; retrying"),
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.changed() => return,
+                }
+                delay = (delay * 2).min(Duration::from_secs(300));
+            }
+        }));
         if let Some(every) = systemd::watchdog_interval() {
             tasks.push(tokio::spawn(watchdog_loop(shared.clone(), every)));
         }
@@ -523,11 +601,8 @@ async fn authorise(shared: &Shared, user: &str) -> Result<bool, ForgeError> {
             continue;
         }
         match shared.forge.is_org_member(org, user).await {
-            Ok(Some(true)) => return Ok(true),
-            Ok(Some(false)) => {}
-            Ok(None) => {
-                tracing::warn!(org = %org, "the forge would not tell org membership (redirect): make the bot account a member of the org")
-            }
+            Ok(true) => return Ok(true),
+            Ok(false) => {}
             Err(e) if matches!(e.status(), Some(s) if s < 500 && s != 429) => {
                 tracing::warn!(org = %org, error = %e, "membership check refused; treating as not a member");
             }
@@ -536,6 +611,9 @@ async fn authorise(shared: &Shared, user: &str) -> Result<bool, ForgeError> {
     }
     Ok(false)
 }
+
+/// Refusal replies to one user on one pull request: at most one per this many seconds.
+const REPLY_QUIET_SECS: i64 = 3600;
 
 /// Decide on one trigger: authorise, read the pull request's head, queue the run (or reply).
 pub(crate) async fn process_trigger(
@@ -566,6 +644,28 @@ pub(crate) async fn process_trigger(
             .trigger_retry_later(t.id, &msg, shared.backoff_at(t.attempts));
         TriggerOutcome::Later(msg)
     };
+    if t.state == TriggerState::New {
+        // cc-ci's own comments never start anything (a reply quoting a `!testme` included).
+        match shared.ensure_own_login().await {
+            Ok(own) if own.eq_ignore_ascii_case(&t.user) => {
+                shared
+                    .store
+                    .drop_trigger(t.id, "a comment by cc-ci itself")?;
+                return Ok(TriggerOutcome::Dropped("a comment by cc-ci itself".into()));
+            }
+            Ok(_) => {}
+            // A token without the `read:user` scope cannot read its own account: go on
+            // without (the bot's replies never hold a `!testme` line), rather than hold every
+            // trigger back.
+            Err(e)
+                if e.status()
+                    .is_some_and(|s| (400..500).contains(&s) && s != 429) =>
+            {
+                tracing::warn!(error = %e, "cannot read cc-ci's own forge account (give the token the read:user scope); its own comments are recognised by their content only");
+            }
+            Err(e) => return Ok(later(&e, &t)),
+        }
+    }
     if t.authorised.is_none() {
         match authorise(shared, &t.user).await {
             Ok(ok) => {
@@ -576,16 +676,22 @@ pub(crate) async fn process_trigger(
         }
     }
     if t.state == TriggerState::New {
+        // One refusal reply per user and pull request an hour: a refused user repeating the
+        // command must not make cc-ci fill the pull request with replies.
+        let reply = |text: String| -> Result<Option<String>, DaemonError> {
+            let recent =
+                shared
+                    .store
+                    .replied_since(&t.repo, t.pr, &t.user, now() - REPLY_QUIET_SECS)?;
+            Ok((!recent).then_some(text))
+        };
         if t.authorised == Some(false) {
             tracing::info!(trigger = t.id, repo = %t.repo, pr = t.pr, user = %t.user, "trigger refused: user not authorised");
-            shared
-                .store
-                .reject_trigger(t.id, Some(&render::unauthorised_reply(&t.user)))?;
+            let text = reply(render::unauthorised_reply(&t.user))?;
+            shared.store.reject_trigger(t.id, text.as_deref())?;
         } else if !t.unknown_stages.is_empty() {
-            shared.store.reject_trigger(
-                t.id,
-                Some(&render::bad_stages_reply(&t.user, &t.unknown_stages)),
-            )?;
+            let text = reply(render::bad_stages_reply(&t.user, &t.unknown_stages))?;
+            shared.store.reject_trigger(t.id, text.as_deref())?;
         }
     }
     let Some(t) = shared.store.get_trigger(id)? else {
@@ -601,7 +707,7 @@ pub(crate) async fn process_trigger(
             && !t.replied
         {
             match shared.forge.create_comment(&t.repo, t.pr, reply).await {
-                Ok(_) => shared.store.trigger_replied(t.id)?,
+                Ok(_) => shared.store.trigger_replied(&t)?,
                 Err(e) => {
                     later(&e, &t);
                 }
@@ -643,6 +749,58 @@ pub(crate) async fn process_trigger(
     shared.wake_scheduler.notify_one();
     shared.wake_reporter.notify_one();
     Ok(TriggerOutcome::Queued(enq.run_id))
+}
+
+/// A `pull_request` `synchronized` or `closed` delivery. Deliveries arrive out of order and
+/// replays resend old payloads, so the payload's head is not believed: the pull request is
+/// read from the API, and only runs testing another head than its current one are superseded
+/// (all of them when it is no longer open). Retried with backoff while the forge fails; a
+/// run whose pull request moved on is also stopped before it starts (runner), so a lost check
+/// costs at most one run of an outdated commit.
+pub(crate) async fn verify_pull_update(shared: Arc<Shared>, repo: String, pr: i64) {
+    let mut delay = shared.tuning.retry_base;
+    let mut shutdown = shared.shutdown.subscribe();
+    for _ in 0..8 {
+        match shared.forge.pull_request(&repo, pr).await {
+            Ok(p) => {
+                let open = p.state == "open";
+                if open && !trigger::is_valid_sha(&p.head.sha) {
+                    return;
+                }
+                let _ = shared.store.update_pr_head(&repo, pr, &p.head.sha);
+                let (keep, reason) = if open {
+                    (
+                        Some(p.head.sha.as_str()),
+                        format!(
+                            "new commits were pushed (head is now {})",
+                            p.head.sha.get(..10).unwrap_or(&p.head.sha)
+                        ),
+                    )
+                } else {
+                    (None, "the pull request was closed".to_string())
+                };
+                match shared.store.supersede_pr(&repo, pr, keep, &reason) {
+                    Ok(n) if n > 0 => {
+                        tracing::info!(repo = %repo, pr, superseded = n, "{reason}");
+                        shared.wake_scheduler.notify_one();
+                        shared.wake_reporter.notify_one();
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(repo = %repo, pr, error = %e, "superseding runs"),
+                }
+                return;
+            }
+            Err(e) if e.status() == Some(404) => return,
+            Err(e) => {
+                tracing::warn!(repo = %repo, pr, error = %e, "cannot read the pull request after a push event; retrying");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.changed() => return,
+        }
+        delay = (delay * 2).min(Duration::from_secs(300));
+    }
 }
 
 async fn intake_loop(shared: Arc<Shared>) {
@@ -711,11 +869,20 @@ async fn sync_one(shared: &Arc<Shared>, id: i64) {
             let _ = shared.store.sync_succeeded(id, run.version);
         }
         Err(e) => {
-            tracing::warn!(run_id = id, recipe = %render::recipe_of(&run.repo), pr = run.pr, error = %e,
-                "reporting to the forge failed; the result is kept and will be reported later");
-            let _ = shared
-                .store
-                .sync_failed(id, shared.backoff_at(run.sync_failures));
+            let give_up = run.sync_failures + 1 >= i64::from(shared.tuning.report_attempts.max(1));
+            let error = e.to_string();
+            if give_up {
+                tracing::error!(run_id = id, recipe = %render::recipe_of(&run.repo), pr = run.pr, error = %error,
+                    failures = run.sync_failures + 1,
+                    "reporting to the forge failed too often: given up; `cc-ci queue` lists the run as undelivered");
+            } else {
+                tracing::warn!(run_id = id, recipe = %render::recipe_of(&run.repo), pr = run.pr, error = %error,
+                    "reporting to the forge failed; the result is kept and will be reported later");
+            }
+            let _ =
+                shared
+                    .store
+                    .sync_failed(id, shared.backoff_at(run.sync_failures), &error, give_up);
         }
     }
 }
@@ -726,6 +893,22 @@ fn body_hash(body: &str) -> String {
 
 /// Post the commit status and create or edit the run's comment, each only when it changed.
 async fn sync_run(shared: &Arc<Shared>, run: &crate::store::RunRow) -> Result<(), DaemonError> {
+    // Where the repository lives now: a redirect the forge answered for this run (or any
+    // other) moved it; the run keeps reporting there, also after a restart.
+    let known = run.forge_repo.as_deref().unwrap_or(&run.repo);
+    let result = sync_run_at(shared, run, known).await;
+    let now_at = shared.forge.current_name(known);
+    if now_at != known {
+        shared.store.set_forge_repo(run.id, &now_at)?;
+    }
+    result
+}
+
+async fn sync_run_at(
+    shared: &Arc<Shared>,
+    run: &crate::store::RunRow,
+    repo: &str,
+) -> Result<(), DaemonError> {
     let links = shared.links(run.id);
     let (state, description) = render::status(run);
     let key = format!("{}|{description}", state.as_str());
@@ -736,7 +919,7 @@ async fn sync_run(shared: &Arc<Shared>, run: &crate::store::RunRow) -> Result<()
             shared
                 .forge
                 .post_status(
-                    &run.repo,
+                    repo,
                     &run.head_sha,
                     &CommitStatus {
                         state,
@@ -772,23 +955,17 @@ async fn sync_run(shared: &Arc<Shared>, run: &crate::store::RunRow) -> Result<()
     let hash = body_hash(&body);
     if run.posted_comment_hash.as_deref() != Some(&hash) {
         match run.comment_id {
-            Some(cid) => match shared.forge.edit_comment(&run.repo, cid, &body).await {
+            Some(cid) => match shared.forge.edit_comment(repo, cid, &body).await {
                 Ok(()) => {}
                 // Someone deleted the comment: write a new one.
                 Err(e) if e.status() == Some(404) => {
-                    let cid = shared
-                        .forge
-                        .create_comment(&run.repo, run.pr, &body)
-                        .await?;
+                    let cid = shared.forge.create_comment(repo, run.pr, &body).await?;
                     shared.store.set_comment_id(run.id, cid)?;
                 }
                 Err(e) => return Err(e.into()),
             },
             None => {
-                let cid = shared
-                    .forge
-                    .create_comment(&run.repo, run.pr, &body)
-                    .await?;
+                let cid = shared.forge.create_comment(repo, run.pr, &body).await?;
                 shared.store.set_comment_id(run.id, cid)?;
             }
         }

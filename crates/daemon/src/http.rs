@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::daemon::{IngestOutcome, Shared, TriggerOutcome, ingest, process_trigger};
+use crate::daemon::{IngestOutcome, Shared, ingest, verify_pull_update};
 use crate::error::DaemonError;
 use crate::render::Links;
 use crate::runner;
@@ -69,14 +69,31 @@ async fn accept_loop(shared: Arc<Shared>, listener: Listener) {
             _ = shutdown.changed() => return,
             a = accept(&listener) => a,
         };
-        match accepted {
-            Ok(AcceptedConn::Tcp(s)) => {
-                tokio::spawn(serve_conn(shared.clone(), s));
+        // Beyond `max_connections` a connection gets a 503 and is closed at once: the file
+        // table and memory stay bounded however many connections a flood opens.
+        let permit = shared.connections.clone().try_acquire_owned().ok();
+        match (accepted, permit) {
+            (Ok(AcceptedConn::Tcp(s)), Some(p)) => {
+                tokio::spawn(serve_conn(shared.clone(), s, p));
             }
-            Ok(AcceptedConn::Unix(s)) => {
-                tokio::spawn(serve_conn(shared.clone(), s));
+            (Ok(AcceptedConn::Unix(s)), Some(p)) => {
+                tokio::spawn(serve_conn(shared.clone(), s, p));
             }
-            Err(e) => {
+            (Ok(AcceptedConn::Tcp(s)), None) => {
+                tracing::warn!(
+                    limit = shared.config.daemon.max_connections,
+                    "too many connections: answering 503"
+                );
+                tokio::spawn(refuse_conn(s));
+            }
+            (Ok(AcceptedConn::Unix(s)), None) => {
+                tracing::warn!(
+                    limit = shared.config.daemon.max_connections,
+                    "too many connections: answering 503"
+                );
+                tokio::spawn(refuse_conn(s));
+            }
+            (Err(e), _) => {
                 tracing::warn!(error = %e, "accept failed");
                 // Out of file descriptors and similar: back off instead of spinning.
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -97,20 +114,84 @@ async fn accept(l: &Listener) -> std::io::Result<AcceptedConn> {
     }
 }
 
-async fn serve_conn<I>(shared: Arc<Shared>, io: I)
+/// The answer to a connection over the limit, written without reading the request.
+fn busy_answer() -> Vec<u8> {
+    let body = "too many connections, try again shortly\n";
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n\
+         Content-Length: {}\r\nRetry-After: 5\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+async fn refuse_conn<I>(mut io: I)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let _ = io.write_all(&busy_answer()).await;
+        let _ = io.shutdown().await;
+        // Read what the client sent until it closes: closing with unread data would reset
+        // the connection and could destroy the answer before the client reads it.
+        let mut sink = [0u8; 4096];
+        let mut total = 0usize;
+        while let Ok(n) = io.read(&mut sink).await {
+            total += n;
+            if n == 0 || total > 1 << 16 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// Marks a response that streams for as long as a run goes (`/runs/{id}/log?follow`): its
+/// connection is exempt from the connection deadline (followers have their own limit).
+#[derive(Clone, Copy)]
+struct Streaming;
+
+async fn serve_conn<I>(shared: Arc<Shared>, io: I, _permit: tokio::sync::OwnedSemaphorePermit)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let timeout = Duration::from_secs(shared.config.daemon.request_timeout_secs);
+    // A connection holds one of `max_connections` slots: one that idles or reads its answer
+    // too slowly is cut after this, so idle clients cannot keep the slots.
+    let deadline = (timeout * 6).max(Duration::from_secs(60));
+    let streaming = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = streaming.clone();
     let svc = service_fn(move |req| {
         let shared = shared.clone();
-        async move { Ok::<_, Infallible>(handle(shared, req).await) }
+        let flag = flag.clone();
+        async move {
+            let r = handle(shared, req).await;
+            if r.extensions().get::<Streaming>().is_some() {
+                flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            Ok::<_, Infallible>(r)
+        }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(timeout)
+        // One request per connection: an idle kept-alive connection would hold a slot.
+        .keep_alive(false)
         .serve_connection(TokioIo::new(io), svc);
-    if let Err(e) = conn.await {
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = &mut conn => r,
+        _ = tokio::time::sleep(deadline) => {
+            if streaming.load(std::sync::atomic::Ordering::SeqCst) {
+                conn.await
+            } else {
+                tracing::debug!("connection cut: over its deadline");
+                return;
+            }
+        }
+    };
+    if let Err(e) = result {
         tracing::debug!(error = %e, "connection ended with an error");
     }
 }
@@ -279,8 +360,19 @@ fn log(shared: Arc<Shared>, id: i64, follow: bool) -> Response<Body> {
         let body = std::fs::read(&path).unwrap_or_default();
         return full(StatusCode::OK, "text/plain; charset=utf-8", body);
     }
+    let Ok(permit) = shared.log_followers.clone().try_acquire_owned() else {
+        let mut r = text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many log followers, try again shortly (or read the log without follow)",
+        );
+        if let Ok(v) = "5".parse() {
+            r.headers_mut().insert(hyper::header::RETRY_AFTER, v);
+        }
+        return r;
+    };
     let (tx, rx) = mpsc::channel::<Bytes>(16);
     tokio::spawn(async move {
+        let _permit = permit;
         let mut epoch = shared.log_epoch.subscribe();
         let mut pos = 0u64;
         loop {
@@ -314,19 +406,66 @@ fn log(shared: Arc<Shared>, id: i64, follow: bool) -> Response<Body> {
     if let Ok(v) = "text/plain; charset=utf-8".parse() {
         r.headers_mut().insert(CONTENT_TYPE, v);
     }
+    r.extensions_mut().insert(Streaming);
     r
 }
 
+/// Bytes of request bodies the daemon holds at once, shared by all requests.
+pub(crate) struct BodyBudget {
+    left: std::sync::atomic::AtomicUsize,
+}
+
+impl BodyBudget {
+    pub(crate) fn new(bytes: usize) -> Self {
+        Self {
+            left: std::sync::atomic::AtomicUsize::new(bytes),
+        }
+    }
+
+    fn take(&self, n: usize) -> bool {
+        use std::sync::atomic::Ordering;
+        self.left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |l| l.checked_sub(n))
+            .is_ok()
+    }
+
+    fn give(&self, n: usize) {
+        self.left.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// What one request took of the budget, given back when the request is done.
+struct Held<'a> {
+    budget: &'a BodyBudget,
+    bytes: usize,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.budget.give(self.bytes);
+    }
+}
+
 /// Read a body of at most `max` bytes. A larger one is read on and discarded up to 16 × `max`
-/// so that the sender, still sending, gets the 413 instead of a reset connection.
-async fn read_body(mut body: Incoming, max: usize) -> Result<Bytes, StatusCode> {
+/// so that the sender, still sending, gets the 413 instead of a reset connection. When all
+/// bodies in flight together would exceed the budget, 503.
+async fn read_body(
+    mut body: Incoming,
+    max: usize,
+    budget: &BodyBudget,
+) -> Result<(Bytes, Held<'_>), StatusCode> {
     let mut buf = bytes::BytesMut::new();
     let mut seen = 0usize;
+    let mut held = Held { budget, bytes: 0 };
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|_| StatusCode::BAD_REQUEST)?;
         if let Ok(data) = frame.into_data() {
             seen = seen.saturating_add(data.len());
             if seen <= max {
+                if !budget.take(data.len()) {
+                    return Err(StatusCode::SERVICE_UNAVAILABLE);
+                }
+                held.bytes += data.len();
                 buf.extend_from_slice(&data);
             } else if seen > max.saturating_mul(16) {
                 break;
@@ -336,7 +475,7 @@ async fn read_body(mut body: Incoming, max: usize) -> Result<Bytes, StatusCode> 
     if seen > max {
         Err(StatusCode::PAYLOAD_TOO_LARGE)
     } else {
-        Ok(buf.freeze())
+        Ok((buf.freeze(), held))
     }
 }
 
@@ -352,14 +491,23 @@ async fn webhook(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> 
     let max = shared.config.daemon.max_body_bytes;
     let headers = req.headers().clone();
     let timeout = Duration::from_secs(shared.config.daemon.request_timeout_secs);
-    let body = match tokio::time::timeout(timeout, read_body(req.into_body(), max)).await {
+    let read = read_body(req.into_body(), max, &shared.body_budget);
+    let body = match tokio::time::timeout(timeout, read).await {
         Err(_) => return text(StatusCode::REQUEST_TIMEOUT, "body not received in time"),
         Ok(Err(status)) if status == StatusCode::PAYLOAD_TOO_LARGE => {
             return text(status, format!("body larger than {max} bytes"));
         }
+        Ok(Err(status)) if status == StatusCode::SERVICE_UNAVAILABLE => {
+            return text(
+                status,
+                "too many large deliveries at once, try again shortly",
+            );
+        }
         Ok(Err(status)) => return text(status, "cannot read the body"),
         Ok(Ok(b)) => b,
     };
+    // The budget stays taken while the body is being decided on.
+    let (body, _held) = body;
     let delivery =
         header(&headers, "x-forgejo-delivery").or_else(|| header(&headers, "x-gitea-delivery"));
     let (status, msg) = decide(&shared, &headers, &body, delivery.as_deref()).await;
@@ -399,6 +547,29 @@ async fn decide(
     })
     .collect();
     let sent_refs: Vec<&str> = sent.iter().map(String::as_str).collect();
+    // A hook with the *form* content type sends `payload=<urlencoded JSON>` and signs the
+    // JSON: the signature is checked against the JSON taken out of the form.
+    let content_type = header(headers, "content-type")
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let form;
+    let body = if content_type.starts_with("application/x-www-form-urlencoded") {
+        form = match trigger::form_payload(body) {
+            Ok(json) => json,
+            Err(e) => return (StatusCode::BAD_REQUEST, e),
+        };
+        &form[..]
+    } else if content_type.is_empty() || content_type.starts_with("application/json") {
+        body
+    } else {
+        return (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "content type `{content_type}` is not supported: set the hook's content type to \
+                 application/json (or application/x-www-form-urlencoded)"
+            ),
+        );
+    };
     if let Err(e) = trigger::verify_signature(secret.as_bytes(), body, &sent_refs) {
         return (StatusCode::UNAUTHORIZED, format!("rejected: {e}"));
     }
@@ -410,22 +581,18 @@ async fn decide(
             "missing X-Gitea-Event header".into(),
         );
     };
-    let delivery_kind = match trigger::classify(&event, body) {
+    let own = shared.own_login();
+    let delivery_kind = match trigger::classify(&event, body, own.as_deref()) {
         Ok(d) => d,
         Err(e) => return (StatusCode::BAD_REQUEST, e),
     };
+    // Only what is really wrong gets a 4xx (Gitea marks any other answer as a failed delivery,
+    // and never retries): a well-formed delivery cc-ci has no use for is acknowledged.
     match delivery_kind {
-        Delivery::Unhandled(reason) => (StatusCode::OK, format!("ignored: {reason}")),
-        Delivery::Ignored(reason) => (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("ignored: {reason}"),
-        ),
-        Delivery::PullUpdate {
-            repo,
-            pr,
-            head_sha,
-            closed,
-        } => {
+        Delivery::Unhandled(reason) | Delivery::Ignored(reason) => {
+            (StatusCode::OK, format!("ignored: {reason}"))
+        }
+        Delivery::PullUpdate { repo, pr, .. } => {
             if !trigger::repo_allowed(&shared.config.forge.repo_allowlist, &repo) {
                 return (
                     StatusCode::FORBIDDEN,
@@ -436,34 +603,20 @@ async fn decide(
                 match shared.store.record_delivery(d) {
                     Ok(true) => {}
                     Ok(false) => {
-                        return (StatusCode::CONFLICT, "delivery already processed".into());
+                        return (StatusCode::OK, "ignored: delivery already processed".into());
                     }
                     Err(e) => return internal(e),
                 }
             }
-            let (keep, reason) = if closed {
-                (None, "the pull request was closed".to_string())
-            } else {
-                (
-                    Some(head_sha.as_str()),
-                    format!(
-                        "new commits were pushed (head is now {})",
-                        head_sha.get(..10).unwrap_or(&head_sha)
-                    ),
-                )
-            };
-            let _ = shared.store.update_pr_head(&repo, pr, &head_sha);
-            match shared.store.supersede_pr(&repo, pr, keep, &reason) {
-                Ok(n) => {
-                    if n > 0 {
-                        tracing::info!(repo = %repo, pr, superseded = n, "{reason}");
-                        shared.wake_scheduler.notify_one();
-                        shared.wake_reporter.notify_one();
-                    }
-                    (StatusCode::ACCEPTED, format!("{n} run(s) superseded"))
-                }
-                Err(e) => internal(e),
-            }
+            // The payload may be stale (out of order, or a replay): the API's current head
+            // decides, read after this answer.
+            tokio::spawn(verify_pull_update(shared.clone(), repo, pr));
+            (
+                StatusCode::ACCEPTED,
+                "accepted: the pull request's current head is read from the forge; runs of \
+                 other heads are superseded"
+                    .into(),
+            )
         }
         Delivery::Trigger(t) => match ingest(shared, "webhook", delivery, &t) {
             Err(e) => internal(e),
@@ -471,37 +624,28 @@ async fn decide(
                 StatusCode::FORBIDDEN,
                 format!("repository {} is not on the allowlist", t.repo),
             ),
-            Ok(IngestOutcome::Duplicate(why)) => (StatusCode::CONFLICT, why.into()),
+            Ok(IngestOutcome::Duplicate(why)) => (StatusCode::OK, format!("ignored: {why}")),
             Ok(IngestOutcome::Stored(id)) => {
-                // Decided in a task of its own: if the forge is slow, the answer goes out
-                // (202) and the decision finishes in the background.
-                let s = shared.clone();
-                let task = tokio::spawn(async move { process_trigger(&s, id).await });
-                match tokio::time::timeout(shared.tuning.inline_intake_timeout, task).await {
-                    Ok(Ok(Ok(TriggerOutcome::Queued(run)))) => (
-                        StatusCode::ACCEPTED,
-                        format!("queued as run #{run}: {}", Links::for_run(&shared.config.daemon.public_url, run).run_url),
-                    ),
-                    Ok(Ok(Ok(TriggerOutcome::Unauthorised))) => (
+                // The trigger is durable now. Everything that needs the forge (authorisation,
+                // the pull request's head, the pending status) happens after this answer:
+                // Gitea gives up on a delivery after 5 s and never retries it.
+                shared.wake_intake.notify_one();
+                let f = &shared.config.forge;
+                if f.org_allowlist.is_empty() && !trigger::user_allowed(&f.user_allowlist, &t.user)
+                {
+                    (
                         StatusCode::FORBIDDEN,
                         format!("{} may not start runs", t.user),
-                    ),
-                    Ok(Ok(Ok(TriggerOutcome::BadStages))) => {
-                        (StatusCode::UNPROCESSABLE_ENTITY, "unknown stage names".into())
-                    }
-                    Ok(Ok(Ok(TriggerOutcome::Dropped(why)))) => (StatusCode::UNPROCESSABLE_ENTITY, why),
-                    Ok(Ok(Ok(TriggerOutcome::Later(_)))) | Err(_) => (
+                    )
+                } else {
+                    (
                         StatusCode::ACCEPTED,
-                        "accepted: the forge is slow to answer, the trigger will be processed shortly".into(),
-                    ),
-                    Ok(Ok(Err(e))) => {
-                        tracing::error!(trigger = id, error = %e, "trigger");
-                        (StatusCode::ACCEPTED, "accepted: the trigger is stored and will be retried".into())
-                    }
-                    Ok(Err(e)) => {
-                        tracing::error!(trigger = id, error = %e, "trigger task failed");
-                        (StatusCode::ACCEPTED, "accepted: the trigger is stored and will be retried".into())
-                    }
+                        format!(
+                            "accepted: trigger #{id} stored; the run appears at {}/runs once \
+                             authorised",
+                            shared.config.daemon.public_url.trim_end_matches('/')
+                        ),
+                    )
                 }
             }
         },

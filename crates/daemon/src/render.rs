@@ -283,6 +283,9 @@ mod tests {
             sync_failures: 0,
             posted_status: None,
             posted_comment_hash: None,
+            forge_repo: None,
+            report_error: None,
+            report_given_up: false,
         }
     }
 

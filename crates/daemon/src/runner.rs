@@ -409,16 +409,22 @@ pub async fn supervise(
         }
     }
 
+    // The exact commit the trigger was authorised for, never `refs/pull/N/head`: a commit
+    // pushed after the approval must not be what runs (nor get the approved commit's status).
+    // A commit the clone cannot fetch makes the run fail with exit 2 (an error).
+    let repo_now = shared
+        .forge
+        .current_name(run.forge_repo.as_deref().unwrap_or(&run.repo));
     let mut args = vec![
         "run".to_string(),
         "--recipe".into(),
         format!(
             "{}/{}.git",
             shared.config.forge.url.trim_end_matches('/'),
-            run.repo
+            repo_now
         ),
         "--ref".into(),
-        format!("refs/pull/{}/head", run.pr),
+        run.head_sha.clone(),
     ];
     if !run.stages.is_empty() {
         args.push("--stages".into());
@@ -488,7 +494,19 @@ pub async fn supervise(
     let report = read_report(&dir);
     match cancelled {
         None => {
-            let (verdict, reason) = outcome(code, sig, report.as_ref());
+            let (mut verdict, mut reason) = outcome(code, sig, report.as_ref());
+            // The status is posted on the approved commit: a report about any other commit
+            // says nothing about it.
+            if let Some(r) = &report
+                && !r.head_sha.eq_ignore_ascii_case(&run.head_sha)
+            {
+                verdict = RunVerdict::Error;
+                reason = Some(format!(
+                    "the run tested commit {} but was approved for {}",
+                    r.head_sha.get(..10).unwrap_or(&r.head_sha),
+                    run.head_sha.get(..10).unwrap_or(&run.head_sha)
+                ));
+            }
             sink.line(&format!(
                 "cc-ci: run finished: {}{}",
                 verdict.as_str(),

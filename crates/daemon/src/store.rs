@@ -104,11 +104,19 @@ pub struct RunRow {
     pub posted_status: Option<String>,
     #[serde(skip)]
     pub posted_comment_hash: Option<String>,
+    /// The repository's name on the forge now, when it moved (renamed or transferred) since
+    /// the trigger: reports go there.
+    pub forge_repo: Option<String>,
+    /// The last reason reporting to the forge failed, while it is failing.
+    pub report_error: Option<String>,
+    /// Reporting was given up after too many failures (shown by `cc-ci queue`).
+    pub report_given_up: bool,
 }
 
 const RUN_COLS: &str = "id, repo, pr, head_sha, user, stages, state, verdict, reason, exit_code, \
      requeues, cancel_requested, created_at, started_at, finished_at, trigger_comment_id, \
-     comment_id, version, synced_version, sync_failures, posted_status, posted_comment_hash";
+     comment_id, version, synced_version, sync_failures, posted_status, posted_comment_hash, \
+     forge_repo, sync_error, sync_gave_up";
 
 fn split_list(s: String) -> Vec<String> {
     s.split(',')
@@ -143,6 +151,9 @@ fn run_from_row(r: &Row<'_>) -> rusqlite::Result<RunRow> {
         sync_failures: r.get(19)?,
         posted_status: r.get(20)?,
         posted_comment_hash: r.get(21)?,
+        forge_repo: r.get(22)?,
+        report_error: r.get(23)?,
+        report_given_up: r.get::<_, i64>(24)? != 0,
     })
 }
 
@@ -311,6 +322,12 @@ CREATE TABLE IF NOT EXISTS runs (
     posted_status TEXT,
     posted_comment_hash TEXT
 );
+CREATE TABLE IF NOT EXISTS replies (
+    repo TEXT NOT NULL,
+    pr INTEGER NOT NULL,
+    user TEXT NOT NULL,
+    at INTEGER NOT NULL
+);
 CREATE INDEX IF NOT EXISTS runs_state ON runs (state);
 CREATE INDEX IF NOT EXISTS runs_pr ON runs (repo, pr);
 ";
@@ -334,7 +351,25 @@ impl Store {
             // a power cut too, at a cost that does not matter at this write rate.
             c.pragma_update(None, "journal_mode", "WAL")?;
             c.pragma_update(None, "synchronous", "FULL")?;
-            c.execute_batch(SCHEMA)
+            c.execute_batch(SCHEMA)?;
+            // Columns added after the first release: a database made by an older daemon
+            // gets them here.
+            for (table, column, decl) in [
+                ("runs", "forge_repo", "TEXT"),
+                ("runs", "sync_error", "TEXT"),
+                ("runs", "sync_gave_up", "INTEGER NOT NULL DEFAULT 0"),
+                ("poll_state", "since", "INTEGER"),
+            ] {
+                let exists: bool = c
+                    .prepare(&format!(
+                        "SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"
+                    ))?
+                    .exists([column])?;
+                if !exists {
+                    c.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))?;
+                }
+            }
+            Ok(())
         })?;
         Ok(store)
     }
@@ -517,10 +552,42 @@ impl Store {
         })
     }
 
-    pub fn trigger_replied(&self, id: i64) -> Result<(), DaemonError> {
+    /// The reply to a refused trigger was posted (and counts against the one-per-hour rule).
+    pub fn trigger_replied(&self, t: &TriggerRow) -> Result<(), DaemonError> {
         self.with(|c| {
-            c.execute("UPDATE triggers SET replied = 1 WHERE id = ?1", [id])
-                .map(|_| ())
+            let tx = c.transaction()?;
+            tx.execute("UPDATE triggers SET replied = 1 WHERE id = ?1", [t.id])?;
+            tx.execute(
+                "INSERT INTO replies (repo, pr, user, at) VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    t.repo.to_ascii_lowercase(),
+                    t.pr,
+                    t.user.to_ascii_lowercase(),
+                    now()
+                ],
+            )?;
+            tx.commit()
+        })
+    }
+
+    /// Whether `user` got a refusal reply on this pull request at or after `since`.
+    pub fn replied_since(
+        &self,
+        repo: &str,
+        pr: i64,
+        user: &str,
+        since: i64,
+    ) -> Result<bool, DaemonError> {
+        self.with(|c| {
+            c.prepare(
+                "SELECT 1 FROM replies WHERE repo = ?1 AND pr = ?2 AND user = ?3 AND at >= ?4",
+            )?
+            .exists(params![
+                repo.to_ascii_lowercase(),
+                pr,
+                user.to_ascii_lowercase(),
+                since
+            ])
         })
     }
 
@@ -687,6 +754,11 @@ impl Store {
         })
     }
 
+    /// Triggers stored (every accepted `!testme`, whatever became of it).
+    pub fn trigger_count(&self) -> Result<u64, DaemonError> {
+        self.with(|c| c.query_row("SELECT count(*) FROM triggers", [], |r| r.get(0)))
+    }
+
     /// (running, queued)
     pub fn counts(&self) -> Result<(usize, usize), DaemonError> {
         self.with(|c| {
@@ -752,9 +824,31 @@ impl Store {
     pub fn unsynced_runs(&self, at: i64) -> Result<Vec<RunRow>, DaemonError> {
         self.with(|c| {
             let mut st = c.prepare(&format!(
-                "SELECT {RUN_COLS} FROM runs WHERE version > synced_version AND next_sync_at <= ?1 ORDER BY id"
+                "SELECT {RUN_COLS} FROM runs WHERE version > synced_version AND next_sync_at <= ?1 \
+                 AND sync_gave_up = 0 ORDER BY id"
             ))?;
             st.query_map([at], run_from_row)?.collect()
+        })
+    }
+
+    /// Runs whose report has not reached the forge (failing, or given up), oldest first.
+    pub fn undelivered_runs(&self) -> Result<Vec<RunRow>, DaemonError> {
+        self.with(|c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {RUN_COLS} FROM runs WHERE version > synced_version \
+                 AND (sync_failures > 0 OR sync_gave_up = 1) ORDER BY id"
+            ))?;
+            st.query_map([], run_from_row)?.collect()
+        })
+    }
+
+    pub fn set_forge_repo(&self, id: i64, repo: &str) -> Result<(), DaemonError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE runs SET forge_repo = ?2 WHERE id = ?1",
+                params![id, repo],
+            )
+            .map(|_| ())
         })
     }
 
@@ -792,18 +886,26 @@ impl Store {
         self.with(|c| {
             c.execute(
                 "UPDATE runs SET synced_version = MAX(synced_version, ?2), sync_failures = 0, \
-                 next_sync_at = 0 WHERE id = ?1",
+                 next_sync_at = 0, sync_error = NULL, sync_gave_up = 0 WHERE id = ?1",
                 params![id, version],
             )
             .map(|_| ())
         })
     }
 
-    pub fn sync_failed(&self, id: i64, next_at: i64) -> Result<(), DaemonError> {
+    /// A report failed: retry at `next_at`, or give up (`give_up`) and keep the error visible.
+    pub fn sync_failed(
+        &self,
+        id: i64,
+        next_at: i64,
+        error: &str,
+        give_up: bool,
+    ) -> Result<(), DaemonError> {
         self.with(|c| {
             c.execute(
-                "UPDATE runs SET sync_failures = sync_failures + 1, next_sync_at = ?2 WHERE id = ?1",
-                params![id, next_at],
+                "UPDATE runs SET sync_failures = sync_failures + 1, next_sync_at = ?2, \
+                 sync_error = ?3, sync_gave_up = ?4 WHERE id = ?1",
+                params![id, next_at, error, give_up],
             )
             .map(|_| ())
         })
@@ -820,10 +922,13 @@ impl Store {
         })
     }
 
-    pub fn poll_watermark(&self, repo: &str) -> Result<Option<i64>, DaemonError> {
+    /// When the last complete poll of `repo` started (Unix seconds), `None` before the
+    /// first one. (A database from an older daemon that only has a watermark counts as polled
+    /// long ago: its comments are deduplicated by id.)
+    pub fn poll_since(&self, repo: &str) -> Result<Option<i64>, DaemonError> {
         self.with(|c| {
             c.query_row(
-                "SELECT watermark FROM poll_state WHERE repo = ?1",
+                "SELECT COALESCE(since, 0) FROM poll_state WHERE repo = ?1",
                 [repo.to_ascii_lowercase()],
                 |r| r.get(0),
             )
@@ -831,12 +936,12 @@ impl Store {
         })
     }
 
-    pub fn set_poll_watermark(&self, repo: &str, watermark: i64) -> Result<(), DaemonError> {
+    pub fn set_poll_since(&self, repo: &str, since: i64) -> Result<(), DaemonError> {
         self.with(|c| {
             c.execute(
-                "INSERT INTO poll_state (repo, watermark) VALUES (?1, ?2) \
-                 ON CONFLICT (repo) DO UPDATE SET watermark = MAX(watermark, excluded.watermark)",
-                params![repo.to_ascii_lowercase(), watermark],
+                "INSERT INTO poll_state (repo, watermark, since) VALUES (?1, 0, ?2) \
+                 ON CONFLICT (repo) DO UPDATE SET since = MAX(COALESCE(since, 0), excluded.since)",
+                params![repo.to_ascii_lowercase(), since],
             )
             .map(|_| ())
         })

@@ -19,12 +19,63 @@ pub enum Command {
     BadStages { unknown: Vec<String> },
 }
 
-/// The first line of `body` that is a `!testme` command, if any. Leading and trailing
-/// whitespace of the line is ignored; `!testmexyz`, quoted lines (`> !testme`) and lines with
-/// text before the trigger are not commands.
+/// A code fence opening or closing line (after up to three spaces of indentation): the fence
+/// character and its length, and whether text follows it (an info string).
+fn fence(line: &str) -> Option<(char, usize, bool)> {
+    let c = line.chars().next().filter(|c| *c == '`' || *c == '~')?;
+    let n = line.chars().take_while(|x| *x == c).count();
+    (n >= 3).then(|| (c, n, !line[n..].trim().is_empty()))
+}
+
+/// Columns of leading whitespace (a tab counts as four, as in Markdown).
+fn indent(line: &str) -> usize {
+    line.chars()
+        .take_while(|c| *c == ' ' || *c == '\t')
+        .map(|c| if c == '\t' { 4 } else { 1 })
+        .sum()
+}
+
+/// The first line of `body` that is a `!testme` command, if any. The line must be the
+/// command alone (surrounding whitespace aside): `!testmexyz` and lines with text before the
+/// trigger are not commands, and neither is a line inside a fenced or indented code block or
+/// inside a quote (including the lines a quote's paragraph runs on to), since those show
+/// someone else's words or an example rather than a request.
 pub fn parse_command(body: &str) -> Option<Command> {
+    let mut open_fence: Option<(char, usize)> = None;
+    let mut in_quote = false;
     for line in body.lines() {
-        let mut words = line.split_whitespace();
+        let cols = indent(line);
+        let t = line.trim_start();
+        if cols < 4
+            && let Some((c, n, info)) = fence(t)
+        {
+            match open_fence {
+                None => {
+                    open_fence = Some((c, n));
+                    continue;
+                }
+                Some((oc, on)) if oc == c && n >= on && !info => {
+                    open_fence = None;
+                    continue;
+                }
+                Some(_) => {}
+            }
+        }
+        if open_fence.is_some() {
+            continue;
+        }
+        if t.is_empty() {
+            in_quote = false;
+            continue;
+        }
+        if cols < 4 && t.starts_with('>') {
+            in_quote = true;
+            continue;
+        }
+        if in_quote || cols >= 4 {
+            continue;
+        }
+        let mut words = t.split_whitespace();
         if words.next() != Some(TRIGGER) {
             continue;
         }
@@ -46,6 +97,45 @@ pub fn parse_command(body: &str) -> Option<Command> {
         });
     }
     None
+}
+
+/// The JSON of a delivery sent with the hook's *form* content type
+/// (`application/x-www-form-urlencoded`, body `payload=<urlencoded JSON>`). Gitea signs the
+/// JSON, not the form, so the signature is checked against what this returns.
+pub fn form_payload(body: &[u8]) -> Result<Vec<u8>, String> {
+    for pair in body.split(|b| *b == b'&') {
+        let (key, value) = match pair.iter().position(|b| *b == b'=') {
+            Some(i) => (&pair[..i], &pair[i + 1..]),
+            None => (pair, &b""[..]),
+        };
+        if key == b"payload" {
+            return percent_decode(value)
+                .ok_or_else(|| "form body: the `payload` field is not valid URL encoding".into());
+        }
+    }
+    Err(
+        "form body without a `payload` field (hook content type application/x-www-form-urlencoded)"
+            .into(),
+    )
+}
+
+fn percent_decode(v: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(v.len());
+    let mut i = 0;
+    while i < v.len() {
+        match v[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = v.get(i + 1..i + 3)?;
+                let s = std::str::from_utf8(hex).ok()?;
+                out.push(u8::from_str_radix(s, 16).ok()?);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    Some(out)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -117,8 +207,8 @@ pub enum Delivery {
         head_sha: String,
         closed: bool,
     },
-    /// A comment or pull-request event that does not concern cc-ci (the reason is returned to
-    /// the sender with a 4xx).
+    /// A comment or pull-request event that does not concern cc-ci (answered with a 2xx that
+    /// gives the reason: Gitea marks any other answer as a failed delivery).
     Ignored(String),
     /// An event cc-ci does not use at all, e.g. the `push` of the forge's "Test delivery"
     /// button: acknowledged with a 2xx so that a working hook looks working.
@@ -192,13 +282,18 @@ pub fn is_valid_sha(s: &str) -> bool {
 }
 
 /// Classify a delivery whose signature was verified. `event` is `X-Gitea-Event` (or
-/// `X-Forgejo-Event`). `Err` = the body is not the payload the event names.
-pub fn classify(event: &str, body: &[u8]) -> Result<Delivery, String> {
+/// `X-Forgejo-Event`); `own_login` is cc-ci's own forge account, when known, whose comments
+/// (which Gitea delivers back to the hook) are never triggers. `Err` = the body is not the
+/// payload the event names.
+pub fn classify(event: &str, body: &[u8], own_login: Option<&str>) -> Result<Delivery, String> {
     match event {
         "issue_comment" => {
             let p: IssueCommentPayload = serde_json::from_slice(body)
                 .map_err(|e| format!("not an issue_comment payload: {e}"))?;
             check_names(&p.repository.full_name, &p.comment.user.login)?;
+            if own_login.is_some_and(|o| o.eq_ignore_ascii_case(&p.comment.user.login)) {
+                return Ok(Delivery::Ignored("a comment by cc-ci itself".into()));
+            }
             if p.action != "created" {
                 return Ok(Delivery::Ignored(format!(
                     "comment action `{}` (only `created` triggers)",
@@ -312,9 +407,39 @@ mod tests {
             "!TESTME",
             "",
             "testme",
+            "```\n!testme\n```",
+            "~~~~ sh\n!testme\n~~~~",
+            "```\nnever closed\n!testme",
+            "> said:\n!testme",
+            ">> !testme",
+            "    !testme",
+            "\t!testme",
         ] {
             assert_eq!(parse_command(no), None, "{no:?}");
         }
+        // After a fence closes, or after a quote ends with a blank line, lines count again.
+        for yes in [
+            "```\ncode\n```\n!testme",
+            "> quoted\n\n!testme",
+            "~~~\n```\n~~~\n  !testme",
+        ] {
+            assert_eq!(
+                parse_command(yes),
+                Some(Command::Run { stages: vec![] }),
+                "{yes:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn form_bodies() {
+        let json = br#"{"a":"b c&d=e%"}"#;
+        let form = b"payload=%7B%22a%22%3A%22b+c%26d%3De%25%22%7D";
+        assert_eq!(form_payload(form).unwrap(), json.to_vec());
+        assert_eq!(form_payload(b"x=1&payload=%7B%7D").unwrap(), b"{}".to_vec());
+        assert!(form_payload(b"x=1").is_err());
+        assert!(form_payload(b"payload=%zz").is_err());
+        assert!(form_payload(b"payload=%4").is_err());
     }
 
     #[test]
@@ -370,6 +495,7 @@ mod tests {
         let d = classify(
             "issue_comment",
             &comment_payload("created", true, "!testme"),
+            None,
         )
         .unwrap();
         assert_eq!(
@@ -388,16 +514,26 @@ mod tests {
             ("created", false, "!testme"),
             ("created", true, "!testmexyz"),
         ] {
-            let d = classify("issue_comment", &comment_payload(action, pull, body)).unwrap();
+            let d = classify("issue_comment", &comment_payload(action, pull, body), None).unwrap();
             assert!(
                 matches!(d, Delivery::Ignored(_)),
                 "{action} {pull} {body}: {d:?}"
             );
         }
-        assert!(classify("issue_comment", b"{}").is_err());
-        assert!(classify("issue_comment", b"not json").is_err());
+        // cc-ci's own comments never trigger, whatever they say.
         assert!(matches!(
-            classify("push", b"{}").unwrap(),
+            classify(
+                "issue_comment",
+                &comment_payload("created", true, "!testme"),
+                Some("Alice")
+            )
+            .unwrap(),
+            Delivery::Ignored(_)
+        ));
+        assert!(classify("issue_comment", b"{}", None).is_err());
+        assert!(classify("issue_comment", b"not json", None).is_err());
+        assert!(matches!(
+            classify("push", b"{}", None).unwrap(),
             Delivery::Unhandled(_)
         ));
     }
@@ -413,7 +549,7 @@ mod tests {
             .unwrap()
         };
         assert_eq!(
-            classify("pull_request", &p("synchronized")).unwrap(),
+            classify("pull_request", &p("synchronized"), None).unwrap(),
             Delivery::PullUpdate {
                 repo: "o/r".into(),
                 pr: 4,
@@ -422,11 +558,11 @@ mod tests {
             }
         );
         assert!(matches!(
-            classify("pull_request", &p("closed")).unwrap(),
+            classify("pull_request", &p("closed"), None).unwrap(),
             Delivery::PullUpdate { closed: true, .. }
         ));
         assert!(matches!(
-            classify("pull_request", &p("opened")).unwrap(),
+            classify("pull_request", &p("opened"), None).unwrap(),
             Delivery::Ignored(_)
         ));
     }

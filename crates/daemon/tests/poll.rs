@@ -23,7 +23,7 @@ async fn polling_triggers_on_new_comments_only_and_follows_head_changes() {
     eventually(
         "the first poll",
         10,
-        || db.poll_watermark("coop/web").unwrap(),
+        || db.poll_since("coop/web").unwrap(),
         || env.state(),
     )
     .await;

@@ -54,7 +54,7 @@ pub struct HarnessConfig {
     pub work_dir: Option<PathBuf>,
     /// Operator overlay folders, searched after the overlays shipped with cc-ci (later wins per key).
     pub overlay_dirs: Vec<PathBuf>,
-    /// Recipes whose own `.cc-ci/` tests may run. Empty = deny all.
+    /// Repositories (`owner/name`) whose own `.cc-ci/` tests may run. Empty = deny all.
     pub repo_local_allowlist: Vec<String>,
     /// Recipes whose generic checks the operator turned off (shown in every report).
     pub skip_generic: Vec<String>,
@@ -111,8 +111,13 @@ pub struct DaemonConfig {
     pub public_url: String,
     /// Interval of the pull-request comment poll, in seconds; 0 disables polling.
     pub poll_interval_secs: u64,
-    /// Largest webhook body accepted, in bytes.
+    /// Largest webhook body accepted, in bytes. Newer Gitea and Forgejo carry a pull
+    /// request's description twice in a comment payload, JSON-escaped (`<` becomes `\u003c`).
     pub max_body_bytes: usize,
+    /// Connections served at once; more are answered 503.
+    pub max_connections: usize,
+    /// `/runs/{id}/log?follow` streams at once; more are answered 503.
+    pub max_log_followers: usize,
     /// Deadline to read one webhook request, in seconds.
     pub request_timeout_secs: u64,
     /// How often a run interrupted by a daemon crash is re-queued before it is reported as an error.
@@ -129,7 +134,10 @@ impl Default for DaemonConfig {
             cancel_grace_secs: 30,
             public_url: "http://127.0.0.1:8088".into(),
             poll_interval_secs: 0,
-            max_body_bytes: 1 << 20,
+            // A 1 MiB description, twice, with room for escaping.
+            max_body_bytes: 16 << 20,
+            max_connections: 256,
+            max_log_followers: 32,
             request_timeout_secs: 10,
             max_requeues: 1,
         }
@@ -265,10 +273,18 @@ impl Config {
                 return Err(invalid(key, "must be greater than 0".into()));
             }
         }
-        for (key, list) in [
-            ("harness.repo_local_allowlist", &h.repo_local_allowlist),
-            ("harness.skip_generic", &h.skip_generic),
-        ] {
+        // Keyed by the full repository: a recipe name would trust every fork of that name.
+        if let Some(bad) = h
+            .repo_local_allowlist
+            .iter()
+            .find(|r| !crate::names::is_owner_slash_repo(r))
+        {
+            return Err(invalid(
+                "harness.repo_local_allowlist",
+                format!("`{bad}` is not of the form owner/name (list repositories, not recipes)"),
+            ));
+        }
+        for (key, list) in [("harness.skip_generic", &h.skip_generic)] {
             if let Some(bad) = list
                 .iter()
                 .find(|r| crate::names::validate_recipe_name(r).is_err())
@@ -302,6 +318,18 @@ impl Config {
             return Err(invalid(
                 "daemon.max_body_bytes",
                 "must be at least 1024".into(),
+            ));
+        }
+        if d.max_connections < 2 {
+            return Err(invalid(
+                "daemon.max_connections",
+                "must be at least 2".into(),
+            ));
+        }
+        if d.max_log_followers == 0 {
+            return Err(invalid(
+                "daemon.max_log_followers",
+                "must be at least 1".into(),
             ));
         }
         if let Err(problem) = crate::listen::check(&d.listen) {
@@ -380,6 +408,21 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("Nix store"), "{err}");
+        // The repo-local allowlist names repositories, never bare recipe names.
+        let err = Config::parse(
+            "[harness]\nrepo_local_allowlist = [\"traefik\"]\n",
+            Path::new("c.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("owner/name"), "{err}");
+        assert!(
+            Config::parse(
+                "[harness]\nrepo_local_allowlist = [\"coop-cloud/traefik\"]\n",
+                Path::new("c.toml"),
+            )
+            .is_ok()
+        );
     }
 
     #[test]

@@ -358,6 +358,57 @@ pub fn judge_exec(
     Ok(format!("exit code {code}"))
 }
 
+/// The repository (`owner/name`) a recipe source names: the last two components of its URL
+/// or path, without `.git`. `None` when there are not two.
+pub fn repo_of_source(source: &str) -> Option<String> {
+    let trimmed = source.trim_end_matches('/');
+    let mut parts = trimmed.rsplit(['/', ':']);
+    let name = parts.next()?;
+    let name = name.strip_suffix(".git").unwrap_or(name);
+    let owner = parts.next()?;
+    let repo = format!("{owner}/{name}");
+    crate::names::is_owner_slash_repo(&repo).then_some(repo)
+}
+
+/// Whether the repository `source` points at may run its own `.cc-ci/` tests: the operator's
+/// allowlist names full repositories (`owner/name`, compared case-insensitively as the forge
+/// does), never recipe names, so a fork or a same-named repository of another owner is not
+/// trusted by accident.
+pub fn repo_local_allowed(allowlist: &[String], source: &str) -> bool {
+    repo_of_source(source)
+        .is_some_and(|repo| allowlist.iter().any(|a| a.eq_ignore_ascii_case(&repo)))
+}
+
+#[cfg(test)]
+mod repo_local_tests {
+    use super::*;
+
+    #[test]
+    fn allowlist_is_keyed_by_owner_and_name() {
+        let list = vec!["coop-cloud/traefik".to_string()];
+        for yes in [
+            "https://git.coopcloud.tech/coop-cloud/traefik.git",
+            "https://git.coopcloud.tech/Coop-Cloud/traefik",
+            "git@git.coopcloud.tech:coop-cloud/traefik.git",
+            "/srv/recipes/coop-cloud/traefik/",
+        ] {
+            assert!(repo_local_allowed(&list, yes), "{yes}");
+        }
+        for no in [
+            "https://git.coopcloud.tech/mallory/traefik.git",
+            "https://git.coopcloud.tech/coop-cloud/traefik-evil.git",
+            "traefik",
+            "/traefik",
+        ] {
+            assert!(!repo_local_allowed(&list, no), "{no}");
+        }
+        assert!(!repo_local_allowed(
+            &["traefik".into()],
+            "https://f/coop-cloud/traefik.git"
+        ));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

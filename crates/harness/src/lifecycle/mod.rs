@@ -621,16 +621,18 @@ impl Job {
         dirs.extend(h.overlay_dirs.iter().cloned());
         let local = checkout.dir.join(".cc-ci/overlay.toml");
         let local_exists = local.is_file() || checkout.dir.join(".cc-ci").is_dir();
-        let allowed = h.repo_local_allowlist.contains(&self.recipe);
+        let allowed =
+            overlay::repo_local_allowed(&h.repo_local_allowlist, &self.opts.recipe_source);
         let repo_local = if local_exists && allowed {
             self.notes.push(
-                "repo-local tests (.cc-ci/) ran: the recipe is on the repo-local allowlist".into(),
+                "repo-local tests (.cc-ci/) ran: the repository is on the repo-local allowlist"
+                    .into(),
             );
             Some(local.as_path())
         } else {
             if local_exists {
                 self.notes.push(
-                    "repo-local tests (.cc-ci/) were ignored: the recipe is not on the operator's repo-local allowlist".into(),
+                    "repo-local tests (.cc-ci/) were ignored: the repository (owner/name) is not on the operator's repo-local allowlist".into(),
                 );
             }
             None
