@@ -146,6 +146,12 @@ pub fn expand(a: &Assignment, lookup: &dyn Fn(&str) -> Option<String>) -> String
     }
 }
 
+/// Expands `$VAR`, `${VAR}` and `${VAR:-default}` in any text against `vars` (unset = empty),
+/// as compose interpolates a compose file's values with the app's env.
+pub fn interpolate(text: &str, vars: &BTreeMap<String, String>) -> String {
+    expand_text(text, false, &|name| vars.get(name).cloned())
+}
+
 fn expand_text(s: &str, double: bool, lookup: &dyn Fn(&str) -> Option<String>) -> String {
     let chars: Vec<char> = s.chars().collect();
     let mut out = String::with_capacity(s.len());
@@ -563,6 +569,14 @@ mod tests {
             EnvFile::parse("COMPOSE_FILE=\"$NOPE\"\n").compose_files(),
             None
         );
+    }
+
+    #[test]
+    fn interpolate_uses_the_given_vars() {
+        let vars = EnvFile::parse("PORT=8080\n").vars();
+        assert_eq!(interpolate("${PORT:-80}:80", &vars), "8080:80");
+        assert_eq!(interpolate("${NOPE:-443}:443/udp", &vars), "443:443/udp");
+        assert_eq!(interpolate("$NOPE", &vars), "");
     }
 
     #[test]

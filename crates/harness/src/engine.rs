@@ -414,11 +414,11 @@ impl Engine {
             .as_array()
             .and_then(|l| l.last())
             .map(|e| {
-                format!(
-                    "exit {}: {}",
-                    e["ExitCode"].as_i64().unwrap_or(-1),
-                    e["Output"].as_str().unwrap_or("").trim()
-                )
+                let code = e["ExitCode"].as_i64().unwrap_or(-1);
+                match e["Output"].as_str().map(str::trim).unwrap_or("") {
+                    "" => format!("exited {code} with no output"),
+                    out => format!("exited {code}: {out}"),
+                }
             })
             .unwrap_or_default();
         Ok(Some(format!("health {status}, last healthcheck {last}")))

@@ -18,13 +18,7 @@ pub enum NameError {
 /// Recipe names become directory names under `ABRA_DIR/recipes` and prefixes of swarm object
 /// names, so only a conservative alphabet is accepted.
 pub fn validate_recipe_name(name: &str) -> Result<(), NameError> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
-        && !name.starts_with('-');
-    if ok {
+    if cc_ci_envfile::is_valid_recipe_name(name) {
         Ok(())
     } else {
         Err(NameError::Recipe(name.into()))
