@@ -18,6 +18,8 @@ pub enum RecipeError {
     UnknownRef { git_ref: String, repo: String },
     #[error("{file}: {problem}")]
     Invalid { file: String, problem: String },
+    #[error("{file} is missing: {why}")]
+    Missing { file: String, why: String },
 }
 
 /// Accepts a local directory or a remote URL; refuses anything git could read as an option.
@@ -482,10 +484,10 @@ pub fn validate_recipe_tree(checkout: &Checkout) -> Result<RecipeTree, RecipeErr
                     files.join(":")
                 ),
             },
-            None => RecipeError::Invalid {
+            None => RecipeError::Missing {
                 file: file.clone(),
-                problem: format!(
-                    "is missing: .env.sample sets no COMPOSE_FILE, so abra deploys {DEFAULT_COMPOSE_FILE}"
+                why: format!(
+                    ".env.sample sets no COMPOSE_FILE, so abra deploys {DEFAULT_COMPOSE_FILE}"
                 ),
             },
         })?;

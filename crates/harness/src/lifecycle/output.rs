@@ -78,42 +78,6 @@ pub(super) fn tasks_text(snap: &StackSnapshot) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::checks::tests::{service, task};
-
-    #[test]
-    fn tasks_text_is_plain_words() {
-        let mut t = task("abc", "failed", checks::Health::Unknown);
-        t.exit_code = Some(1);
-        t.err = "task: non-zero exit (1)".into();
-        let mut s = service(
-            "app",
-            vec![t, task("def", "running", checks::Health::Healthy)],
-        );
-        s.update_state = Some("rollback_completed".into());
-        let mut g = service("db", vec![]);
-        g.desired_replicas = None;
-        let text = tasks_text(&StackSnapshot {
-            services: vec![s, g],
-        });
-        for debug in ["Some(", "None", "Unknown", "Healthy"] {
-            assert!(!text.contains(debug), "{debug} in:\n{text}");
-        }
-        assert!(
-            text.contains("exit code 1, error: task: non-zero exit (1)"),
-            "{text}"
-        );
-        assert!(text.contains("update rollback_completed"), "{text}");
-        assert!(text.contains("global (one task per node)"), "{text}");
-        assert!(
-            text.contains("running, the swarm wants it running, healthy"),
-            "{text}"
-        );
-    }
-}
-
 pub(super) fn write_json(path: &Path, report: &RunReport, redactor: &Redactor) {
     if let Ok(text) = serde_json::to_string_pretty(report) {
         let tmp = path.with_extension("json.tmp");
@@ -158,4 +122,40 @@ pub(super) fn print_table(report: &RunReport) {
         report.verdict.as_str(),
         report.deploy_count
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checks::tests::{service, task};
+
+    #[test]
+    fn tasks_text_is_plain_words() {
+        let mut t = task("abc", "failed", checks::Health::Unknown);
+        t.exit_code = Some(1);
+        t.err = "task: non-zero exit (1)".into();
+        let mut s = service(
+            "app",
+            vec![t, task("def", "running", checks::Health::Healthy)],
+        );
+        s.update_state = Some("rollback_completed".into());
+        let mut g = service("db", vec![]);
+        g.desired_replicas = None;
+        let text = tasks_text(&StackSnapshot {
+            services: vec![s, g],
+        });
+        for debug in ["Some(", "None", "Unknown", "Healthy"] {
+            assert!(!text.contains(debug), "{debug} in:\n{text}");
+        }
+        assert!(
+            text.contains("exit code 1, error: task: non-zero exit (1)"),
+            "{text}"
+        );
+        assert!(text.contains("update rollback_completed"), "{text}");
+        assert!(text.contains("global (one task per node)"), "{text}");
+        assert!(
+            text.contains("running, the swarm wants it running, healthy"),
+            "{text}"
+        );
+    }
 }
