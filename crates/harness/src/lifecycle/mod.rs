@@ -557,6 +557,11 @@ impl Job {
             .all(|t| matches!(t.verdict, Verdict::Pass | Verdict::Skipped));
 
         // --- Backup and restore, on the head.
+        let no_backups = if self.wants(Stage::Backup) || self.wants(Stage::Restore) {
+            self.backup_labels_review().await?
+        } else {
+            None
+        };
         for stage in [Stage::Backup, Stage::Restore] {
             if !self.wants(stage) {
                 continue;
@@ -566,6 +571,11 @@ impl Job {
                     stage.name(),
                     "skipped by the recipe's overlay",
                 ));
+                continue;
+            }
+            if let Some(why) = &no_backups {
+                self.tiers
+                    .push(TierReport::skipped(stage.name(), why.clone()));
                 continue;
             }
             if !healthy {
