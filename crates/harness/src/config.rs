@@ -66,6 +66,11 @@ pub struct HarnessConfig {
     pub stability_window_secs: u64,
     /// How often the swarm state is polled while waiting, in milliseconds.
     pub poll_interval_ms: u64,
+    /// How long a run waits for host ports another cc-ci run holds (ports.rs), in seconds.
+    pub port_lease_timeout_secs: u64,
+    /// Image of cc-ci's own HTTP probe container (needs `wget`): HTTP checks then run from it,
+    /// sharing the service's network. Unset: they run `wget` inside the service's container.
+    pub http_probe_image: Option<String>,
 }
 
 impl Default for HarnessConfig {
@@ -82,6 +87,8 @@ impl Default for HarnessConfig {
             converge_timeout_secs: 300,
             stability_window_secs: 10,
             poll_interval_ms: 250,
+            port_lease_timeout_secs: 3600,
+            http_probe_image: None,
         }
     }
 }
@@ -247,6 +254,7 @@ impl Config {
             ("harness.abra_timeout_secs", h.abra_timeout_secs),
             ("harness.converge_timeout_secs", h.converge_timeout_secs),
             ("harness.poll_interval_ms", h.poll_interval_ms),
+            ("harness.port_lease_timeout_secs", h.port_lease_timeout_secs),
             ("daemon.run_timeout_secs", self.daemon.run_timeout_secs),
             (
                 "daemon.request_timeout_secs",
@@ -256,6 +264,16 @@ impl Config {
             if v == 0 {
                 return Err(invalid(key, "must be greater than 0".into()));
             }
+        }
+        if let Some(img) = &h.http_probe_image
+            && (img.is_empty()
+                || img.starts_with('-')
+                || img.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return Err(invalid(
+                "harness.http_probe_image",
+                format!("`{img}` is not an image reference"),
+            ));
         }
         for (key, list) in [
             ("harness.repo_local_allowlist", &h.repo_local_allowlist),

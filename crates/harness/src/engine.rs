@@ -20,6 +20,9 @@ use crate::checks::{Health, MountInfo, RestartPolicy, ServiceState, StackSnapsho
 /// Label swarm puts on every object of a stack.
 pub const NAMESPACE_LABEL: &str = "com.docker.stack.namespace";
 
+mod extra;
+pub use extra::PortHolder;
+
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error(

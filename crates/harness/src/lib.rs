@@ -12,6 +12,7 @@ pub mod engine;
 pub mod lifecycle;
 pub mod names;
 pub mod overlay;
+pub mod ports;
 pub mod recipe;
 pub mod redact;
 pub mod report;

@@ -23,6 +23,7 @@ use crate::teardown::{self, RunDir};
 use crate::wait::{Probe, WaitError, wait_for};
 
 mod data;
+mod leases;
 mod output;
 mod tiers;
 
@@ -264,6 +265,7 @@ where
         canaries: BTreeMap::new(),
         overlay: Overlay::default(),
         backed_up: BTreeMap::new(),
+        port_lease: None,
     };
 
     let outcome = tokio::select! {
@@ -398,6 +400,8 @@ struct Job {
     overlay: Overlay,
     /// Canary values as they were at backup time.
     backed_up: BTreeMap<String, String>,
+    /// Host ports this run's deployment publishes, leased until the run ends (after teardown).
+    port_lease: Option<crate::ports::PortLease>,
 }
 
 impl Job {
@@ -435,6 +439,7 @@ impl Job {
             ))
         })?;
         self.recipe = tree.recipe.clone();
+        let mut published = tree.compose.published.clone();
         checkout
             .rename(&recipes_dir.join(&self.recipe))
             .map_err(|e| Stop::Infra(e.to_string()))?;
@@ -501,6 +506,12 @@ impl Job {
                 Target::Head
             }
         };
+        if let Target::Release(_) = &target
+            && let Ok(base_tree) = recipe::validate_recipe_tree(&checkout)
+        {
+            published.extend(base_tree.compose.published);
+        }
+        self.lease_host_ports(&published).await?;
         self.progress.step(&format!(
             "install: deploying {}",
             match &target {

@@ -1,0 +1,111 @@
+//! Host-port leases of a run (see `crate::ports`): taken before the first deploy, held until
+//! the run ends, waited for when another cc-ci run holds them, refused when something that is
+//! not a cc-ci run publishes them.
+
+use super::*;
+use crate::ports;
+use crate::recipe::PublishedPort;
+
+impl Job {
+    pub(super) async fn lease_host_ports(
+        &mut self,
+        published: &[PublishedPort],
+    ) -> Result<(), Stop> {
+        let keys = ports::keys(published);
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let work = work_dir(&self.opts.config);
+        let h = &self.opts.config.harness;
+        let wanted = keys
+            .iter()
+            .map(|(p, proto)| format!("{p}/{proto}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let start = Instant::now();
+        let last_shown = std::sync::Mutex::new(String::new());
+        let waited = wait_for(
+            &format!("host ports {wanted} held by other cc-ci runs"),
+            Duration::from_secs(h.port_lease_timeout_secs),
+            Duration::from_millis(h.poll_interval_ms),
+            || async {
+                let got = ports::try_lease(&work, &keys, &self.domain)?;
+                Ok::<_, ports::LeaseError>(match got {
+                    Ok(lease) => Probe::Done(lease),
+                    Err(taken) => {
+                        let who = ports::describe_taken(&taken);
+                        let mut shown = last_shown.lock().unwrap_or_else(|e| e.into_inner());
+                        if *shown != who {
+                            self.progress.step(&format!(
+                                "waiting for host ports held by other cc-ci runs: {who}"
+                            ));
+                            // Visible to whoever reads progress.json while we wait.
+                            let mut partial = self.report(TeardownReport::default());
+                            partial.notes.push(format!(
+                                "waiting for host ports held by other cc-ci runs: {who}"
+                            ));
+                            write_json(
+                                &self.opts.report_dir.join("progress.json"),
+                                &partial,
+                                &self.redactor,
+                            );
+                            *shown = who.clone();
+                        }
+                        Probe::Pending(who)
+                    }
+                })
+            },
+        )
+        .await;
+        let lease = match waited {
+            Ok(l) => l,
+            Err(WaitError::Probe(e)) => return Err(Stop::Infra(e.to_string())),
+            Err(e) => {
+                return Err(Stop::Infra(format!(
+                    "{e}; raise harness.port_lease_timeout_secs or run fewer port-publishing recipes at once"
+                )));
+            }
+        };
+        let waited_for = last_shown.into_inner().unwrap_or_else(|e| e.into_inner());
+        self.notes.push(if waited_for.is_empty() {
+            format!("host ports {wanted} leased for the deployment's life")
+        } else {
+            format!(
+                "host ports {wanted} leased for the deployment's life after waiting {:.1} s for {waited_for}",
+                start.elapsed().as_secs_f64()
+            )
+        });
+        self.port_lease = Some(lease);
+        // With the lease ours, anything else publishing these ports is not a cc-ci run of this
+        // host (or one kept or left behind): the infrastructure's problem, never the recipe's.
+        let holders = self.engine.port_holders().await?;
+        let suffix = &self.opts.config.harness.domain_suffix;
+        let mut problems = Vec::new();
+        for (port, proto) in &keys {
+            for hld in holders
+                .iter()
+                .filter(|x| x.port == *port && x.protocol == *proto)
+                .filter(|x| x.stack.as_deref() != Some(self.stack.as_str()))
+            {
+                problems.push(match hld.stack.as_deref() {
+                    Some(st) if names::is_ci_stack(st, suffix) => format!(
+                        "host port {port}/{proto} is published by {} {} of the cc-ci deployment {} that no run holds (kept with --keep-on-failure, or left by a run that died): remove it with `cc-ci teardown {}` or `cc-ci gc`",
+                        hld.kind,
+                        hld.name,
+                        st.replace('_', "."),
+                        st.replace('_', ".")
+                    ),
+                    _ => format!(
+                        "host port {port}/{proto} is held by {} {}, which is not a cc-ci run: free the port, or test this recipe on a swarm without it",
+                        hld.kind, hld.name
+                    ),
+                });
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Stop::Infra(problems.join("; ")))
+        }
+    }
+}
