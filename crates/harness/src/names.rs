@@ -126,7 +126,8 @@ pub fn ci_stack_of_object(name: &str, suffix: &str) -> Option<String> {
     is_ci_stack(stack, suffix).then(|| stack.to_string())
 }
 
-/// Recipe name from a repository path or URL: the last path segment without `.git`.
+/// The last path segment of a repository path or URL without `.git`: it prefixes the app domain
+/// (the recipe's name, `TYPE=`, is only known once the repository is cloned).
 pub fn recipe_name_from_source(source: &str) -> String {
     let trimmed = source.trim_end_matches('/');
     let last = trimmed.rsplit(['/', ':']).next().unwrap_or(trimmed);
