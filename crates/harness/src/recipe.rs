@@ -601,6 +601,51 @@ mod tests {
     }
 
     #[test]
+    fn recipe_tree_names_type_and_missing_compose_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let checkout = Checkout {
+            dir: dir.path().to_path_buf(),
+            source: "x".into(),
+        };
+        let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+        let err = |c: &Checkout| validate_recipe_tree(c).unwrap_err().to_string();
+        let svc = "services:\n  app:\n    image: x\n    ports: [\"${PORT:-8080}:80\"]\n";
+
+        write(".env.sample", "DOMAIN=x\n");
+        let e = err(&checkout);
+        assert!(e.starts_with(".env.sample: no `TYPE=<recipe>` line"), "{e}");
+        write(".env.sample", "TYPE=Bad Name\n");
+        assert!(err(&checkout).contains("TYPE=Bad Name"));
+
+        write(".env.sample", "TYPE=traefik\n");
+        write("docker-compose.yml", svc);
+        assert_eq!(
+            err(&checkout),
+            "compose.yml is missing: .env.sample sets no COMPOSE_FILE, so abra deploys compose.yml"
+        );
+
+        write(
+            ".env.sample",
+            "TYPE=traefik:v1.2.0+2.0\nPORT=8443\nCOMPOSE_FILE=\"compose.yml\"\nCOMPOSE_FILE=\"$COMPOSE_FILE:compose.x.yml\"\n",
+        );
+        write("compose.yml", svc);
+        let e = err(&checkout);
+        assert!(
+            e.starts_with("compose.x.yml: listed in COMPOSE_FILE (`compose.yml:compose.x.yml`"),
+            "{e}"
+        );
+        write(
+            "compose.x.yml",
+            "services:\n  app:\n    environment: [A=1]\n",
+        );
+        let tree = validate_recipe_tree(&checkout).unwrap();
+        assert_eq!(tree.recipe, "traefik");
+        assert_eq!(tree.compose_files, ["compose.yml", "compose.x.yml"]);
+        assert_eq!(tree.compose.services, ["app"]);
+        assert_eq!(tree.compose.published[0].key(), "8443/tcp");
+    }
+
+    #[test]
     fn sources() {
         assert!(validate_source("https://git.example/a/b.git").is_ok());
         assert!(validate_source("git@host:a/b").is_ok());
