@@ -79,33 +79,93 @@ impl Job {
         // With the lease ours, anything else publishing these ports is not a cc-ci run of this
         // host (or one kept or left behind): the infrastructure's problem, never the recipe's.
         let holders = self.engine.port_holders().await?;
-        let suffix = &self.opts.config.harness.domain_suffix;
-        let mut problems = Vec::new();
-        for (port, proto) in &keys {
-            for hld in holders
-                .iter()
-                .filter(|x| x.port == *port && x.protocol == *proto)
-                .filter(|x| x.stack.as_deref() != Some(self.stack.as_str()))
-            {
-                problems.push(match hld.stack.as_deref() {
-                    Some(st) if names::is_ci_stack(st, suffix) => format!(
-                        "host port {port}/{proto} is published by {} {} of the cc-ci deployment {} that no run holds (kept with --keep-on-failure, or left by a run that died): remove it with `cc-ci teardown {}` or `cc-ci gc`",
-                        hld.kind,
-                        hld.name,
-                        st.replace('_', "."),
-                        st.replace('_', ".")
-                    ),
-                    _ => format!(
-                        "host port {port}/{proto} is held by {} {}, which is not a cc-ci run: free the port, or test this recipe on a swarm without it",
-                        hld.kind, hld.name
-                    ),
-                });
-            }
-        }
+        let problems = foreign_holders(
+            &keys,
+            &holders,
+            &self.stack,
+            &self.opts.config.harness.domain_suffix,
+        );
         if problems.is_empty() {
             Ok(())
         } else {
             Err(Stop::Infra(problems.join("; ")))
         }
+    }
+}
+
+/// What, besides this run's own stack, publishes one of `keys`: each as a sentence saying what to
+/// do about it. A cc-ci stack there holds no lease (a lease is exclusive and this run has it).
+pub(super) fn foreign_holders(
+    keys: &[(u16, String)],
+    holders: &[crate::engine::PortHolder],
+    own_stack: &str,
+    domain_suffix: &str,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (port, proto) in keys {
+        for h in holders
+            .iter()
+            .filter(|h| h.port == *port && h.protocol == *proto)
+            .filter(|h| h.stack.as_deref() != Some(own_stack))
+        {
+            problems.push(match h.stack.as_deref() {
+                Some(st) if names::is_ci_stack(st, domain_suffix) => {
+                    // Stack = domain with `.` → `_`; cc-ci domains have no `_`.
+                    let domain = st.replace('_', ".");
+                    format!(
+                        "host port {port}/{proto} is published by {} {} of the cc-ci deployment {domain} that no run holds (kept with --keep-on-failure, or left by a run that died): remove it with `cc-ci teardown {domain}` or `cc-ci gc`",
+                        h.kind, h.name
+                    )
+                }
+                _ => format!(
+                    "host port {port}/{proto} is held by {} {}, which is not a cc-ci run: free the port, or test this recipe on a swarm without it",
+                    h.kind, h.name
+                ),
+            });
+        }
+    }
+    problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::PortHolder;
+
+    #[test]
+    fn foreign_holders_are_named_with_what_to_do() {
+        let holder = |port, name: &str, stack: Option<&str>| PortHolder {
+            port,
+            protocol: "tcp".into(),
+            name: name.into(),
+            stack: stack.map(String::from),
+            kind: "service",
+        };
+        let holders = [
+            holder(80, "traefik_app", Some("traefik")),
+            holder(
+                443,
+                "webp-abc123_ci_local_app",
+                Some("webp-abc123_ci_local"),
+            ),
+            holder(8080, "mine_app", Some("webp-000001_ci_local")),
+            holder(9999, "elsewhere", None),
+        ];
+        let keys: Vec<(u16, String)> = [80, 443, 8080, 53]
+            .into_iter()
+            .map(|p| (p, "tcp".to_string()))
+            .collect();
+        let p = foreign_holders(&keys, &holders, "webp-000001_ci_local", "ci.local");
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(p[0].contains("80/tcp is held by service traefik_app, which is not a cc-ci run"));
+        assert!(
+            p[1].contains("cc-ci deployment webp-abc123.ci.local")
+                && p[1].contains("cc-ci teardown webp-abc123.ci.local"),
+            "{}",
+            p[1]
+        );
+        // Another protocol on the same number is another port.
+        let udp = [(80, "udp".to_string())];
+        assert!(foreign_holders(&udp, &holders, "x", "ci.local").is_empty());
     }
 }
