@@ -1,7 +1,8 @@
 //! Co-op Cloud env files — a recipe's `.env.sample` and an app's `<domain>.env` — read the way
 //! abra reads them. One parser for cc-ci and its abra stand-in, so both agree on every line.
 //!
-//! The rules (those of the dotenv dialect abra uses):
+//! The rules (what real recipes rely on; where abra's exact dialect is not confirmed, a shell's
+//! reading of the same line):
 //! - `KEY=VALUE` lines, optionally prefixed by `export `; blank lines and lines starting with `#`
 //!   are skipped, as are lines that are not assignments.
 //! - `'single quotes'` keep everything literally; `"double quotes"` keep `#` and spaces, know the
