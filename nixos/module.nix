@@ -171,6 +171,16 @@ let
       example = { "coop-cloud/traefik" = [ "docker-socket" ]; };
       description = "Compose-policy rules allowed per repository (`owner/name`); every other way for a recipe to reach the host is refused (see docs/harness.md).";
     };
+    "harness.port_lease_timeout_secs" = builtin {
+      type = types.ints.positive;
+      builtinDefault = "3600";
+      description = "How long a run waits for host ports another cc-ci run holds, in seconds.";
+    };
+    "harness.http_probe_image" = builtin {
+      type = types.str;
+      builtinDefault = "unset: HTTP checks run `wget` inside the service's container";
+      description = "Image of cc-ci's own HTTP probe container (it needs `wget`); HTTP checks then run from it, sharing the service's network.";
+    };
 
     "daemon.listen" = ownedBy "listen" listenType cfg.listen;
     "daemon.state_dir" = mkOption {

@@ -178,15 +178,20 @@ fn toml_roundtrip(c: &Config) -> Result<Config, String> {
 /// `KEY=VALUE` allows; compose files named by `COMPOSE_FILE` are never empty names.
 pub fn compose_env(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
-    let env = recipe::parse_env(&text);
-    for k in env.vars.keys() {
+    let env = recipe::EnvFile::parse(&text);
+    for e in env.entries() {
+        let k = &e.key;
         assert!(
             !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
             "key {k:?}"
         );
+        assert!(env.get(k).is_some());
     }
-    for k in env.comments.keys() {
-        assert!(env.vars.contains_key(k));
+    if let Ok(t) = env.recipe_type() {
+        assert!(!t.name.is_empty());
+    }
+    for s in env.secrets() {
+        assert!(!s.name.is_empty());
     }
     let files = recipe::compose_files(&env);
     assert!(!files.is_empty() && files.iter().all(|f| !f.is_empty()));

@@ -54,7 +54,7 @@ enum Command {
 
 #[derive(clap::Args)]
 struct RunArgs {
-    /// Recipe git repository: a local path or a URL. The recipe name is its last path segment.
+    /// Recipe git repository: a local path or a URL. The recipe name is `TYPE=` of its `.env.sample`.
     #[arg(long)]
     recipe: String,
     /// Commit, branch or tag to test (default: the repository's HEAD).

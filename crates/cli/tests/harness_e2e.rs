@@ -42,8 +42,14 @@ fn fixture(name: &str) -> Fixture {
 }
 
 fn fixture_with_config(name: &str, extra_config: &str) -> Fixture {
+    fixture_named(name, name, extra_config)
+}
+
+/// A fixture built into a repository directory called `repo_name` (real recipe repositories
+/// are often named otherwise than the recipe, e.g. `coop-cloud-traefik`).
+fn fixture_named(name: &str, repo_name: &str, extra_config: &str) -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
-    let repo = dir.path().join(name);
+    let repo = dir.path().join(repo_name);
     let out = Command::new(repo_root().join("scripts/make-fixture-repo"))
         .arg(repo_root().join("tests/fixtures/recipes").join(name))
         .arg(&repo)
@@ -561,7 +567,8 @@ fn bad_input_is_exit_2_and_changes_nothing() {
         assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
         assert!(r.report.is_none());
     }
-    // A recipe whose name is not a recipe name.
+    // A source that is not a recipe repository (its directory's name does not matter: the
+    // recipe's name is TYPE= of its .env.sample).
     let bad = tempfile::tempdir().unwrap();
     let odd = bad.path().join("Not..A_Recipe");
     std::fs::create_dir(&odd).unwrap();
@@ -575,7 +582,7 @@ fn bad_input_is_exit_2_and_changes_nothing() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("recipe name"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot clone the recipe"));
     // A typo in an overlay names file, line and field.
     let overlays = tempfile::tempdir().unwrap();
     std::fs::write(
@@ -683,4 +690,224 @@ fn sigterm_mid_run_tears_everything_down() {
 unsafe extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+// --- Shapes of real recipes (issue 9): one fixture per shape, see tests/fixtures/README.md.
+
+fn read_report_file(f: &Fixture, name: &str) -> String {
+    std::fs::read_to_string(f.report.join(name))
+        .unwrap_or_else(|e| panic!("{name} in {}: {e}", f.report.display()))
+}
+
+#[test]
+fn env_sample_values_are_expanded_as_abra_expands_them() {
+    let f = fixture("envexpand");
+    let r = f.run(&["--stages", "install"]);
+    assert_eq!(r.code, 0, "stderr:\n{}", r.stderr);
+    assert_eq!(
+        r.verdict("install"),
+        "pass",
+        "{}",
+        r.failing_detail("install")
+    );
+}
+
+#[test]
+fn the_recipe_name_is_type_not_the_repository_name() {
+    let f = fixture_named("typed", "coop-cloud-typed", "");
+    let r = f.run(&["--stages", "install"]);
+    assert_eq!(r.code, 0, "stderr:\n{}", r.stderr);
+    assert_eq!(r.report()["recipe"], "typed");
+
+    let f = fixture("typeless");
+    let r = f.run(&["--stages", "install"]);
+    assert_eq!(r.code, 2, "stderr:\n{}", r.stderr);
+    assert!(
+        r.stderr.contains(".env.sample") && r.stderr.contains("TYPE="),
+        "{}",
+        r.stderr
+    );
+    assert!(r.report.is_none());
+}
+
+#[test]
+fn a_service_the_swarm_stopped_restarting_fails_at_once_and_is_reported_plainly() {
+    for (git_ref, cause) in [("1.0.0+1.0", "max_attempts (2)"), ("HEAD", "`none`")] {
+        let f = fixture("web-gives-up");
+        let r = f.run(&["--ref", git_ref, "--stages", "install"]);
+        assert_eq!(r.code, 1, "{git_ref}: stderr:\n{}", r.stderr);
+        let d = r.failing_detail("install");
+        assert!(
+            d.contains("stopped restarting") && d.contains(cause),
+            "{git_ref}: {d}"
+        );
+        // abra's own timeout is 240 s: cc-ci did not wait for it.
+        let ms = r.tier("install")["duration_ms"]
+            .as_u64()
+            .unwrap_or(u64::MAX);
+        assert!(ms < 60_000, "{git_ref}: the install tier took {ms} ms");
+        // The cause stays in summary.md; no stray `1::` / `1:;`.
+        let summary = read_report_file(&f, "summary.md");
+        assert!(summary.contains("non-zero exit (3)"), "{summary}");
+        assert!(
+            !summary.contains("1::") && !summary.contains("1:;"),
+            "{summary}"
+        );
+        // tasks.txt in plain words.
+        let tasks = read_report_file(&f, "diagnostics/tasks.txt");
+        assert!(
+            !tasks.contains("Some(") && !tasks.contains("None") && tasks.contains("exit code 3"),
+            "{tasks}"
+        );
+        // The deploy cc-ci stopped is in abra.log too.
+        let log = read_report_file(&f, "abra.log");
+        assert!(
+            log.contains("$ abra app deploy") && log.contains("[stopped by cc-ci after"),
+            "{log}"
+        );
+    }
+}
+
+#[test]
+fn two_runs_publishing_the_same_host_port_take_turns() {
+    let a = fixture("web-ports");
+    let b = fixture("web-ports");
+    // One work dir for both, as under one daemon: the leases live there.
+    std::fs::write(
+        &b.config,
+        format!("[harness]\nwork_dir = \"{}\"\n", a.work.display()),
+    )
+    .unwrap();
+    let lock = a.work.join("ports/18080-tcp.lock");
+    let first = std::thread::spawn(move || {
+        let r = a.run(&["--stages", "install"]);
+        (a, r)
+    });
+    // Start the second run once the first holds the lease, so it must wait.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while std::fs::read_to_string(&lock).map_or(true, |s| s.is_empty()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first run never leased 18080/tcp"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let rb = b.run(&["--stages", "install"]);
+    let (_a, ra) = first.join().unwrap();
+    assert_eq!(ra.code, 0, "first run stderr:\n{}", ra.stderr);
+    assert_eq!(rb.code, 0, "second run stderr:\n{}", rb.stderr);
+    assert!(
+        rb.stderr
+            .contains("waiting for host ports held by other cc-ci runs: 18080/tcp (run "),
+        "{}",
+        rb.stderr
+    );
+    let notes = rb.report()["notes"].to_string();
+    assert!(
+        notes.contains("host ports 18080/tcp leased") && notes.contains("after waiting"),
+        "{notes}"
+    );
+}
+
+/// A swarm service of the test's own, removed when dropped.
+struct ForeignService(String);
+
+impl Drop for ForeignService {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args(["service", "rm", &self.0])
+            .output();
+    }
+}
+
+#[test]
+fn a_host_port_held_by_something_else_is_an_infrastructure_error_naming_it() {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    let name = format!("cc-ci-test-porthog-{:x}{nanos:x}", std::process::id());
+    let out = Command::new("docker")
+        .args(["service", "create", "--detach", "--name", &name])
+        .args(["--publish", "18081:80", "--restart-condition", "none"])
+        .args(["cc-ci-fixture/busybox:base", "sleep", "600"])
+        .output()
+        .expect("docker service create");
+    let _hog = ForeignService(name.clone());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let f = fixture("web-ports");
+    let r = f.run(&["--ref", "1.0.0+1.0", "--stages", "install"]);
+    assert_eq!(r.code, 3, "stderr:\n{}", r.stderr);
+    let d = r.failing_detail("install");
+    assert!(
+        d.contains(&name) && d.contains("18081/tcp") && d.contains("not a cc-ci run"),
+        "{d}"
+    );
+    assert_eq!(r.report()["deploy_count"], 0);
+}
+
+#[test]
+fn no_backupbot_labels_skip_backup_and_restore_and_old_labels_get_a_note() {
+    let f = fixture("web-nobackup");
+    let r = f.run(&["--stages", "install,backup,restore"]);
+    assert_eq!(r.code, 0, "stderr:\n{}", r.stderr);
+    for t in ["backup", "restore"] {
+        assert_eq!(r.verdict(t), "skipped");
+        let why = r.tier(t)["checks"][0]["detail"].as_str().unwrap_or("");
+        assert!(why.contains("declares no backups"), "{t}: {why}");
+    }
+
+    let f = fixture("web-oldbackup");
+    let r = f.run(&["--stages", "install,backup,restore"]);
+    assert_eq!(r.code, 0, "stderr:\n{}", r.stderr);
+    assert_eq!(
+        r.verdict("backup"),
+        "pass",
+        "{}",
+        r.failing_detail("backup")
+    );
+    let notes = r.report()["notes"].to_string();
+    assert!(
+        notes.contains("backupbot.backup.path=/data") && notes.contains("whole volumes"),
+        "{notes}"
+    );
+}
+
+#[test]
+fn http_checks_name_a_missing_wget_and_run_from_the_probe_container() {
+    let overlays = tempfile::tempdir().unwrap();
+    std::fs::write(
+        overlays.path().join("web-nowget.toml"),
+        "[[check]]\nname = \"homepage\"\ntiers = [\"install\"]\nservice = \"app\"\nkind = \"http\"\nport = 80\nbody_contains = \"cc-ci fixture web version 1\"\n",
+    )
+    .unwrap();
+    let dirs = format!("overlay_dirs = [\"{}\"]\n", overlays.path().display());
+    let f = fixture_with_config("web-nowget", &dirs);
+    let r = f.run(&["--stages", "install"]);
+    assert_eq!(r.code, 1, "stderr:\n{}", r.stderr);
+    let d = r.failing_detail("install");
+    assert!(d.contains("homepage") && d.contains("has no `wget`"), "{d}");
+
+    let f = fixture_with_config(
+        "web-nowget",
+        &format!("{dirs}http_probe_image = \"cc-ci/http-probe:1\"\n"),
+    );
+    let r = f.run(&["--stages", "install"]);
+    assert_eq!(r.code, 0, "stderr:\n{}", r.stderr);
+}
+
+#[test]
+fn a_missing_compose_yml_is_named_when_compose_file_is_unset() {
+    let f = fixture("web-nocompose");
+    let r = f.run(&["--stages", "install"]);
+    assert_eq!(r.code, 2, "stderr:\n{}", r.stderr);
+    assert!(
+        r.stderr.contains("compose.yml is missing") && !r.stderr.contains("listed in COMPOSE_FILE"),
+        "{}",
+        r.stderr
+    );
 }

@@ -152,7 +152,15 @@ impl Abra {
         full.push("-n".into());
         let shown = args.join(" ");
         let started = Instant::now();
+        // A call cc-ci drops half-way (a failing deployment, a signal) is logged all the same.
+        let mut unfinished = Unfinished {
+            abra: self,
+            args: shown.clone(),
+            started,
+            armed: true,
+        };
         let result = run_in_pty(&self.bin, &full, &self.abra_dir, self.timeout, OUTPUT_CAP).await;
+        unfinished.armed = false;
         let (code, raw) = match result {
             Ok(v) => v,
             Err(PtyError::Spawn(reason)) => {
@@ -211,11 +219,15 @@ impl Abra {
     }
 
     fn append_log(&self, args: &str, code: Option<i32>, output: &str) {
-        use std::io::Write;
-        let Some(path) = &self.log else { return };
         let status = code
             .map(|c| format!("exit {c}"))
             .unwrap_or_else(|| "did not finish".into());
+        self.write_log(args, &status, output);
+    }
+
+    fn write_log(&self, args: &str, status: &str, output: &str) {
+        use std::io::Write;
+        let Some(path) = &self.log else { return };
         let written = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -365,6 +377,27 @@ pub fn parse_secret_table(text: &str) -> Vec<String> {
         }
     }
     out
+}
+
+/// Logs an abra call that was stopped before it finished when dropped still armed.
+struct Unfinished<'a> {
+    abra: &'a Abra,
+    args: String,
+    started: Instant,
+    armed: bool,
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let status = format!(
+                "stopped by cc-ci after {:.1} s",
+                self.started.elapsed().as_secs_f64()
+            );
+            self.abra
+                .write_log(&self.args, &status, "(its output was not collected)");
+        }
+    }
 }
 
 enum PtyError {
@@ -651,8 +684,15 @@ mod tests {
             }
             other => panic!("{other}"),
         }
+        // A call dropped half-way (cc-ci gave up on the deployment) is in the log too.
+        let dropped = tokio::time::timeout(Duration::from_millis(300), abra.run(&["hang"])).await;
+        assert!(dropped.is_err());
         let log = std::fs::read_to_string(dir.path().join("abra.log")).unwrap();
         assert!(!log.contains("topsecret1"));
+        assert!(
+            log.contains("$ abra hang -n   [stopped by cc-ci after"),
+            "{log}"
+        );
         let quick = Abra::new(
             script,
             dir.path().join("abra"),

@@ -87,11 +87,69 @@ pub struct ServiceState {
     pub desired_replicas: Option<u64>,
     pub labels: BTreeMap<String, String>,
     pub has_healthcheck: bool,
+    pub restart: RestartPolicy,
     pub update_state: Option<String>,
     pub update_message: String,
     pub mounts: Vec<MountInfo>,
     /// Oldest first.
     pub tasks: Vec<TaskState>,
+}
+
+/// A service's `deploy.restart_policy`, as far as it decides whether the swarm restarts a task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestartPolicy {
+    /// `any` (the default), `on-failure` or `none`.
+    pub condition: String,
+    /// `None` = unlimited (the swarm's 0).
+    pub max_attempts: Option<u64>,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        Self {
+            condition: "any".into(),
+            max_attempts: None,
+        }
+    }
+}
+
+/// Desired states of a task the swarm still means to run (`ready`: a restart waiting out its delay).
+fn is_live(t: &TaskState) -> bool {
+    !matches!(
+        t.desired_state.as_str(),
+        "shutdown" | "remove" | "complete" | "failed" | "rejected" | "orphaned"
+    )
+}
+
+/// Why the swarm will not start another task for `s`, when its restart policy says it has given
+/// up: fewer live tasks than wanted, tasks that ended, and a policy that does not replace them.
+pub fn restarts_given_up(s: &ServiceState) -> Option<String> {
+    let want = s.desired_replicas.unwrap_or(1);
+    let live = s.tasks.iter().filter(|t| is_live(t)).count() as u64;
+    if want == 0 || live >= want {
+        return None;
+    }
+    let ended: Vec<&TaskState> = s.tasks.iter().filter(|t| t.is_failed()).collect();
+    let last = ended.last()?;
+    let p = &s.restart;
+    let why = if p.condition == "none" {
+        "its restart_policy condition is `none`, so the swarm does not restart it".to_string()
+    } else if p.condition == "on-failure" && last.state == "complete" {
+        "it exited successfully and its restart_policy condition `on-failure` restarts only failures"
+            .to_string()
+    } else if let Some(n) = p.max_attempts {
+        format!(
+            "its restart_policy max_attempts ({n}) is used up after {} attempts",
+            ended.len()
+        )
+    } else {
+        return None;
+    };
+    Some(format!(
+        "service {}: the swarm stopped restarting it: {why}; last: {}",
+        s.short_name,
+        last.describe()
+    ))
 }
 
 impl ServiceState {
@@ -179,6 +237,11 @@ pub fn convergence(snapshot: &StackSnapshot) -> Convergence {
         let healthy = !s.has_healthcheck || running.iter().all(|t| t.health == Health::Healthy);
         if enough && healthy && s.update_settled() {
             continue;
+        }
+        if !(enough && healthy)
+            && let Some(why) = restarts_given_up(s)
+        {
+            return Convergence::Failed(why);
         }
         let failed: Vec<&TaskState> = s.tasks.iter().filter(|t| t.is_failed()).collect();
         if failed.len() >= FAILED_TASKS_LIMIT && !(enough && healthy) {
@@ -387,6 +450,7 @@ pub(crate) mod tests {
             desired_replicas: Some(1),
             labels: BTreeMap::new(),
             has_healthcheck: true,
+            restart: RestartPolicy::default(),
             update_state: None,
             update_message: String::new(),
             mounts: vec![],
@@ -396,6 +460,59 @@ pub(crate) mod tests {
 
     fn snap(services: Vec<ServiceState>) -> StackSnapshot {
         StackSnapshot { services }
+    }
+
+    #[test]
+    fn a_service_the_swarm_gave_up_on_fails_at_once() {
+        let ended = |id: &str, state: &str, code: i64| {
+            let mut t = task(id, state, Health::Unknown);
+            t.exit_code = Some(code);
+            t
+        };
+        // condition none: one ended task and nothing live.
+        let mut s = service("app", vec![ended("1", "failed", 1)]);
+        s.restart.condition = "none".into();
+        match convergence(&snap(vec![s.clone()])) {
+            Convergence::Failed(w) => assert!(
+                w.contains("service app") && w.contains("`none`") && w.contains("exit code 1"),
+                "{w}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        // Still live (a restart waiting out its delay): not given up.
+        let mut waiting = task("2", "new", Health::Unknown);
+        waiting.desired_state = "ready".into();
+        s.tasks.push(waiting);
+        assert!(restarts_given_up(&s).is_none());
+        // on-failure: a failure is restarted, a success is not.
+        let mut s = service("app", vec![ended("1", "failed", 1)]);
+        s.restart.condition = "on-failure".into();
+        assert!(restarts_given_up(&s).is_none());
+        s.tasks.push(ended("2", "complete", 0));
+        assert!(restarts_given_up(&s).unwrap().contains("on-failure"));
+        // max_attempts used up.
+        let mut s = service(
+            "app",
+            vec![
+                ended("1", "failed", 1),
+                ended("2", "failed", 1),
+                ended("3", "failed", 1),
+            ],
+        );
+        s.restart.max_attempts = Some(2);
+        let w = restarts_given_up(&s).unwrap();
+        assert!(
+            w.contains("max_attempts (2)") && w.contains("3 attempts"),
+            "{w}"
+        );
+        // The default policy always restarts: never judged given up here.
+        s.restart = RestartPolicy::default();
+        assert!(restarts_given_up(&s).is_none());
+        // Scaled to 0: nothing is wanted.
+        let mut s = service("app", vec![ended("1", "failed", 1)]);
+        s.restart.condition = "none".into();
+        s.desired_replicas = Some(0);
+        assert!(restarts_given_up(&s).is_none());
     }
 
     #[test]

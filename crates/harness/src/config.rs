@@ -71,6 +71,11 @@ pub struct HarnessConfig {
     pub compose_allow: std::collections::BTreeMap<String, Vec<String>>,
     /// Deadline of one Docker Engine API request, in seconds (a hung engine is exit 3).
     pub engine_timeout_secs: u64,
+    /// How long a run waits for host ports another cc-ci run holds (ports.rs), in seconds.
+    pub port_lease_timeout_secs: u64,
+    /// Image of cc-ci's own HTTP probe container (needs `wget`): HTTP checks then run from it,
+    /// sharing the service's network. Unset: they run `wget` inside the service's container.
+    pub http_probe_image: Option<String>,
 }
 
 impl Default for HarnessConfig {
@@ -89,6 +94,8 @@ impl Default for HarnessConfig {
             poll_interval_ms: 250,
             compose_allow: std::collections::BTreeMap::new(),
             engine_timeout_secs: 30,
+            port_lease_timeout_secs: 3600,
+            http_probe_image: None,
         }
     }
 }
@@ -263,6 +270,7 @@ impl Config {
             ("harness.converge_timeout_secs", h.converge_timeout_secs),
             ("harness.poll_interval_ms", h.poll_interval_ms),
             ("harness.engine_timeout_secs", h.engine_timeout_secs),
+            ("harness.port_lease_timeout_secs", h.port_lease_timeout_secs),
             ("daemon.run_timeout_secs", self.daemon.run_timeout_secs),
             (
                 "daemon.request_timeout_secs",
@@ -282,6 +290,16 @@ impl Config {
             return Err(invalid(
                 "harness.repo_local_allowlist",
                 format!("`{bad}` is not of the form owner/name (list repositories, not recipes)"),
+            ));
+        }
+        if let Some(img) = &h.http_probe_image
+            && (img.is_empty()
+                || img.starts_with('-')
+                || img.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return Err(invalid(
+                "harness.http_probe_image",
+                format!("`{img}` is not an image reference"),
             ));
         }
         for (key, list) in [("harness.skip_generic", &h.skip_generic)] {

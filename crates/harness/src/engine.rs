@@ -15,10 +15,13 @@ use serde::Deserialize;
 use serde_json::Value;
 use tokio::net::UnixStream;
 
-use crate::checks::{Health, MountInfo, ServiceState, StackSnapshot, TaskState};
+use crate::checks::{Health, MountInfo, RestartPolicy, ServiceState, StackSnapshot, TaskState};
 
 /// Label swarm puts on every object of a stack.
 pub const NAMESPACE_LABEL: &str = "com.docker.stack.namespace";
+
+mod extra;
+pub use extra::PortHolder;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -335,6 +338,15 @@ impl Engine {
                 desired_replicas: spec.mode.replicated.as_ref().map(|r| r.replicas),
                 labels: spec.labels.clone(),
                 has_healthcheck,
+                restart: spec
+                    .task_template
+                    .restart_policy
+                    .as_ref()
+                    .map(|r| RestartPolicy {
+                        condition: r.condition.clone().unwrap_or_else(|| "any".into()),
+                        max_attempts: r.max_attempts.filter(|n| *n > 0),
+                    })
+                    .unwrap_or_default(),
                 update_state: s.update_status.as_ref().and_then(|u| u.state.clone()),
                 update_message: s
                     .update_status
@@ -493,11 +505,11 @@ impl Engine {
             .as_array()
             .and_then(|l| l.last())
             .map(|e| {
-                format!(
-                    "exit {}: {}",
-                    e["ExitCode"].as_i64().unwrap_or(-1),
-                    e["Output"].as_str().unwrap_or("").trim()
-                )
+                let code = e["ExitCode"].as_i64().unwrap_or(-1);
+                match e["Output"].as_str().map(str::trim).unwrap_or("") {
+                    "" => format!("exited {code} with no output"),
+                    out => format!("exited {code}: {out}"),
+                }
             })
             .unwrap_or_default();
         Ok(Some(format!("health {status}, last healthcheck {last}")))
@@ -699,6 +711,14 @@ struct ApiReplicated {
 struct ApiTaskTemplate {
     #[serde(default)]
     container_spec: ApiContainerSpec,
+    restart_policy: Option<ApiRestartPolicy>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ApiRestartPolicy {
+    condition: Option<String>,
+    max_attempts: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

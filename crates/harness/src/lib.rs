@@ -14,6 +14,7 @@ pub mod listen;
 pub mod names;
 pub mod overlay;
 pub mod policy;
+pub mod ports;
 pub mod recipe;
 pub mod redact;
 pub mod report;

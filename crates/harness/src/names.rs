@@ -18,13 +18,7 @@ pub enum NameError {
 /// Recipe names become directory names under `ABRA_DIR/recipes` and prefixes of swarm object
 /// names, so only a conservative alphabet is accepted.
 pub fn validate_recipe_name(name: &str) -> Result<(), NameError> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
-        && !name.starts_with('-');
-    if ok {
+    if cc_ci_envfile::is_valid_recipe_name(name) {
         Ok(())
     } else {
         Err(NameError::Recipe(name.into()))
@@ -132,7 +126,8 @@ pub fn ci_stack_of_object(name: &str, suffix: &str) -> Option<String> {
     is_ci_stack(stack, suffix).then(|| stack.to_string())
 }
 
-/// Recipe name from a repository path or URL: the last path segment without `.git`.
+/// The last path segment of a repository path or URL without `.git`: it prefixes the app domain
+/// (the recipe's name, `TYPE=`, is only known once the repository is cloned).
 pub fn recipe_name_from_source(source: &str) -> String {
     let trimmed = source.trim_end_matches('/');
     let last = trimmed.rsplit(['/', ':']).next().unwrap_or(trimmed);

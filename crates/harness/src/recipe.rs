@@ -2,8 +2,9 @@
 //! what the harness reads from it (`.env.sample`, compose files, release tags).
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+pub use cc_ci_envfile::EnvFile;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecipeError {
@@ -17,6 +18,8 @@ pub enum RecipeError {
     UnknownRef { git_ref: String, repo: String },
     #[error("{file}: {problem}")]
     Invalid { file: String, problem: String },
+    #[error("{file} is missing: {why}")]
+    Missing { file: String, why: String },
 }
 
 /// Accepts a local directory or a remote URL; refuses anything git could read as an option.
@@ -177,6 +180,16 @@ impl Checkout {
         Ok(newest_release(&older).map(String::from))
     }
 
+    /// Moves the clone to `dir` (same filesystem).
+    pub fn rename(&mut self, dir: &Path) -> Result<(), RecipeError> {
+        std::fs::rename(&self.dir, dir).map_err(|e| RecipeError::Invalid {
+            file: dir.display().to_string(),
+            problem: format!("cannot move the recipe clone there: {e}"),
+        })?;
+        self.dir = dir.to_path_buf();
+        Ok(())
+    }
+
     /// Reads a file of the checkout: only a regular file inside it, reached without a symlink,
     /// of at most [`crate::safefs::RECIPE_FILE_CAP`] bytes; `None` when it does not exist.
     pub fn read_file(&self, name: &str) -> Result<Option<String>, RecipeError> {
@@ -239,66 +252,124 @@ pub fn newest_release(tags: &[String]) -> Option<&str> {
         .map(|(_, t)| t.as_str())
 }
 
-/// `KEY=VALUE` lines of an env file (`.env.sample`, an app env file). Comments and blank lines
-/// are skipped; a trailing ` # comment` is kept apart (it carries `length=` for secrets).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct EnvFile {
-    pub vars: BTreeMap<String, String>,
-    pub comments: BTreeMap<String, String>,
-}
-
-pub fn parse_env(text: &str) -> EnvFile {
-    let mut env = EnvFile::default();
-    for line in text.lines() {
-        let line = line.trim();
-        let line = line.strip_prefix("export ").unwrap_or(line);
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let Some((key, rest)) = line.split_once('=') else {
-            continue;
-        };
-        let key = key.trim();
-        if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            continue;
-        }
-        let (value, comment) = match rest.find(" #") {
-            Some(i) => (&rest[..i], Some(rest[i + 2..].trim())),
-            None => (rest, None),
-        };
-        let value = value.trim().trim_matches(|c| c == '"' || c == '\'');
-        env.vars.insert(key.to_string(), value.to_string());
-        if let Some(c) = comment {
-            env.comments.insert(key.to_string(), c.to_string());
-        }
-    }
-    env
-}
-
-/// Compose files a deploy uses: `COMPOSE_FILE` (colon-separated) from the env, else `compose.yml`.
+/// The compose files a deploy of this env uses: `COMPOSE_FILE` (expanded as abra expands it),
+/// else `compose.yml`.
 pub fn compose_files(env: &EnvFile) -> Vec<String> {
-    env.vars
-        .get("COMPOSE_FILE")
-        .filter(|v| !v.is_empty())
-        .map(|v| {
-            v.split(':')
-                .filter(|s| !s.is_empty())
-                .map(String::from)
-                .collect()
-        })
-        .unwrap_or_else(|| vec!["compose.yml".to_string()])
+    env.compose_files()
+        .unwrap_or_else(|| vec![DEFAULT_COMPOSE_FILE.to_string()])
 }
+
+/// What abra deploys when the env sets no `COMPOSE_FILE`.
+pub const DEFAULT_COMPOSE_FILE: &str = "compose.yml";
 
 /// What the harness needs from a compose file.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ComposeInfo {
     pub services: Vec<String>,
     pub volumes: Vec<String>,
+    /// Host ports the services publish (after interpolation with the env).
+    pub published: Vec<PublishedPort>,
+}
+
+/// A host port a service publishes (`ports:`); two deployments publishing the same one cannot
+/// coexist on one swarm.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PublishedPort {
+    pub port: u16,
+    /// `tcp` or `udp`.
+    pub protocol: String,
+    pub service: String,
+}
+
+impl PublishedPort {
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.port, self.protocol)
+    }
+}
+
+/// Ranges wider than this (`8000-9000:…`) are refused rather than leased port by port.
+const MAX_PORT_RANGE: u32 = 256;
+
+/// Host ports of one `ports:` entry: short syntax `[ip:]host:container[/proto]` (ranges
+/// allowed; a bare container port publishes nothing fixed) or long syntax with `published:`.
+fn published_ports_of(
+    entry: &serde_yaml::Value,
+    vars: &std::collections::BTreeMap<String, String>,
+) -> Result<Vec<(u16, String)>, String> {
+    let scalar = |v: &serde_yaml::Value| -> Option<String> {
+        match v {
+            serde_yaml::Value::String(s) => Some(cc_ci_envfile::interpolate(s, vars)),
+            serde_yaml::Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        }
+    };
+    let (host, protocol) = match entry {
+        serde_yaml::Value::Mapping(m) => {
+            let Some(published) = m.get("published").and_then(scalar) else {
+                return Ok(vec![]);
+            };
+            let proto = m
+                .get("protocol")
+                .and_then(scalar)
+                .unwrap_or_else(|| "tcp".into());
+            (published, proto)
+        }
+        other => {
+            let Some(text) = scalar(other) else {
+                return Err(format!("`{other:?}` is not a port mapping"));
+            };
+            let (spec, proto) = match text.split_once('/') {
+                Some((s, p)) => (s.to_string(), p.to_string()),
+                None => (text.clone(), "tcp".to_string()),
+            };
+            let parts: Vec<&str> = spec.rsplitn(3, ':').collect();
+            match parts.as_slice() {
+                // `80`: the swarm picks a free host port.
+                [_] => return Ok(vec![]),
+                [_, host] | [_, host, _] => (host.to_string(), proto),
+                _ => return Err(format!("`{text}` is not a port mapping")),
+            }
+        }
+    };
+    let host = host.trim();
+    if host.is_empty() {
+        return Ok(vec![]);
+    }
+    let protocol = protocol.trim().to_ascii_lowercase();
+    if !matches!(protocol.as_str(), "tcp" | "udp" | "sctp") {
+        return Err(format!("protocol `{protocol}` is not tcp, udp or sctp"));
+    }
+    let num = |p: &str| {
+        p.trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| format!("host port `{p}` is not a port number"))
+    };
+    let (lo, hi) = match host.split_once('-') {
+        Some((a, b)) => (num(a)?, num(b)?),
+        None => (num(host)?, num(host)?),
+    };
+    if hi < lo || u32::from(hi - lo) >= MAX_PORT_RANGE {
+        return Err(format!(
+            "host port range `{host}` is empty or wider than {MAX_PORT_RANGE} ports"
+        ));
+    }
+    Ok((lo..=hi).map(|p| (p, protocol.clone())).collect())
 }
 
 /// Parses and sanity-checks one compose file, so a broken recipe is refused before anything is
 /// deployed (exit 2) with the file and line.
 pub fn parse_compose(file: &str, text: &str) -> Result<ComposeInfo, RecipeError> {
+    parse_compose_with(file, text, &Default::default())
+}
+
+/// [`parse_compose`] with the variables the deploy interpolates (`${PORT:-80}` in `ports:`).
+pub fn parse_compose_with(
+    file: &str,
+    text: &str,
+    vars: &std::collections::BTreeMap<String, String>,
+) -> Result<ComposeInfo, RecipeError> {
     let invalid = |problem: String| RecipeError::Invalid {
         file: file.into(),
         problem,
@@ -325,6 +396,24 @@ pub fn parse_compose(file: &str, text: &str) -> Result<ComposeInfo, RecipeError>
                     return Err(invalid(format!("service `{name}` must be a mapping")));
                 }
                 info.services.push(name.to_string());
+                match svc.get("ports") {
+                    None | Some(serde_yaml::Value::Null) => {}
+                    Some(serde_yaml::Value::Sequence(ports)) => {
+                        for p in ports {
+                            let found = published_ports_of(p, vars)
+                                .map_err(|e| invalid(format!("service `{name}`, ports: {e}")))?;
+                            info.published
+                                .extend(found.into_iter().map(|(port, protocol)| PublishedPort {
+                                    port,
+                                    protocol,
+                                    service: name.to_string(),
+                                }));
+                        }
+                    }
+                    Some(_) => {
+                        return Err(invalid(format!("service `{name}`: `ports` must be a list")));
+                    }
+                }
             }
         }
         Some(_) => {
@@ -350,44 +439,84 @@ pub fn parse_compose(file: &str, text: &str) -> Result<ComposeInfo, RecipeError>
     Ok(info)
 }
 
-/// Reads and validates every compose file of the recipe at its current checkout.
-pub fn validate_recipe_tree(checkout: &Checkout) -> Result<ComposeInfo, RecipeError> {
+/// What a recipe's tree at one commit holds, as far as a run needs it before deploying.
+#[derive(Debug, Clone)]
+pub struct RecipeTree {
+    /// The recipe's name: `TYPE=` of `.env.sample` (the repository may be named otherwise).
+    pub recipe: String,
+    pub env: EnvFile,
+    pub compose_files: Vec<String>,
+    pub compose: ComposeInfo,
+}
+
+/// Reads and validates `.env.sample` and every compose file of the recipe at its current checkout.
+pub fn validate_recipe_tree(checkout: &Checkout) -> Result<RecipeTree, RecipeError> {
     let sample = checkout
         .read_file(".env.sample")?
         .ok_or_else(|| RecipeError::Invalid {
             file: ".env.sample".into(),
             problem: "missing: a recipe needs an .env.sample (first line TYPE=<recipe>)".into(),
         })?;
-    let env = parse_env(&sample);
+    let env = EnvFile::parse(&sample);
+    let recipe = env
+        .recipe_type()
+        .map_err(|e| RecipeError::Invalid {
+            file: ".env.sample".into(),
+            problem: e.to_string(),
+        })?
+        .name;
+    let mut vars = env.vars();
+    // What abra adds when it deploys; ports rarely use them, but an unset one would read empty.
+    vars.entry("STACK_NAME".into())
+        .or_insert_with(|| recipe.clone());
+    let listed = env.compose_files();
+    let files = compose_files(&env);
     let mut all = ComposeInfo::default();
-    for file in compose_files(&env) {
+    for file in &files {
         if file.contains("..") || file.starts_with('/') {
             return Err(RecipeError::Invalid {
                 file: ".env.sample".into(),
                 problem: format!("COMPOSE_FILE entry `{file}` points outside the recipe"),
             });
         }
-        let text = checkout
-            .read_file(&file)?
-            .ok_or_else(|| RecipeError::Invalid {
+        let text = checkout.read_file(file)?.ok_or_else(|| match &listed {
+            Some(_) => RecipeError::Invalid {
                 file: file.clone(),
-                problem: "listed in COMPOSE_FILE but missing".into(),
-            })?;
-        let info = parse_compose(&file, &text)?;
+                problem: format!(
+                    "listed in COMPOSE_FILE (`{}` after expansion) but missing",
+                    files.join(":")
+                ),
+            },
+            None => RecipeError::Missing {
+                file: file.clone(),
+                why: format!(
+                    ".env.sample sets no COMPOSE_FILE, so abra deploys {DEFAULT_COMPOSE_FILE}"
+                ),
+            },
+        })?;
+        let info = parse_compose_with(file, &text, &vars)?;
         all.services.extend(info.services);
         all.volumes.extend(info.volumes);
+        all.published.extend(info.published);
     }
     all.services.sort();
     all.services.dedup();
     all.volumes.sort();
     all.volumes.dedup();
+    all.published.sort();
+    all.published.dedup();
     if all.services.is_empty() {
         return Err(RecipeError::Invalid {
-            file: compose_files(&env).join(":"),
+            file: files.join(":"),
             problem: "no services defined".into(),
         });
     }
-    Ok(all)
+    Ok(RecipeTree {
+        recipe,
+        env,
+        compose_files: files,
+        compose: all,
+    })
 }
 
 #[cfg(test)]
@@ -407,17 +536,12 @@ mod tests {
     }
 
     #[test]
-    fn env_parsing_keeps_length_comments() {
-        let env = parse_env(
-            "TYPE=web\n# comment\nDOMAIN=web.example\nSECRET_DB_PASSWORD_VERSION=v1 # length=48\nexport X=\"q\"\nbad line\n=x\n",
-        );
-        assert_eq!(env.vars["TYPE"], "web");
-        assert_eq!(env.vars["SECRET_DB_PASSWORD_VERSION"], "v1");
-        assert_eq!(env.comments["SECRET_DB_PASSWORD_VERSION"], "length=48");
-        assert_eq!(env.vars["X"], "q");
-        assert_eq!(env.vars.len(), 4);
+    fn compose_files_default_and_expansion() {
+        let env = EnvFile::parse("TYPE=web\nDOMAIN=web.example\n");
         assert_eq!(compose_files(&env), vec!["compose.yml"]);
-        let env = parse_env("COMPOSE_FILE=compose.yml:compose.smtp.yml\n");
+        let env = EnvFile::parse(
+            "COMPOSE_FILE=\"compose.yml\"\nCOMPOSE_FILE=\"$COMPOSE_FILE:compose.smtp.yml\"\n",
+        );
         assert_eq!(compose_files(&env), vec!["compose.yml", "compose.smtp.yml"]);
     }
 
@@ -437,6 +561,91 @@ mod tests {
         assert!(parse_compose("c.yml", "- a\n- b\n").is_err());
         assert!(parse_compose("c.yml", "services: [a]\n").is_err());
         assert!(parse_compose("c.yml", "services:\n  app: 3\n").is_err());
+    }
+
+    #[test]
+    fn published_ports_short_long_ranges_and_interpolation() {
+        let vars = EnvFile::parse("SSH_PORT=2222\n").vars();
+        let info = parse_compose_with(
+            "compose.yml",
+            "services:\n  app:\n    image: x\n    ports:\n      - \"80:80\"\n      - 443:443\n      - \"127.0.0.1:8080:80/udp\"\n      - \"9000\"\n      - 53\n      - \"${SSH_PORT:-22}:22\"\n      - \"${NOPE:-7000}-7001:7000-7001\"\n  proxy:\n    image: y\n    ports:\n      - target: 80\n        published: \"8443\"\n        protocol: TCP\n        mode: host\n      - target: 81\n",
+            &vars,
+        )
+        .unwrap();
+        let got: Vec<String> = info
+            .published
+            .iter()
+            .map(|p| format!("{}:{}", p.service, p.key()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "app:80/tcp",
+                "app:443/tcp",
+                "app:8080/udp",
+                "app:2222/tcp",
+                "app:7000/tcp",
+                "app:7001/tcp",
+                "proxy:8443/tcp"
+            ]
+        );
+        for bad in [
+            "\"x:80\"",
+            "\"0:80\"",
+            "\"80:80/icmp\"",
+            "\"1-2000:1-2000\"",
+            "[a]",
+        ] {
+            let text = format!("services:\n  app:\n    ports:\n      - {bad}\n");
+            let e = parse_compose("c.yml", &text).unwrap_err().to_string();
+            assert!(e.contains("service `app`, ports"), "{bad}: {e}");
+        }
+        assert!(parse_compose("c.yml", "services:\n  app:\n    ports: 80\n").is_err());
+    }
+
+    #[test]
+    fn recipe_tree_names_type_and_missing_compose_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let checkout = Checkout {
+            dir: dir.path().to_path_buf(),
+            source: "x".into(),
+        };
+        let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+        let err = |c: &Checkout| validate_recipe_tree(c).unwrap_err().to_string();
+        let svc = "services:\n  app:\n    image: x\n    ports: [\"${PORT:-8080}:80\"]\n";
+
+        write(".env.sample", "DOMAIN=x\n");
+        let e = err(&checkout);
+        assert!(e.starts_with(".env.sample: no `TYPE=<recipe>` line"), "{e}");
+        write(".env.sample", "TYPE=Bad Name\n");
+        assert!(err(&checkout).contains("TYPE=Bad Name"));
+
+        write(".env.sample", "TYPE=traefik\n");
+        write("docker-compose.yml", svc);
+        assert_eq!(
+            err(&checkout),
+            "compose.yml is missing: .env.sample sets no COMPOSE_FILE, so abra deploys compose.yml"
+        );
+
+        write(
+            ".env.sample",
+            "TYPE=traefik:v1.2.0+2.0\nPORT=8443\nCOMPOSE_FILE=\"compose.yml\"\nCOMPOSE_FILE=\"$COMPOSE_FILE:compose.x.yml\"\n",
+        );
+        write("compose.yml", svc);
+        let e = err(&checkout);
+        assert!(
+            e.starts_with("compose.x.yml: listed in COMPOSE_FILE (`compose.yml:compose.x.yml`"),
+            "{e}"
+        );
+        write(
+            "compose.x.yml",
+            "services:\n  app:\n    environment: [A=1]\n",
+        );
+        let tree = validate_recipe_tree(&checkout).unwrap();
+        assert_eq!(tree.recipe, "traefik");
+        assert_eq!(tree.compose_files, ["compose.yml", "compose.x.yml"]);
+        assert_eq!(tree.compose.services, ["app"]);
+        assert_eq!(tree.compose.published[0].key(), "8443/tcp");
     }
 
     #[test]

@@ -304,15 +304,18 @@ pub fn code_span(s: &str) -> String {
     format!("{fence}{pad}{flat}{pad}{fence}")
 }
 
-/// At most `max` characters of `s`, cut on a character boundary, with an ellipsis when cut.
+/// At most about `max` characters of `s`. When cut, the start (the headline) and the end are
+/// kept with ` … ` between: abra and docker print the cause of an error last.
 pub fn excerpt(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        s.to_string()
-    } else {
-        let mut cut: String = s.chars().take(max).collect();
-        cut.push('…');
-        cut
+    let chars: Vec<char> = s.chars().collect();
+    if chars.len() <= max {
+        return s.to_string();
     }
+    let head_len = max / 3;
+    let tail_len = max.saturating_sub(head_len + 3);
+    let head: String = chars[..head_len].iter().collect();
+    let tail: String = chars[chars.len() - tail_len..].iter().collect();
+    format!("{} … {}", head.trim_end(), tail.trim_start())
 }
 
 fn xml_escape(s: &str) -> String {
@@ -463,6 +466,17 @@ mod tests {
             leftovers: vec!["x".into()],
         };
         assert_eq!(RunReport::overall(&[], &t), Verdict::Error);
+    }
+
+    #[test]
+    fn excerpts_keep_the_headline_and_the_cause_at_the_end() {
+        assert_eq!(excerpt("short", 10), "short");
+        let long = format!("deploy failed{}the real cause", " filler".repeat(100));
+        let e = excerpt(&long, 60);
+        assert!(e.starts_with("deploy failed"), "{e}");
+        assert!(e.ends_with("the real cause"), "{e}");
+        assert!(e.chars().count() <= 60, "{e}");
+        assert_eq!(excerpt("ééééé", 4).chars().count(), 4);
     }
 
     #[test]

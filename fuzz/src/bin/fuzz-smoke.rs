@@ -158,6 +158,13 @@ fn dictionary(target: &str) -> Vec<&'static [u8]> {
             b"SECRET_X_VERSION=v1",
             b" # length=",
             b"TYPE=web",
+            b"$COMPOSE_FILE",
+            b"${",
+            b":-",
+            b"\\$",
+            b"\"a # b\"",
+            b" # generate=false",
+            b"TYPE=web:v1.2.3+4",
         ],
         _ => &[],
     };

@@ -281,7 +281,10 @@ impl Job {
                     )
                 }
             };
-            let r = self.exec_in(&c.service, &cmd).await?;
+            let r = match &c.kind {
+                CheckKind::Http { .. } => self.http_probe(&c.service, &cmd).await?,
+                _ => self.exec_in(&c.service, &cmd).await?,
+            };
             out.push(match r.and_then(|o| judge(&o)) {
                 Ok(d) => CheckResult::new(&c.name, source, Verdict::Pass, self.redactor.redact(&d)),
                 Err(d) => {
@@ -291,6 +294,60 @@ impl Job {
         }
         Ok(())
     }
+}
+
+impl Job {
+    /// Runs an HTTP check's `wget`: from cc-ci's probe container on the service's network when
+    /// `harness.http_probe_image` is set, else inside the service's own container, saying so
+    /// plainly when that has no `wget`.
+    async fn http_probe(
+        &self,
+        service: &str,
+        cmd: &[String],
+    ) -> Result<Result<crate::engine::ExecOutput, String>, Stop> {
+        let Some(image) = self.opts.config.harness.http_probe_image.clone() else {
+            let r = self.exec_in(service, cmd).await?;
+            return Ok(match r {
+                Ok(o) if lacks_program(&o, "wget") => Err(format!(
+                    "the container of service `{service}` has no `wget`, which this HTTP check runs inside it: \
+                     set harness.http_probe_image to run HTTP checks from cc-ci's own probe container instead"
+                )),
+                other => other,
+            });
+        };
+        let container = match self.container_of(service).await? {
+            Ok(c) => c,
+            Err(e) => return Ok(Err(e)),
+        };
+        let args: Vec<&str> = cmd.iter().map(String::as_str).collect();
+        let labels = BTreeMap::from([(
+            crate::engine::NAMESPACE_LABEL.to_string(),
+            self.stack.clone(),
+        )]);
+        match self
+            .engine
+            .run_probe(&image, &container, &args, &labels, Duration::from_secs(120))
+            .await
+        {
+            Ok(o) if lacks_program(&o, "wget") => Ok(Err(format!(
+                "the HTTP probe image `{image}` (harness.http_probe_image) has no `wget`"
+            ))),
+            Ok(o) => Ok(Ok(o)),
+            Err(e) if e.is_unreachable() => Err(e.into()),
+            Err(e) => Ok(Err(format!("the HTTP probe container could not run: {e}"))),
+        }
+    }
+}
+
+/// True when a command failed because `program` does not exist in the container (exec's 126/127
+/// with the runtime's or the shell's "not found").
+pub(super) fn lacks_program(o: &crate::engine::ExecOutput, program: &str) -> bool {
+    let text = format!("{}\n{}", o.stdout, o.stderr);
+    matches!(o.exit_code, 126 | 127)
+        && (text.contains("executable file not found")
+            || text.contains("no such file or directory")
+            || text.contains(&format!("{program}: not found"))
+            || text.trim().is_empty())
 }
 
 /// (full volume name, container id, mount target) for every named volume mounted by a running task.
@@ -313,4 +370,33 @@ pub(super) fn mount_of(snap: &StackSnapshot, volume: &str) -> Option<(String, St
         .into_iter()
         .find(|(v, _, _)| v == volume)
         .map(|(_, c, t)| (c, t))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::ExecOutput;
+
+    #[test]
+    fn a_missing_program_is_recognised() {
+        let o = |code, out: &str| ExecOutput {
+            exit_code: code,
+            stdout: out.into(),
+            stderr: String::new(),
+        };
+        assert!(lacks_program(
+            &o(
+                126,
+                "OCI runtime exec failed: exec failed: unable to start container process: exec: \"wget\": executable file not found in $PATH: unknown"
+            ),
+            "wget"
+        ));
+        assert!(lacks_program(&o(127, "sh: wget: not found"), "wget"));
+        assert!(lacks_program(&o(127, ""), "wget"));
+        assert!(!lacks_program(
+            &o(1, "wget: server returned error: HTTP/1.1 404"),
+            "wget"
+        ));
+        assert!(!lacks_program(&o(0, ""), "wget"));
+    }
 }

@@ -51,7 +51,7 @@ impl Job {
             .read_file(".env.sample")
             .map_err(|e| bad(e.to_string()))?
             .unwrap_or_default();
-        let mut files = recipe::compose_files(&recipe::parse_env(&sample));
+        let mut files = recipe::compose_files(&recipe::EnvFile::parse(&sample));
         if let Ok(dir) = std::fs::read_dir(&checkout.dir) {
             let mut extra: Vec<String> = dir
                 .filter_map(|e| e.ok())

@@ -24,6 +24,7 @@ use crate::wait::{Probe, WaitError, wait_for};
 
 mod data;
 mod guard;
+mod leases;
 mod output;
 mod tiers;
 
@@ -190,10 +191,9 @@ where
     redactor.learn_from_fd(std::env::var(crate::redact::SECRETS_FD_ENV).ok().as_deref());
     let progress = Progress::new(redactor.clone());
     // --- Inputs: everything checked before anything is created (exit 2 changes nothing).
-    let recipe = names::recipe_name_from_source(&opts.recipe_source);
-    if let Err(e) = names::validate_recipe_name(&recipe) {
-        return RunOutcome::refused(exit::BAD_INPUT, e.to_string());
-    }
+    // The recipe's name is `TYPE=` of its `.env.sample`, known once it is cloned; until then the
+    // repository's name stands in (it only prefixes the app domain).
+    let recipe = names::recipe_name_from_source(&opts.recipe_source).to_ascii_lowercase();
     if let Err(e) = recipe::validate_source(&opts.recipe_source) {
         return RunOutcome::refused(exit::BAD_INPUT, e.to_string());
     }
@@ -271,6 +271,7 @@ where
         canaries: BTreeMap::new(),
         overlay: Overlay::default(),
         backed_up: BTreeMap::new(),
+        port_lease: None,
     };
 
     let outcome = tokio::select! {
@@ -415,6 +416,8 @@ struct Job {
     overlay: Overlay,
     /// Canary values as they were at backup time.
     backed_up: BTreeMap<String, String>,
+    /// Host ports this run's deployment publishes, leased until the run ends (after teardown).
+    port_lease: Option<crate::ports::PortLease>,
 }
 
 impl Job {
@@ -431,8 +434,9 @@ impl Job {
         let recipes_dir = self.abra.abra_dir().join("recipes");
         std::fs::create_dir_all(&recipes_dir)
             .map_err(|e| Stop::Infra(format!("cannot create {}: {e}", recipes_dir.display())))?;
-        let checkout_dir = recipes_dir.join(&self.recipe);
-        let checkout = Checkout::clone_from(&self.opts.recipe_source, &checkout_dir)
+        // Cloned aside first: abra finds a recipe under its `TYPE=` name, read from the clone.
+        let checkout_dir = recipes_dir.join(".incoming");
+        let mut checkout = Checkout::clone_from(&self.opts.recipe_source, &checkout_dir)
             .await
             .map_err(|e| Stop::BadInput(format!("cannot clone the recipe: {e}")))?;
         let git_ref = self.opts.git_ref.clone().unwrap_or_else(|| "HEAD".into());
@@ -444,12 +448,17 @@ impl Job {
             .checkout(&self.head_sha)
             .await
             .map_err(|e| Stop::BadInput(e.to_string()))?;
-        recipe::validate_recipe_tree(&checkout).map_err(|e| {
+        let tree = recipe::validate_recipe_tree(&checkout).map_err(|e| {
             Stop::BadInput(format!(
                 "the recipe at {} is broken: {e}",
                 short(&self.head_sha)
             ))
         })?;
+        self.recipe = tree.recipe.clone();
+        let mut published = tree.compose.published.clone();
+        checkout
+            .rename(&recipes_dir.join(&self.recipe))
+            .map_err(|e| Stop::Infra(e.to_string()))?;
         self.compose_policy(&checkout, &format!("head {}", short(&self.head_sha)))?;
         self.load_overlay(&checkout)?;
         self.progress.step(&format!(
@@ -515,6 +524,12 @@ impl Job {
                 Target::Head
             }
         };
+        if let Target::Release(_) = &target
+            && let Ok(base_tree) = recipe::validate_recipe_tree(&checkout)
+        {
+            published.extend(base_tree.compose.published);
+        }
+        self.lease_host_ports(&published).await?;
         self.progress.step(&format!(
             "install: deploying {}",
             match &target {
@@ -571,6 +586,11 @@ impl Job {
             .all(|t| matches!(t.verdict, Verdict::Pass | Verdict::Skipped));
 
         // --- Backup and restore, on the head.
+        let no_backups = if self.wants(Stage::Backup) || self.wants(Stage::Restore) {
+            self.backup_labels_review().await?
+        } else {
+            None
+        };
         for stage in [Stage::Backup, Stage::Restore] {
             if !self.wants(stage) {
                 continue;
@@ -580,6 +600,11 @@ impl Job {
                     stage.name(),
                     "skipped by the recipe's overlay",
                 ));
+                continue;
+            }
+            if let Some(why) = &no_backups {
+                self.tiers
+                    .push(TierReport::skipped(stage.name(), why.clone()));
                 continue;
             }
             if !healthy {
@@ -733,11 +758,7 @@ impl Job {
             out.push(CheckResult::generic(
                 "deploy",
                 Verdict::Fail,
-                format!(
-                    "{}; swarm state: {why}; abra said: {}",
-                    first_line(&e.to_string()),
-                    tail(e.output(), 6)
-                ),
+                format!("{}; swarm state: {why}", abra_failure(e)),
             ));
             Err(why)
         } else {
@@ -997,11 +1018,7 @@ impl Job {
             Err(e @ (AbraError::NotFound(_) | AbraError::Spawn { .. })) => Err(abra_infra(e)),
             Err(e) => match self.engine_lost(&e).await {
                 Some(stop) => Err(stop),
-                None => Ok(CheckResult::generic(
-                    name,
-                    Verdict::Fail,
-                    format!("{}: {}", first_line(&e.to_string()), tail(e.output(), 6)),
-                )),
+                None => Ok(CheckResult::generic(name, Verdict::Fail, abra_failure(&e))),
             },
         }
     }
@@ -1013,6 +1030,17 @@ fn short(sha: &str) -> &str {
 
 fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or_default().to_string()
+}
+
+/// One line for a failed abra call: what failed, then abra's last meaningful lines (where it
+/// prints the cause), without the `:` of the error's first line doubling up.
+fn abra_failure(e: &AbraError) -> String {
+    let headline = first_line(&e.to_string());
+    let headline = headline.trim_end().trim_end_matches(':');
+    match tail(e.output(), 6) {
+        t if t.is_empty() => format!("{headline} (abra printed nothing)"),
+        t => format!("{headline}; abra said: {t}"),
+    }
 }
 
 fn tail(s: &str, n: usize) -> String {
@@ -1098,6 +1126,30 @@ mod tests {
         );
         assert!(Stage::parse_list("instal").unwrap_err().contains("instal"));
         assert!(Stage::parse_list("").is_err());
+    }
+
+    #[test]
+    fn abra_failures_read_as_one_sentence() {
+        let e = AbraError::Failed {
+            args: "app deploy x".into(),
+            code: 1,
+            output: "pulling\n\nFATA no such image: y\n".into(),
+        };
+        let t = abra_failure(&e);
+        assert_eq!(
+            t,
+            "`abra app deploy x` failed with exit code 1; abra said: pulling | FATA no such image: y"
+        );
+        let empty = AbraError::Failed {
+            args: "app deploy x".into(),
+            code: 1,
+            output: String::new(),
+        };
+        let t = abra_failure(&empty);
+        assert!(
+            !t.contains("1:") && t.ends_with("(abra printed nothing)"),
+            "{t}"
+        );
     }
 
     #[test]

@@ -12,18 +12,7 @@ impl Job {
         let Ok(snap) = self.engine.snapshot(&self.stack).await else {
             return Ok(());
         };
-        let mut tasks = String::new();
         for s in &snap.services {
-            tasks.push_str(&format!(
-                "service {} (replicas {:?}, update {:?} {})\n",
-                s.name, s.desired_replicas, s.update_state, s.update_message
-            ));
-            for t in &s.tasks {
-                tasks.push_str(&format!(
-                    "  task {} slot {:?} desired {} state {} health {:?} exit {:?} err {} msg {}\n",
-                    t.id, t.slot, t.desired_state, t.state, t.health, t.exit_code, t.err, t.message
-                ));
-            }
             if let Ok(logs) = self.engine.service_logs(&s.id, 200).await {
                 write_file(
                     &dir.join(format!("{}.log", s.short_name)),
@@ -31,8 +20,62 @@ impl Job {
                 )?;
             }
         }
-        write_file(&dir.join("tasks.txt"), &self.redactor.redact(&tasks))
+        write_file(
+            &dir.join("tasks.txt"),
+            &self.redactor.redact(&tasks_text(&snap)),
+        )
     }
+}
+
+/// `diagnostics/tasks.txt`: every service and task of the stack, in plain words.
+pub(super) fn tasks_text(snap: &StackSnapshot) -> String {
+    let mut out = String::new();
+    for s in &snap.services {
+        let replicas = match s.desired_replicas {
+            Some(n) => format!("{n} replicas wanted"),
+            None => "global (one task per node)".to_string(),
+        };
+        let update = match s.update_state.as_deref() {
+            None | Some("") => "no update in progress".to_string(),
+            Some(st) if s.update_message.is_empty() => format!("update {st}"),
+            Some(st) => format!("update {st}: {}", s.update_message),
+        };
+        out.push_str(&format!("service {}: {replicas}, {update}\n", s.name));
+        if s.tasks.is_empty() {
+            out.push_str("  no tasks\n");
+        }
+        for t in &s.tasks {
+            let mut line = format!("  task {}", t.id);
+            if let Some(slot) = t.slot {
+                line.push_str(&format!(" (slot {slot})"));
+            }
+            line.push_str(&format!(
+                ": {}, the swarm wants it {}",
+                t.state, t.desired_state
+            ));
+            match t.health {
+                checks::Health::Healthy => line.push_str(", healthy"),
+                checks::Health::Unhealthy => line.push_str(", unhealthy"),
+                checks::Health::Starting => line.push_str(", health check starting"),
+                checks::Health::Unknown => {}
+            }
+            if let Some(code) = t.exit_code {
+                line.push_str(&format!(", exit code {code}"));
+            }
+            if !t.err.is_empty() {
+                line.push_str(&format!(", error: {}", t.err));
+            }
+            if !t.message.is_empty() {
+                line.push_str(&format!(" ({})", t.message));
+            }
+            if !t.created_at.is_empty() {
+                line.push_str(&format!(", created {}", t.created_at));
+            }
+            out.push_str(&line);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 fn cannot_write(path: &Path, e: &std::io::Error) -> String {
@@ -150,4 +193,40 @@ fn table(report: &RunReport) -> String {
         report.deploy_count
     ));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checks::tests::{service, task};
+
+    #[test]
+    fn tasks_text_is_plain_words() {
+        let mut t = task("abc", "failed", checks::Health::Unknown);
+        t.exit_code = Some(1);
+        t.err = "task: non-zero exit (1)".into();
+        let mut s = service(
+            "app",
+            vec![t, task("def", "running", checks::Health::Healthy)],
+        );
+        s.update_state = Some("rollback_completed".into());
+        let mut g = service("db", vec![]);
+        g.desired_replicas = None;
+        let text = tasks_text(&StackSnapshot {
+            services: vec![s, g],
+        });
+        for debug in ["Some(", "None", "Unknown", "Healthy"] {
+            assert!(!text.contains(debug), "{debug} in:\n{text}");
+        }
+        assert!(
+            text.contains("exit code 1, error: task: non-zero exit (1)"),
+            "{text}"
+        );
+        assert!(text.contains("update rollback_completed"), "{text}");
+        assert!(text.contains("global (one task per node)"), "{text}");
+        assert!(
+            text.contains("running, the swarm wants it running, healthy"),
+            "{text}"
+        );
+    }
 }

@@ -63,6 +63,15 @@ impl Job {
         Ok(())
     }
 
+    /// Looks at the deployed stack's backupbot labels before the backup tiers: the reason to
+    /// skip both when the recipe declares no backups, and a note for labels backup-bot-two ignores.
+    pub(super) async fn backup_labels_review(&mut self) -> Result<Option<String>, Stop> {
+        let snap = self.engine.snapshot(&self.stack).await?;
+        let (skip, notes) = backup_labels_review(&snap);
+        self.notes.extend(notes);
+        Ok(skip)
+    }
+
     pub(super) async fn backup(&mut self, out: &mut Vec<CheckResult>) -> Result<(), Stop> {
         // A hook in a dying container loses data silently: wait until every update has settled.
         if let Err(why) = self.wait_converged().await? {
@@ -299,7 +308,7 @@ pub fn backup_selection(
         .iter()
         .flat_map(|s| s.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .collect();
-    if labels.get("backupbot.backup") != Some(&"true") {
+    if labels.get(BACKUP_ENABLE_LABEL) != Some(&"true") {
         return BTreeMap::new();
     }
     let mut out = BTreeMap::new();
@@ -326,6 +335,44 @@ pub fn backup_selection(
         }
     }
     out
+}
+
+/// The label that enables backup-bot-two for a stack.
+pub const BACKUP_ENABLE_LABEL: &str = "backupbot.backup";
+/// backup-bot-1.x's path label; 2.x backs up whole volumes and ignores it.
+pub const OLD_BACKUP_PATH_LABEL: &str = "backupbot.backup.path";
+
+/// (why backup and restore are skipped, notes for the report) from a deployed stack's labels:
+/// skipped when no service sets `backupbot.backup=true` (the recipe declares no backups); a note
+/// for each service still using the old `backupbot.backup.path` label.
+pub fn backup_labels_review(snap: &StackSnapshot) -> (Option<String>, Vec<String>) {
+    if snap.services.is_empty() {
+        // Nothing deployed: the tiers report that themselves.
+        return (None, Vec::new());
+    }
+    let notes: Vec<String> = snap
+        .services
+        .iter()
+        .filter_map(|s| {
+            s.labels.get(OLD_BACKUP_PATH_LABEL).map(|p| {
+                format!(
+                    "service {} uses the old label {OLD_BACKUP_PATH_LABEL}={p}: backup-bot-two 2.x ignores it and backs up whole volumes; \
+                     limit a volume with backupbot.backup.volumes.<volume>.path instead",
+                    s.short_name
+                )
+            })
+        })
+        .collect();
+    let enabled = snap
+        .services
+        .iter()
+        .any(|s| s.labels.get(BACKUP_ENABLE_LABEL).map(String::as_str) == Some("true"));
+    let skip = (!enabled).then(|| {
+        format!(
+            "the recipe declares no backups: no service has the label {BACKUP_ENABLE_LABEL}=true, so backup-bot-two would back up nothing"
+        )
+    });
+    (skip, notes)
 }
 
 /// Volumes named by `backupbot.backup.volumes.<vol>[.path]` labels that no service of the stack mounts.
@@ -359,6 +406,30 @@ mod tests {
     use super::*;
     use crate::checks::tests::{service, task};
     use crate::checks::{Health, MountInfo};
+
+    #[test]
+    fn no_backupbot_labels_skip_backups_and_old_labels_get_a_note() {
+        let mut app = service("app", vec![task("1", "running", Health::Healthy)]);
+        let snap = |app: &crate::checks::ServiceState| StackSnapshot {
+            services: vec![app.clone()],
+        };
+        let (skip, notes) = backup_labels_review(&snap(&app));
+        assert!(skip.unwrap().contains("backupbot.backup=true"));
+        assert!(notes.is_empty());
+        app.labels
+            .insert(OLD_BACKUP_PATH_LABEL.into(), "/var/lib/app".into());
+        app.labels.insert(BACKUP_ENABLE_LABEL.into(), "true".into());
+        let (skip, notes) = backup_labels_review(&snap(&app));
+        assert_eq!(skip, None);
+        assert_eq!(notes.len(), 1);
+        assert!(
+            notes[0].contains("service app") && notes[0].contains("/var/lib/app"),
+            "{notes:?}"
+        );
+        app.labels
+            .insert(BACKUP_ENABLE_LABEL.into(), "false".into());
+        assert!(backup_labels_review(&snap(&app)).0.is_some());
+    }
 
     #[test]
     fn backup_selection_follows_backupbot_labels() {
