@@ -28,7 +28,7 @@ fn pages_exe(marks: &Path) -> PathBuf {
         ]})
     };
     let report = |verdict: &str, tiers: Vec<serde_json::Value>| {
-        serde_json::json!({"recipe": "web", "ref": "refs/pull/1/head", "head_sha": SHA,
+        serde_json::json!({"recipe": "web", "ref": "refs/pull/1/head", "head_sha": "@HEAD@",
             "base_version": "1.0.0+1.27", "app_domain": "web-abcdef.ci.local", "verdict": verdict,
             "deploy_count": 1, "tiers": tiers, "teardown": {"verdict": "pass", "leftovers": []},
             "notes": []})
@@ -42,9 +42,11 @@ cmd=$1; shift
 if [ "$cmd" = gc ]; then echo "gc: 0 collected, 0 alive, 0 leftovers"; exit 0; fi
 [ "$cmd" = run ] || exit 2
 dir=""
+ref=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --report-dir) dir=$2; shift 2;;
+    --ref) ref=$2; shift 2;;
     *) shift;;
   esac
 done
@@ -62,7 +64,7 @@ case "$mode" in
     cat > "$dir/diagnostics/web.log" <<'LOG'
 {hostile}
 LOG
-    cat > "$dir/run.json" <<'JSON'
+    sed "s/@HEAD@/$ref/" > "$dir/run.json" <<'JSON'
 {hostile_report}
 JSON
     echo "summary" > "$dir/summary.md"
@@ -70,17 +72,17 @@ JSON
     printf 'install: fail '; cat "$dir/diagnostics/web.log"
     exit 1;;
   live)
-    cat > "$dir/progress.json" <<'JSON'
+    sed "s/@HEAD@/$ref/" > "$dir/progress.json" <<'JSON'
 {progress1}
 JSON
     echo "[12.5s] install: pass"
     read -r line < "$MARK/step"
-    cat > "$dir/progress.json" <<'JSON'
+    sed "s/@HEAD@/$ref/" > "$dir/progress.json" <<'JSON'
 {progress2}
 JSON
     echo "[25.0s] upgrade: pass"
     read -r line < "$MARK/step"
-    cat > "$dir/run.json" <<'JSON'
+    sed "s/@HEAD@/$ref/" > "$dir/run.json" <<'JSON'
 {final_report}
 JSON
     echo "[30.0s] all tiers passed"
