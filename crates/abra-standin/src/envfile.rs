@@ -113,6 +113,8 @@ pub struct SecretDecl {
     pub name: String,
     pub version: String,
     pub length: usize,
+    /// `false` for `# generate=false`: the operator inserts the value by hand.
+    pub generate: bool,
 }
 
 pub const DEFAULT_SECRET_LENGTH: usize = 32;
@@ -134,10 +136,15 @@ pub fn secret_decls(text: &str) -> Vec<SecretDecl> {
             .and_then(|c| c.split_whitespace().find_map(|w| w.strip_prefix("length=")))
             .and_then(|n| n.parse().ok())
             .unwrap_or(DEFAULT_SECRET_LENGTH);
+        let generate = !a
+            .comment
+            .as_deref()
+            .is_some_and(|c| c.split_whitespace().any(|w| w == "generate=false"));
         let decl = SecretDecl {
             name: name.to_ascii_lowercase(),
             version: a.value,
             length,
+            generate,
         };
         out.retain(|d| d.name != decl.name);
         out.push(decl);
@@ -184,12 +191,14 @@ mod tests {
                 SecretDecl {
                     name: "api_key".into(),
                     version: "v1".into(),
-                    length: 24
+                    length: 24,
+                    generate: true,
                 },
                 SecretDecl {
                     name: "db_password".into(),
                     version: "v2".into(),
-                    length: DEFAULT_SECRET_LENGTH
+                    length: DEFAULT_SECRET_LENGTH,
+                    generate: true,
                 },
             ]
         );
