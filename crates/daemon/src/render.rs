@@ -309,6 +309,7 @@ mod tests {
                 leftovers: vec![],
             },
             notes: vec![],
+            abra_version: None,
         }
     }
 

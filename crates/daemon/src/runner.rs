@@ -574,6 +574,7 @@ mod tests {
             }],
             teardown: TeardownReport::default(),
             notes: vec![],
+            abra_version: None,
         }
     }
 

@@ -6,6 +6,8 @@
 //! [`overlay`]); [`lifecycle`] puts them together for one run.
 
 pub mod abra;
+pub mod appconfig;
+pub mod backupbot_label;
 pub mod checks;
 pub mod config;
 pub mod engine;

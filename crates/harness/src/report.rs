@@ -114,6 +114,9 @@ pub struct RunReport {
     /// Extra notes shown in the summary (ignored repo-local tests, generic checks opted out, ...).
     #[serde(default)]
     pub notes: Vec<String>,
+    /// What `abra --version` said (which abra ran the deploys).
+    #[serde(default)]
+    pub abra_version: Option<String>,
 }
 
 impl RunReport {
@@ -340,6 +343,7 @@ mod tests {
             tiers,
             teardown,
             notes: vec![],
+            abra_version: None,
         }
     }
 

@@ -22,6 +22,7 @@ use crate::report::{CheckResult, RunReport, TeardownReport, TierReport, Verdict}
 use crate::teardown::{self, RunDir};
 use crate::wait::{Probe, WaitError, wait_for};
 
+mod appcfg;
 mod data;
 mod output;
 mod tiers;
@@ -265,6 +266,8 @@ where
         canaries: BTreeMap::new(),
         overlay: Overlay::default(),
         backed_up: BTreeMap::new(),
+        abra_version: None,
+        head_pull: None,
     };
 
     let outcome = tokio::select! {
@@ -399,6 +402,10 @@ struct Job {
     overlay: Overlay,
     /// Canary values as they were at backup time.
     backed_up: BTreeMap<String, String>,
+    /// What `abra --version` said.
+    abra_version: Option<String>,
+    /// The pull of the head's images, started while the install tier runs.
+    head_pull: Option<tokio::task::JoinHandle<Vec<crate::engine::PullError>>>,
 }
 
 impl Job {
@@ -472,11 +479,22 @@ impl Job {
         }
 
         // --- abra app.
+        self.abra_version = self.abra.version().await.ok().filter(|v| !v.is_empty());
         self.abra.server_add_local().await.map_err(abra_infra)?;
         let server = self.opts.config.harness.server.clone();
         if let Err(e) = self.abra.app_new(&self.recipe, &server, &self.domain).await {
             return Err(abra_infra(e));
         }
+        // The head's images, known before the base is checked out.
+        let head_images = if self.base.is_some() {
+            checkout
+                .checkout(&self.head_sha)
+                .await
+                .map_err(|e| Stop::Infra(e.to_string()))?;
+            self.images_of(&checkout)
+        } else {
+            Vec::new()
+        };
 
         // --- Install tier (on the base when upgrading, else on the head).
         let install_start = Instant::now();
@@ -497,6 +515,19 @@ impl Job {
                 Target::Head
             }
         };
+        // The env file and secrets of the version being deployed.
+        self.configure_app(&checkout).await?;
+        let images = self.images_of(&checkout);
+        self.progress
+            .step(&format!("install: pulling {} image(s)", images.len()));
+        let failed = appcfg::pull_all(self.engine.clone(), images).await;
+        // The head's pull runs while the install tier does.
+        if !head_images.is_empty() {
+            self.head_pull = Some(tokio::spawn(appcfg::pull_all(
+                self.engine.clone(),
+                head_images,
+            )));
+        }
         self.progress.step(&format!(
             "install: deploying {}",
             match &target {
@@ -504,9 +535,13 @@ impl Job {
                 Target::Head => format!("head {}", short(&self.head_sha)),
             }
         ));
-        let installed = self
-            .deploy_and_check(&target, "install", &mut install_checks)
-            .await?;
+        let installed = if failed.is_empty() {
+            self.deploy_and_check(&target, "install", &mut install_checks)
+                .await?
+        } else {
+            install_checks.push(pull_failed(&failed));
+            false
+        };
         self.overlay_checks(Stage::Install, &mut install_checks)
             .await?;
         self.finish_tier(Stage::Install, install_start, install_checks);
@@ -552,7 +587,31 @@ impl Job {
             .iter()
             .all(|t| matches!(t.verdict, Verdict::Pass | Verdict::Skipped));
 
-        // --- Backup and restore, on the head.
+        // --- Backup and restore, on the head: only with backup-bot-two on the swarm.
+        let backup_wanted = [Stage::Backup, Stage::Restore]
+            .iter()
+            .any(|s| self.wants(*s) && !self.overlay.skip_tiers.contains(s));
+        if backup_wanted
+            && healthy
+            && let Err(why) = self.backupbot_present().await?
+        {
+            for stage in [Stage::Backup, Stage::Restore] {
+                if self.wants(stage) {
+                    self.tiers.push(TierReport {
+                        name: stage.name().into(),
+                        verdict: Verdict::Error,
+                        duration_ms: 0,
+                        checks: vec![CheckResult::generic(
+                            "infrastructure",
+                            Verdict::Error,
+                            &why,
+                        )],
+                    });
+                }
+            }
+            self.progress.step(&why);
+            return Ok(());
+        }
         for stage in [Stage::Backup, Stage::Restore] {
             if !self.wants(stage) {
                 continue;
@@ -913,6 +972,7 @@ impl Job {
             tiers: self.tiers.clone(),
             teardown,
             notes: self.notes.clone(),
+            abra_version: self.abra_version.clone(),
         }
     }
 }
@@ -920,6 +980,19 @@ impl Job {
 enum Target {
     Release(String),
     Head,
+}
+
+/// The check for pulls that failed, each naming image and registry.
+fn pull_failed(failed: &[crate::engine::PullError]) -> CheckResult {
+    CheckResult::generic(
+        "pull",
+        Verdict::Fail,
+        failed
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; "),
+    )
 }
 
 fn abra_infra(e: AbraError) -> Stop {
@@ -1008,6 +1081,7 @@ mod tests {
                 tiers,
                 teardown,
                 notes: vec![],
+                abra_version: None,
             }
         };
         let passed = vec![
