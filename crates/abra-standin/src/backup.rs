@@ -27,18 +27,19 @@ use crate::state::{AbraDir, stack_name};
 #[path = "../../harness/src/backupbot_label.rs"]
 #[allow(dead_code)]
 mod backupbot_label;
-pub use backupbot_label::{BACKUPBOT_LABEL, BACKUPBOT_LABEL_VALUE};
+use backupbot_label::backupbot_label;
 
 /// Like abra: backups go through backup-bot-two, found as a running service labelled
-/// [`BACKUPBOT_LABEL`]; without one there is nothing to back up with.
+/// `backupbot_label()`; without one there is nothing to back up with.
 fn require_backupbot() -> Result<()> {
+    let (key, value) = backupbot_label();
     let ids = docker::lines(
         &docker([
             "service",
             "ls",
             "-q",
             "--filter",
-            &format!("label={BACKUPBOT_LABEL}={BACKUPBOT_LABEL_VALUE}"),
+            &format!("label={key}={value}"),
         ])
         .run()?,
     );
@@ -48,7 +49,7 @@ fn require_backupbot() -> Result<()> {
         .any(|t| t.desired_state == "running" && t.status.state == "running")
     {
         bail!(
-            "no backup-bot-two service is running on this server (none labelled {BACKUPBOT_LABEL}={BACKUPBOT_LABEL_VALUE}): deploy backup-bot-two first"
+            "no backup-bot-two service is running on this server (none labelled {key}={value}): deploy backup-bot-two first"
         );
     }
     Ok(())

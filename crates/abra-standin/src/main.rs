@@ -23,6 +23,7 @@ use crate::state::AbraDir;
 #[derive(Parser)]
 #[command(
     name = "abra-standin",
+    version,
     about = "TEST SUPPORT ONLY: a stand-in for Co-op Cloud's abra (the subset cc-ci calls), on the real Docker engine",
     long_about = "TEST SUPPORT ONLY: a stand-in for Co-op Cloud's abra implementing only the subset cc-ci \
 calls, on the real Docker engine through the docker CLI. Never use it to manage real apps.\n\n\

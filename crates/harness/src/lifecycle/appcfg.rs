@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::appconfig::{self, SecretSpec};
-use crate::backupbot_label::{BACKUPBOT_HOW_TO, BACKUPBOT_LABEL, BACKUPBOT_LABEL_VALUE};
+use crate::backupbot_label::{BACKUPBOT_HOW_TO, backupbot_label};
 use crate::engine::PullError;
 use crate::recipe::parse_env;
 
@@ -150,13 +150,11 @@ impl Job {
     /// Is a backup-bot-two service running on the swarm? `Err` carries the message for the
     /// backup and restore tiers.
     pub(super) async fn backupbot_present(&self) -> Result<Result<(), String>, Stop> {
-        let found = self
-            .engine
-            .running_services_labelled(BACKUPBOT_LABEL, BACKUPBOT_LABEL_VALUE)
-            .await?;
+        let (key, value) = backupbot_label();
+        let found = self.engine.running_services_labelled(&key, &value).await?;
         Ok(if found.is_empty() {
             Err(format!(
-                "no backup-bot-two service runs on this swarm (none labelled {BACKUPBOT_LABEL}={BACKUPBOT_LABEL_VALUE}), so abra cannot back up or restore; this is the server's set-up, not the recipe: {BACKUPBOT_HOW_TO}"
+                "no backup-bot-two service runs on this swarm (none labelled {key}={value}), so abra cannot back up or restore; this is the server's set-up, not the recipe: {BACKUPBOT_HOW_TO}"
             ))
         } else {
             Ok(())
