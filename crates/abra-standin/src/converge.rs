@@ -111,10 +111,11 @@ pub fn judge_like_abra(services: &[ServiceView]) -> Verdict {
         return Verdict::Waiting("the stack has no services yet".into());
     }
     for s in services {
+        // Swarm keeps a task with a healthcheck in state `starting` until its first healthy check.
         if let Some(t) = s.tasks.iter().find(|t| {
             t.desired_state == "running"
-                && t.state == "running"
-                && t.health.as_deref() == Some("starting")
+                && (t.state == "starting"
+                    || (t.state == "running" && t.health.as_deref() == Some("starting")))
         }) {
             return Verdict::Failed(format!(
                 "service {}: task {} is still starting (inside its healthcheck start_period); the convergence monitor gave up",
@@ -266,6 +267,10 @@ mod tests {
     #[test]
     fn abra_monitor_gives_up_inside_start_period_and_returns_mid_update() {
         let starting = svc(vec![task("t", "running", "running", Some("starting"), "1")]);
+        assert!(
+            matches!(judge_like_abra(&[starting]), Verdict::Failed(m) if m.contains("start_period"))
+        );
+        let starting = svc(vec![task("t", "running", "starting", Some("starting"), "1")]);
         assert!(
             matches!(judge_like_abra(&[starting]), Verdict::Failed(m) if m.contains("start_period"))
         );
