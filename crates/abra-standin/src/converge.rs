@@ -270,7 +270,13 @@ mod tests {
         assert!(
             matches!(judge_like_abra(&[starting]), Verdict::Failed(m) if m.contains("start_period"))
         );
-        let starting = svc(vec![task("t", "running", "starting", Some("starting"), "1")]);
+        let starting = svc(vec![task(
+            "t",
+            "running",
+            "starting",
+            Some("starting"),
+            "1",
+        )]);
         assert!(
             matches!(judge_like_abra(&[starting]), Verdict::Failed(m) if m.contains("start_period"))
         );

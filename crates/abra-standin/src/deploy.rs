@@ -280,10 +280,7 @@ fn check_domain(domain: &str) -> Result<()> {
         .map(|a| a.collect())
         .unwrap_or_default();
     // An address of this machine is one a socket can be bound to.
-    if addrs
-        .iter()
-        .any(|a| UdpSocket::bind((a.ip(), 0)).is_ok())
-    {
+    if addrs.iter().any(|a| UdpSocket::bind((a.ip(), 0)).is_ok()) {
         return Ok(());
     }
     bail!(
@@ -536,7 +533,8 @@ mod tests {
         assert_eq!(labels["coop-cloud.s.version"].as_str(), Some("1.0.0+1.0"));
         assert_eq!(labels["coop-cloud.s.chaos"].as_str(), Some("false"));
         assert_eq!(doc["version"].as_str(), Some("3.13"));
-        let none: serde_yaml::Value = serde_yaml::from_str(&labels_yaml(None, &l).unwrap()).unwrap();
+        let none: serde_yaml::Value =
+            serde_yaml::from_str(&labels_yaml(None, &l).unwrap()).unwrap();
         assert!(none.get("version").is_none());
     }
 

@@ -207,7 +207,10 @@ fn domain_checks_and_redeploys_need_flags() {
     );
     app.deploy(&[]);
     let out = app.fails(&["app", "deploy", d, "-D", "-c", "-n"]);
-    assert!(out.contains("already deployed") && out.contains("--force"), "{out}");
+    assert!(
+        out.contains("already deployed") && out.contains("--force"),
+        "{out}"
+    );
     app.deploy(&["-f"]);
     // abra asks the registry for every image's digest: swarm records it.
     let image = docker(&[
@@ -218,7 +221,9 @@ fn domain_checks_and_redeploys_need_flags() {
         &format!("{}_app", app.stack),
     ]);
     assert!(
-        image.trim().starts_with("127.0.0.1:5000/cc-ci-fixture/web:1@sha256:"),
+        image
+            .trim()
+            .starts_with("127.0.0.1:5000/cc-ci-fixture/web:1@sha256:"),
         "{image}"
     );
 }
@@ -231,15 +236,31 @@ fn real_shaped_recipe_v_tags_compose_versions_generate_false_and_secret_insert()
     let generated = app.new_app();
     // `# generate=false` is left to the operator.
     assert_eq!(
-        generated.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+        generated
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>(),
         vec!["api_key"]
     );
     assert!(app.env_text().starts_with("TYPE=web-newsecret:v1.0.0\n"));
     let d = app.domain.as_str();
     let out = app.fails(&["app", "deploy", d, "-D", "-c", "-n"]);
     assert!(out.contains("smtp_password"), "missing secret: {out}");
-    app.ok(&["app", "secret", "insert", d, "smtp_password", "v1", "s3cr3t-smtp-pw", "-n"]);
-    docker(&["secret", "inspect", &format!("{}_smtp_password_v1", app.stack)]);
+    app.ok(&[
+        "app",
+        "secret",
+        "insert",
+        d,
+        "smtp_password",
+        "v1",
+        "s3cr3t-smtp-pw",
+        "-n",
+    ]);
+    docker(&[
+        "secret",
+        "inspect",
+        &format!("{}_smtp_password_v1", app.stack),
+    ]);
     // compose `version: "3.7"`.
     app.deploy(&[]);
     assert_eq!(app.label("app", "version").as_deref(), Some("v1.0.0"));
@@ -248,14 +269,25 @@ fn real_shaped_recipe_v_tags_compose_versions_generate_false_and_secret_insert()
     let repo = app.recipe_dir();
     git(&repo, &["checkout", "-q", "main"]);
     let head = git(&repo, &["rev-parse", "--short=8", "HEAD"]);
-    let env = app.env_text().replace("SECRET_API_KEY_VERSION=v1", "SECRET_API_KEY_VERSION=v2");
+    let env = app
+        .env_text()
+        .replace("SECRET_API_KEY_VERSION=v1", "SECRET_API_KEY_VERSION=v2");
     std::fs::write(
         app.env_file(),
         format!("{env}SECRET_UPLOAD_KEY_VERSION=v1\nUPLOAD_LIMIT=10M\nCOMPOSE_FILE=\"compose.yml:compose.limits.yml\"\n"),
     )
     .unwrap();
     for (name, v) in [("upload_key", "v1"), ("api_key", "v2")] {
-        app.ok(&["app", "secret", "insert", d, name, v, "another-value-1", "-n"]);
+        app.ok(&[
+            "app",
+            "secret",
+            "insert",
+            d,
+            name,
+            v,
+            "another-value-1",
+            "-n",
+        ]);
     }
     app.deploy(&["--chaos"]);
     assert_eq!(app.label("app", "chaos-version"), Some(head));
@@ -280,7 +312,11 @@ fn backups_need_backup_bot_two_on_the_server() {
         &["app", "restore", d, "-n"],
         &[("CC_CI_BACKUPBOT_LABEL", "cc-ci.test.no-such-backupbot=true")],
     );
-    assert!(o.code == 1 && o.text.contains("no backup-bot-two service"), "{}", o.text);
+    assert!(
+        o.code == 1 && o.text.contains("no backup-bot-two service"),
+        "{}",
+        o.text
+    );
     // With the one scripts/setup-swarm deploys, it works.
     app.ok(&["app", "backup", "create", d, "-n"]);
 }
@@ -297,7 +333,8 @@ fn monitor_may_return_mid_update_and_swarm_rolls_back_afterwards() {
     // rolls the update back, so only a wait of one's own tells what really runs.
     let o = app.run(&["app", "deploy", &app.domain, "--chaos", "-D", "-n"]);
     assert!(
-        (o.code == 1 && o.text.contains("start_period")) || (o.code == 0 && o.text.contains("converged")),
+        (o.code == 1 && o.text.contains("start_period"))
+            || (o.code == 0 && o.text.contains("converged")),
         "{}",
         o.text
     );

@@ -311,6 +311,13 @@ fn non_empty_lines(s: &str) -> Vec<String> {
         .collect()
 }
 
+/// Whether a pseudo-terminal can be opened here (abra needs one; `cc-ci doctor` checks it).
+pub fn terminal_available() -> Result<(), String> {
+    open_pty()
+        .map(|_| ())
+        .map_err(|e| format!("cannot open a pseudo-terminal: {e}"))
+}
+
 enum PtyError {
     Spawn(String),
     /// Output collected before the deadline.

@@ -143,7 +143,10 @@ pub fn new_secrets(before: &EnvFile, after: &EnvFile) -> Vec<SecretSpec> {
     let old = secrets(before);
     secrets(after)
         .into_iter()
-        .filter(|s| !old.iter().any(|o| o.name == s.name && o.version == s.version))
+        .filter(|s| {
+            !old.iter()
+                .any(|o| o.name == s.name && o.version == s.version)
+        })
         .collect()
 }
 
@@ -236,7 +239,10 @@ SECRET_UPLOAD_KEY_VERSION=v1\nUPLOAD_LIMIT=10M\n";
         let s = secrets(&parse_env(BASE));
         assert_eq!(s.len(), 2);
         let api = s.iter().find(|x| x.name == "api_key").unwrap();
-        assert_eq!((api.version.as_str(), api.length, api.generate), ("v1", 24, true));
+        assert_eq!(
+            (api.version.as_str(), api.length, api.generate),
+            ("v1", 24, true)
+        );
         let smtp = s.iter().find(|x| x.name == "smtp").unwrap();
         assert_eq!((smtp.length, smtp.generate), (12, false));
         let none = secrets(&parse_env("SECRET_X_VERSION=v1\n"));
@@ -248,7 +254,10 @@ SECRET_UPLOAD_KEY_VERSION=v1\nUPLOAD_LIMIT=10M\n";
     #[test]
     fn env_from_the_sample_of_the_deployed_version() {
         let env = env_from_sample(BASE, "web-1.ci.local", Some("TYPE=web:1.1.0+1.1"));
-        assert!(env.starts_with("TYPE=web:1.1.0+1.1\nDOMAIN=web-1.ci.local\n"), "{env}");
+        assert!(
+            env.starts_with("TYPE=web:1.1.0+1.1\nDOMAIN=web-1.ci.local\n"),
+            "{env}"
+        );
         assert!(env.contains("SECRET_API_KEY_VERSION=v1 # length=24"));
         assert_eq!(
             env_from_sample("X=1\n", "d.test", None),

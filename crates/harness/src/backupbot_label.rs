@@ -25,5 +25,10 @@ pub fn backupbot_label() -> (String, String) {
             let (k, val) = v.split_once('=')?;
             (!k.trim().is_empty()).then(|| (k.trim().to_string(), val.trim().to_string()))
         })
-        .unwrap_or_else(|| (BACKUPBOT_LABEL.to_string(), BACKUPBOT_LABEL_VALUE.to_string()))
+        .unwrap_or_else(|| {
+            (
+                BACKUPBOT_LABEL.to_string(),
+                BACKUPBOT_LABEL_VALUE.to_string(),
+            )
+        })
 }

@@ -509,8 +509,12 @@ pub(crate) mod tests {
         app.labels
             .insert("coop-cloud.st.chaos-version".into(), "abcdef01+U".into());
         let dirty = snap(vec![app.clone()]);
-        let err = check_version_labels(&dirty, "st", &Expected::Commit("abcdef0123456")).unwrap_err();
-        assert!(err.contains("abra saw uncommitted changes in the checkout"), "{err}");
+        let err =
+            check_version_labels(&dirty, "st", &Expected::Commit("abcdef0123456")).unwrap_err();
+        assert!(
+            err.contains("abra saw uncommitted changes in the checkout"),
+            "{err}"
+        );
         let other = snap(vec![service("web", vec![])]);
         let err = check_version_labels(&other, "st", &Expected::Release("1")).unwrap_err();
         assert!(

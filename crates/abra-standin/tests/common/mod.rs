@@ -117,7 +117,12 @@ impl App {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let replicas = docker(&[
-                "service", "ls", "--filter", &label, "--format", "{{.Replicas}}",
+                "service",
+                "ls",
+                "--filter",
+                &label,
+                "--format",
+                "{{.Replicas}}",
             ]);
             let services_ok = !replicas.trim().is_empty()
                 && replicas.lines().all(|r| {

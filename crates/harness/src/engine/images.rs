@@ -113,16 +113,37 @@ impl Engine {
         Ok(out)
     }
 
-    /// Images of every service on the swarm (for `cc-ci doctor`'s registry check).
-    pub async fn service_images(&self) -> Result<Vec<String>, EngineError> {
+    /// Driver and scope of a network, `None` when there is no such network.
+    pub async fn network_driver(
+        &self,
+        name: &str,
+    ) -> Result<Option<(String, String)>, EngineError> {
+        let path = format!("/networks/{}", encode(name));
+        let (status, bytes) = self.request(Method::GET, &path, None).await?;
+        match status.as_u16() {
+            404 => Ok(None),
+            200 => {
+                let v: Value = serde_json::from_slice(&bytes).map_err(|e| EngineError::Decode {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
+                Ok(Some((
+                    v["Driver"].as_str().unwrap_or_default().to_string(),
+                    v["Scope"].as_str().unwrap_or_default().to_string(),
+                )))
+            }
+            _ => Err(api_error("GET", &path, status, &bytes)),
+        }
+    }
+
+    /// Images of the services on the swarm that were resolved from a registry (pinned by digest;
+    /// an image that exists only on the node has none), for `cc-ci doctor`'s registry check.
+    pub async fn registry_images(&self) -> Result<Vec<String>, EngineError> {
         let services: Vec<Value> = self.get_json("/services").await?;
         let mut out: Vec<String> = services
             .iter()
-            .filter_map(|s| {
-                s["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"]
-                    .as_str()
-                    .map(|i| i.split('@').next().unwrap_or(i).to_string())
-            })
+            .filter_map(|s| s["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"].as_str())
+            .filter_map(|i| i.split_once('@').map(|(name, _)| name.to_string()))
             .collect();
         out.sort();
         out.dedup();
@@ -136,8 +157,14 @@ mod tests {
 
     #[test]
     fn registry_and_tag_of_image_references() {
-        assert_eq!(registry_of("127.0.0.1:5000/cc-ci-fixture/web:1"), "127.0.0.1:5000");
-        assert_eq!(registry_of("git.coopcloud.tech/coop-cloud/x:1"), "git.coopcloud.tech");
+        assert_eq!(
+            registry_of("127.0.0.1:5000/cc-ci-fixture/web:1"),
+            "127.0.0.1:5000"
+        );
+        assert_eq!(
+            registry_of("git.coopcloud.tech/coop-cloud/x:1"),
+            "git.coopcloud.tech"
+        );
         assert_eq!(registry_of("nginx:1.27"), "docker.io");
         assert_eq!(registry_of("library/nginx"), "docker.io");
         assert_eq!(with_tag("nginx"), "nginx:latest");

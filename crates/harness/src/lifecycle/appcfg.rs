@@ -31,8 +31,12 @@ impl Job {
 
     fn write_env(&self, text: &str) -> Result<(), Stop> {
         let p = self.env_path();
-        std::fs::write(&p, text)
-            .map_err(|e| Stop::Infra(format!("cannot write the app env file {}: {e}", p.display())))
+        std::fs::write(&p, text).map_err(|e| {
+            Stop::Infra(format!(
+                "cannot write the app env file {}: {e}",
+                p.display()
+            ))
+        })
     }
 
     fn sample(checkout: &Checkout) -> Result<String, Stop> {
@@ -59,7 +63,10 @@ impl Job {
             done.push(if s.generate {
                 format!("{} {}", s.name, s.version)
             } else {
-                format!("{} {} (generate=false: cc-ci made a value)", s.name, s.version)
+                format!(
+                    "{} {} (generate=false: cc-ci made a value)",
+                    s.name, s.version
+                )
             });
         }
         Ok(done)
@@ -73,13 +80,19 @@ impl Job {
             .lines()
             .find(|l| l.trim_start().starts_with("TYPE="))
             .map(str::to_string);
-        let env = appconfig::env_from_sample(&Self::sample(checkout)?, &self.domain, type_line.as_deref());
+        let env = appconfig::env_from_sample(
+            &Self::sample(checkout)?,
+            &self.domain,
+            type_line.as_deref(),
+        );
         self.write_env(&env)?;
         let specs = appconfig::secrets(&parse_env(&env));
         let done = self.insert_secrets(&specs).await.map_err(abra_infra)?;
         if !done.is_empty() {
-            self.notes
-                .push(format!("secrets made and inserted by cc-ci: {}", done.join(", ")));
+            self.notes.push(format!(
+                "secrets made and inserted by cc-ci: {}",
+                done.join(", ")
+            ));
         }
         Ok(())
     }
@@ -97,12 +110,17 @@ impl Job {
         self.write_env(&env)?;
         let inserted = match self.insert_secrets(&new).await {
             Ok(d) => d,
-            Err(e @ (AbraError::NotFound(_) | AbraError::Spawn { .. })) => return Err(abra_infra(e)),
+            Err(e @ (AbraError::NotFound(_) | AbraError::Spawn { .. })) => {
+                return Err(abra_infra(e));
+            }
             Err(e) => {
                 out.push(CheckResult::generic(
                     "config-added",
                     Verdict::Fail,
-                    format!("cannot insert a secret new in the head: {}", first_line(&e.to_string())),
+                    format!(
+                        "cannot insert a secret new in the head: {}",
+                        first_line(&e.to_string())
+                    ),
                 ));
                 return Ok(false);
             }
@@ -178,7 +196,9 @@ pub(super) async fn pull_all(engine: Engine, images: Vec<String>) -> Vec<PullErr
 }
 
 /// Runs the futures concurrently (tokio tasks would need 'static borrows; these own their data).
-async fn futures_join_all<F: std::future::Future>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output>
+async fn futures_join_all<F: std::future::Future>(
+    futs: impl IntoIterator<Item = F>,
+) -> Vec<F::Output>
 where
     F: Send + 'static,
     F::Output: Send + 'static,

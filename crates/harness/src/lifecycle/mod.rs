@@ -601,11 +601,7 @@ impl Job {
                         name: stage.name().into(),
                         verdict: Verdict::Error,
                         duration_ms: 0,
-                        checks: vec![CheckResult::generic(
-                            "infrastructure",
-                            Verdict::Error,
-                            &why,
-                        )],
+                        checks: vec![CheckResult::generic("infrastructure", Verdict::Error, &why)],
                     });
                 }
             }
