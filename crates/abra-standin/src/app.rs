@@ -82,7 +82,7 @@ fn generate_secrets(domain: &str, env: &str) -> Result<()> {
         }
         let value: String = rand::thread_rng()
             .sample_iter(&Alphanumeric)
-            .take(d.length)
+            .take(d.length.unwrap_or(envfile::DEFAULT_SECRET_LENGTH))
             .map(char::from)
             .collect();
         let name = format!("{stack}_{}_{}", d.name, d.version);

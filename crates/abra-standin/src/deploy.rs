@@ -204,13 +204,11 @@ pub fn deploy(dir: &AbraDir, a: &DeployArgs) -> Result<()> {
 
 /// Compose files named by `COMPOSE_FILE` (colon-separated) in the env file, default `compose.yml`.
 fn compose_files(env_text: &str, checkout: &Path) -> Result<Vec<PathBuf>> {
-    let vars = envfile::vars(env_text);
-    let spec = vars
-        .get("COMPOSE_FILE")
-        .filter(|s| !s.trim().is_empty())
-        .map_or("compose.yml", String::as_str);
+    let spec = envfile::EnvFile::parse(env_text)
+        .compose_files()
+        .unwrap_or_else(|| vec!["compose.yml".to_string()]);
     let mut files = Vec::new();
-    for name in spec.split(':').map(str::trim).filter(|s| !s.is_empty()) {
+    for name in &spec {
         let p = checkout.join(name);
         if !p.is_file() {
             bail!(

@@ -3,67 +3,19 @@
 
 use std::collections::BTreeMap;
 
-/// One `KEY=VALUE` assignment of a dotenv text, with the comment that trails it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Assignment {
-    pub key: String,
-    pub value: String,
-    pub comment: Option<String>,
-}
+pub use cc_ci_envfile::{EnvFile, SecretDecl, parse_line};
 
-/// Parses one dotenv line: `[export ]KEY=VALUE [# comment]`. Blank lines and comment lines give
-/// `None`. Quoted values keep `#`; unquoted values end at ` #`.
-pub fn parse_line(line: &str) -> Option<Assignment> {
-    let t = line.trim();
-    if t.is_empty() || t.starts_with('#') {
-        return None;
-    }
-    let t = t.strip_prefix("export ").map(str::trim_start).unwrap_or(t);
-    let (key, rest) = t.split_once('=')?;
-    let key = key.trim();
-    if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-        return None;
-    }
-    let rest = rest.trim_start();
-    let (value, tail) = match rest.chars().next() {
-        Some(q @ ('"' | '\'')) => match rest[1..].find(q) {
-            Some(end) => (rest[1..1 + end].to_string(), &rest[2 + end..]),
-            None => (rest[1..].to_string(), ""),
-        },
-        _ => match rest.find(" #").or_else(|| rest.find("\t#")) {
-            Some(i) => (rest[..i].trim_end().to_string(), &rest[i..]),
-            None => (rest.trim_end().to_string(), ""),
-        },
-    };
-    let comment = tail
-        .trim()
-        .strip_prefix('#')
-        .map(|c| c.trim().to_string())
-        .filter(|c| !c.is_empty());
-    Some(Assignment {
-        key: key.to_string(),
-        value,
-        comment,
-    })
-}
-
-/// All assignments of a dotenv text, later ones winning.
+/// Every key's final value, expanded as abra expands it (the one parser cc-ci uses too).
 pub fn vars(text: &str) -> BTreeMap<String, String> {
-    text.lines()
-        .filter_map(parse_line)
-        .map(|a| (a.key, a.value))
-        .collect()
+    EnvFile::parse(text).vars()
 }
 
 /// The recipe and pinned version of an env file's `TYPE=` (or older `RECIPE=`) line.
 pub fn recipe_of(text: &str) -> Option<(String, Option<String>)> {
-    let v = vars(text);
-    let ty = v.get("TYPE").or_else(|| v.get("RECIPE"))?;
-    let (recipe, version) = match ty.split_once(':') {
-        Some((r, ver)) => (r, Some(ver.to_string()).filter(|s| !s.is_empty())),
-        None => (ty.as_str(), None),
-    };
-    (!recipe.is_empty()).then(|| (recipe.to_string(), version))
+    EnvFile::parse(text)
+        .recipe_type()
+        .ok()
+        .map(|t| (t.name, t.version))
 }
 
 /// The env file for a new app: `.env.sample` with `DOMAIN=` set (added when the sample has none).
@@ -106,58 +58,20 @@ pub fn with_type_line(text: &str, type_value: &str) -> String {
     s
 }
 
-/// A secret an env file declares with `SECRET_<NAME>_VERSION=<version> [# length=<n>]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SecretDecl {
-    /// Lower-case name as used in compose and in the swarm secret's name.
-    pub name: String,
-    pub version: String,
-    pub length: usize,
-    /// `false` for `# generate=false`: the operator inserts the value by hand.
-    pub generate: bool,
-}
-
+/// abra's length for a generated secret whose line gives none.
 pub const DEFAULT_SECRET_LENGTH: usize = 32;
 
 pub fn secret_decls(text: &str) -> Vec<SecretDecl> {
-    let mut out: Vec<SecretDecl> = Vec::new();
-    for a in text.lines().filter_map(parse_line) {
-        let Some(name) = a
-            .key
-            .strip_prefix("SECRET_")
-            .and_then(|k| k.strip_suffix("_VERSION"))
-            .filter(|n| !n.is_empty())
-        else {
-            continue;
-        };
-        let length = a
-            .comment
-            .as_deref()
-            .and_then(|c| c.split_whitespace().find_map(|w| w.strip_prefix("length=")))
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(DEFAULT_SECRET_LENGTH);
-        let generate = !a
-            .comment
-            .as_deref()
-            .is_some_and(|c| c.split_whitespace().any(|w| w == "generate=false"));
-        let decl = SecretDecl {
-            name: name.to_ascii_lowercase(),
-            version: a.value,
-            length,
-            generate,
-        };
-        out.retain(|d| d.name != decl.name);
-        out.push(decl);
-    }
-    out
+    EnvFile::parse(text).secrets()
 }
 
 /// `export NAME=VALUE` lines of a recipe's `abra.sh` (abra reads these, it does not run the file).
 pub fn abra_sh_exports(text: &str) -> BTreeMap<String, String> {
-    text.lines()
-        .filter(|l| l.trim_start().starts_with("export "))
-        .filter_map(parse_line)
-        .map(|a| (a.key, a.value))
+    EnvFile::parse(text)
+        .entries()
+        .iter()
+        .filter(|e| e.exported)
+        .map(|e| (e.key.clone(), e.value.clone()))
         .collect()
 }
 
@@ -177,7 +91,7 @@ mod tests {
         assert_eq!(v["QUOTED"], "a # b");
         assert!(!v.contains_key("EXTRA_DOMAINS"));
         assert_eq!(
-            parse_line("export X_VERSION='v3'").map(|a| a.value),
+            parse_line("export X_VERSION='v3'").map(|a| a.written),
             Some("v3".into())
         );
         assert_eq!(parse_line("not an assignment"), None);
@@ -185,21 +99,15 @@ mod tests {
 
     #[test]
     fn secrets_honour_length_and_default() {
+        let got: Vec<_> = secret_decls(SAMPLE)
+            .into_iter()
+            .map(|d| (d.name, d.version, d.length))
+            .collect();
         assert_eq!(
-            secret_decls(SAMPLE),
+            got,
             vec![
-                SecretDecl {
-                    name: "api_key".into(),
-                    version: "v1".into(),
-                    length: 24,
-                    generate: true,
-                },
-                SecretDecl {
-                    name: "db_password".into(),
-                    version: "v2".into(),
-                    length: DEFAULT_SECRET_LENGTH,
-                    generate: true,
-                },
+                ("api_key".into(), "v1".into(), Some(24)),
+                ("db_password".into(), "v2".into(), None),
             ]
         );
     }

@@ -2,8 +2,9 @@
 //! what the harness reads from it (`.env.sample`, compose files, release tags).
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+pub use cc_ci_envfile::EnvFile;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecipeError {
@@ -245,55 +246,15 @@ pub fn newest_release(tags: &[String]) -> Option<&str> {
         .map(|(_, t)| t.as_str())
 }
 
-/// `KEY=VALUE` lines of an env file (`.env.sample`, an app env file). Comments and blank lines
-/// are skipped; a trailing ` # comment` is kept apart (it carries `length=` for secrets).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct EnvFile {
-    pub vars: BTreeMap<String, String>,
-    pub comments: BTreeMap<String, String>,
-}
-
-pub fn parse_env(text: &str) -> EnvFile {
-    let mut env = EnvFile::default();
-    for line in text.lines() {
-        let line = line.trim();
-        let line = line.strip_prefix("export ").unwrap_or(line);
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let Some((key, rest)) = line.split_once('=') else {
-            continue;
-        };
-        let key = key.trim();
-        if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            continue;
-        }
-        let (value, comment) = match rest.find(" #") {
-            Some(i) => (&rest[..i], Some(rest[i + 2..].trim())),
-            None => (rest, None),
-        };
-        let value = value.trim().trim_matches(|c| c == '"' || c == '\'');
-        env.vars.insert(key.to_string(), value.to_string());
-        if let Some(c) = comment {
-            env.comments.insert(key.to_string(), c.to_string());
-        }
-    }
-    env
-}
-
-/// Compose files a deploy uses: `COMPOSE_FILE` (colon-separated) from the env, else `compose.yml`.
+/// The compose files a deploy of this env uses: `COMPOSE_FILE` (expanded as abra expands it),
+/// else `compose.yml`.
 pub fn compose_files(env: &EnvFile) -> Vec<String> {
-    env.vars
-        .get("COMPOSE_FILE")
-        .filter(|v| !v.is_empty())
-        .map(|v| {
-            v.split(':')
-                .filter(|s| !s.is_empty())
-                .map(String::from)
-                .collect()
-        })
-        .unwrap_or_else(|| vec!["compose.yml".to_string()])
+    env.compose_files()
+        .unwrap_or_else(|| vec![DEFAULT_COMPOSE_FILE.to_string()])
 }
+
+/// What abra deploys when the env sets no `COMPOSE_FILE`.
+pub const DEFAULT_COMPOSE_FILE: &str = "compose.yml";
 
 /// What the harness needs from a compose file.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -364,7 +325,7 @@ pub fn validate_recipe_tree(checkout: &Checkout) -> Result<ComposeInfo, RecipeEr
             file: ".env.sample".into(),
             problem: "missing: a recipe needs an .env.sample (first line TYPE=<recipe>)".into(),
         })?;
-    let env = parse_env(&sample);
+    let env = EnvFile::parse(&sample);
     let mut all = ComposeInfo::default();
     for file in compose_files(&env) {
         if file.contains("..") || file.starts_with('/') {
@@ -413,17 +374,12 @@ mod tests {
     }
 
     #[test]
-    fn env_parsing_keeps_length_comments() {
-        let env = parse_env(
-            "TYPE=web\n# comment\nDOMAIN=web.example\nSECRET_DB_PASSWORD_VERSION=v1 # length=48\nexport X=\"q\"\nbad line\n=x\n",
-        );
-        assert_eq!(env.vars["TYPE"], "web");
-        assert_eq!(env.vars["SECRET_DB_PASSWORD_VERSION"], "v1");
-        assert_eq!(env.comments["SECRET_DB_PASSWORD_VERSION"], "length=48");
-        assert_eq!(env.vars["X"], "q");
-        assert_eq!(env.vars.len(), 4);
+    fn compose_files_default_and_expansion() {
+        let env = EnvFile::parse("TYPE=web\nDOMAIN=web.example\n");
         assert_eq!(compose_files(&env), vec!["compose.yml"]);
-        let env = parse_env("COMPOSE_FILE=compose.yml:compose.smtp.yml\n");
+        let env = EnvFile::parse(
+            "COMPOSE_FILE=\"compose.yml\"\nCOMPOSE_FILE=\"$COMPOSE_FILE:compose.smtp.yml\"\n",
+        );
         assert_eq!(compose_files(&env), vec!["compose.yml", "compose.smtp.yml"]);
     }
 
