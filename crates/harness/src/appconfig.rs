@@ -8,7 +8,12 @@
 use rand::Rng;
 use rand::distributions::Alphanumeric;
 
-use crate::recipe::{EnvFile, parse_env};
+use cc_ci_envfile::{EnvFile, parse_line};
+
+/// Parses an env file with abra's expansion (the one shared parser).
+pub fn parse_env(text: &str) -> EnvFile {
+    EnvFile::parse(text)
+}
 
 /// Length of a generated secret without a `# length=` option.
 pub const DEFAULT_SECRET_LENGTH: usize = 32;
@@ -25,28 +30,14 @@ pub struct SecretSpec {
 }
 
 pub fn secrets(env: &EnvFile) -> Vec<SecretSpec> {
-    env.vars
-        .iter()
-        .filter_map(|(key, version)| {
-            let name = key.strip_prefix("SECRET_")?.strip_suffix("_VERSION")?;
-            if name.is_empty() || version.is_empty() {
-                return None;
-            }
-            let comment = env.comments.get(key).map(String::as_str).unwrap_or("");
-            let opt = |k: &str| {
-                comment
-                    .split(|c: char| c.is_whitespace() || c == ',')
-                    .find_map(|w| w.strip_prefix(k)?.strip_prefix('='))
-            };
-            Some(SecretSpec {
-                name: name.to_ascii_lowercase(),
-                version: version.clone(),
-                length: opt("length")
-                    .and_then(|n| n.parse().ok())
-                    .filter(|n| *n > 0)
-                    .unwrap_or(DEFAULT_SECRET_LENGTH),
-                generate: opt("generate") != Some("false"),
-            })
+    env.secrets()
+        .into_iter()
+        .filter(|d| !d.version.is_empty())
+        .map(|d| SecretSpec {
+            name: d.name,
+            version: d.version,
+            length: d.length.filter(|n| *n > 0).unwrap_or(DEFAULT_SECRET_LENGTH),
+            generate: d.generate,
         })
         .collect()
 }
@@ -61,7 +52,7 @@ pub fn random_value(length: usize) -> String {
 }
 
 fn key_of(line: &str) -> Option<String> {
-    parse_env(line).vars.into_keys().next()
+    parse_line(line).map(|a| a.key)
 }
 
 /// The env file of a new app from the `.env.sample` of the version deployed: the sample's lines
@@ -106,12 +97,12 @@ pub fn upgrade_env(current: &str, head_sample: &str) -> (String, Vec<String>) {
         if let Some(k) = key_of(line)
             && k.starts_with("SECRET_")
             && k.ends_with("_VERSION")
-            && let (Some(old), Some(new)) = (cur.vars.get(&k), head.vars.get(&k))
+            && let (Some(old), Some(new)) = (cur.get(&k), head.get(&k))
             && old != new
         {
             let comment = head
-                .comments
-                .get(&k)
+                .entry(&k)
+                .and_then(|e| e.comment.as_deref())
                 .map(|c| format!(" # {c}"))
                 .unwrap_or_default();
             lines.push(format!("{k}={new}{comment}"));
@@ -123,7 +114,7 @@ pub fn upgrade_env(current: &str, head_sample: &str) -> (String, Vec<String>) {
     let mut added_header = false;
     for line in head_sample.lines() {
         let Some(k) = key_of(line) else { continue };
-        if cur.vars.contains_key(&k) || k == "TYPE" {
+        if cur.get(&k).is_some() || k == "TYPE" {
             continue;
         }
         if !added_header {
@@ -270,10 +261,10 @@ SECRET_UPLOAD_KEY_VERSION=v1\nUPLOAD_LIMIT=10M\n";
         let env = env_from_sample(BASE, "web-1.ci.local", Some("TYPE=web:1.0.0"));
         let (up, changed) = upgrade_env(&env, HEAD);
         let parsed = parse_env(&up);
-        assert_eq!(parsed.vars["SECRET_API_KEY_VERSION"], "v2");
-        assert_eq!(parsed.vars["SECRET_UPLOAD_KEY_VERSION"], "v1");
-        assert_eq!(parsed.vars["UPLOAD_LIMIT"], "10M");
-        assert_eq!(parsed.vars["DOMAIN"], "web-1.ci.local");
+        assert_eq!(parsed.get("SECRET_API_KEY_VERSION"), Some("v2"));
+        assert_eq!(parsed.get("SECRET_UPLOAD_KEY_VERSION"), Some("v1"));
+        assert_eq!(parsed.get("UPLOAD_LIMIT"), Some("10M"));
+        assert_eq!(parsed.get("DOMAIN"), Some("web-1.ci.local"));
         assert!(up.starts_with("TYPE=web:1.0.0\n"));
         assert_eq!(
             changed,

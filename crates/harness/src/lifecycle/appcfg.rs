@@ -5,7 +5,7 @@ use super::*;
 use crate::appconfig::{self, SecretSpec};
 use crate::backupbot_label::{BACKUPBOT_HOW_TO, backupbot_label};
 use crate::engine::PullError;
-use crate::recipe::parse_env;
+use crate::appconfig::parse_env;
 
 /// Longest time one image pull may take before it counts as failed.
 const PULL_DEADLINE: Duration = Duration::from_secs(600);
@@ -146,9 +146,9 @@ impl Job {
         let Ok(env_text) = std::fs::read_to_string(self.env_path()) else {
             return Vec::new();
         };
-        let mut vars = parse_env(&env_text).vars;
+        let mut vars = parse_env(&env_text).vars();
         if let Ok(Some(sh)) = checkout.read_file("abra.sh") {
-            vars.extend(parse_env(&sh).vars);
+            vars.extend(parse_env(&sh).vars());
         }
         vars.insert("STACK_NAME".into(), self.stack.clone());
         vars.insert("DOMAIN".into(), self.domain.clone());
