@@ -180,8 +180,15 @@ impl Job {
     }
 }
 
+/// `CC_CI_NO_PREPULL=1` turns the pre-pull off, only so that bench/prepull can measure what it
+/// saves; a run without it lets the convergence wait include the swarm's own pull.
+const NO_PREPULL_ENV: &str = "CC_CI_NO_PREPULL";
+
 /// Pulls every image, all at once; the failures, each naming image and registry.
 pub(super) async fn pull_all(engine: Engine, images: Vec<String>) -> Vec<PullError> {
+    if std::env::var_os(NO_PREPULL_ENV).is_some_and(|v| v == "1") {
+        return Vec::new();
+    }
     let pulls = images.into_iter().map(|i| {
         let engine = engine.clone();
         async move { engine.pull_image(&i, PULL_DEADLINE).await }
