@@ -94,9 +94,9 @@ pub fn upgrade_env(current: &str, head_sample: &str) -> (String, Vec<String>) {
     let mut changed = Vec::new();
     let mut lines: Vec<String> = Vec::new();
     for line in current.lines() {
+        // Secret versions, and COMPOSE_FILE (validated from the head, so deployed from it too).
         if let Some(k) = key_of(line)
-            && k.starts_with("SECRET_")
-            && k.ends_with("_VERSION")
+            && ((k.starts_with("SECRET_") && k.ends_with("_VERSION")) || k == "COMPOSE_FILE")
             && let (Some(old), Some(new)) = (cur.get(&k), head.get(&k))
             && old != new
         {
@@ -105,7 +105,7 @@ pub fn upgrade_env(current: &str, head_sample: &str) -> (String, Vec<String>) {
                 .and_then(|e| e.comment.as_deref())
                 .map(|c| format!(" # {c}"))
                 .unwrap_or_default();
-            lines.push(format!("{k}={new}{comment}"));
+            lines.push(format!("{k}=\"{new}\"{comment}"));
             changed.push(format!("{k}={new} (was {old})"));
             continue;
         }
@@ -284,6 +284,19 @@ SECRET_UPLOAD_KEY_VERSION=v1\nUPLOAD_LIMIT=10M\n";
                 ("api_key".to_string(), "v2".to_string()),
                 ("upload_key".into(), "v1".into())
             ]
+        );
+        // A COMPOSE_FILE the head changed is the head's.
+        let (cf, what) = upgrade_env(
+            "COMPOSE_FILE=compose.yml\n",
+            "COMPOSE_FILE=\"compose.yml:compose.pg.yml\"\n",
+        );
+        assert_eq!(
+            parse_env(&cf).get("COMPOSE_FILE"),
+            Some("compose.yml:compose.pg.yml")
+        );
+        assert_eq!(
+            what,
+            vec!["COMPOSE_FILE=compose.yml:compose.pg.yml (was compose.yml)"]
         );
         // Nothing new: nothing changes.
         let (same, none) = upgrade_env(&up, HEAD);

@@ -2,10 +2,10 @@
 //! before each deploy, and backup-bot-two's presence: what a run sets up around abra.
 
 use super::*;
+use crate::appconfig::parse_env;
 use crate::appconfig::{self, SecretSpec};
 use crate::backupbot_label::{BACKUPBOT_HOW_TO, backupbot_label};
 use crate::engine::PullError;
-use crate::appconfig::parse_env;
 
 /// Longest time one image pull may take before it counts as failed.
 const PULL_DEADLINE: Duration = Duration::from_secs(600);
@@ -141,10 +141,15 @@ impl Job {
         Ok(true)
     }
 
-    /// Images the compose files of the current checkout name, with the app env interpolated.
+    /// Images the compose files of the current checkout name, with the app env interpolated as
+    /// it will be when this checkout is deployed (the checkout's new keys added).
     pub(super) fn images_of(&self, checkout: &Checkout) -> Vec<String> {
         let Ok(env_text) = std::fs::read_to_string(self.env_path()) else {
             return Vec::new();
+        };
+        let env_text = match checkout.read_file(".env.sample") {
+            Ok(Some(sample)) => appconfig::upgrade_env(&env_text, &sample).0,
+            _ => env_text,
         };
         let mut vars = parse_env(&env_text).vars();
         if let Ok(Some(sh)) = checkout.read_file("abra.sh") {
@@ -202,12 +207,10 @@ pub(super) async fn pull_all(engine: Engine, images: Vec<String>) -> Vec<PullErr
     failed
 }
 
-/// Runs the futures concurrently (tokio tasks would need 'static borrows; these own their data).
-async fn futures_join_all<F: std::future::Future>(
-    futs: impl IntoIterator<Item = F>,
-) -> Vec<F::Output>
+/// Runs the futures concurrently (as tokio tasks: each owns its data).
+async fn futures_join_all<F>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output>
 where
-    F: Send + 'static,
+    F: std::future::Future + Send + 'static,
     F::Output: Send + 'static,
 {
     let handles: Vec<_> = futs.into_iter().map(tokio::spawn).collect();
