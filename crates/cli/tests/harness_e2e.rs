@@ -758,3 +758,22 @@ fn backup_without_backup_bot_two_is_an_infrastructure_error() {
         );
     }
 }
+
+/// The head's images are pulled while the install tier runs; one its registry does not have fails
+/// the upgrade tier at once, naming the image and the registry (not a convergence timeout).
+#[test]
+fn an_image_the_registry_lacks_fails_the_upgrade_naming_image_and_registry() {
+    let f = fixture("web-badimage");
+    let r = f.run(&["--stages", "install,upgrade"]);
+    assert_eq!(r.code, 1, "stderr:\n{}", r.stderr);
+    assert_eq!(r.verdict("install"), "pass", "{}", r.failing_detail("install"));
+    assert_eq!(r.verdict("upgrade"), "fail");
+    let d = r.failing_detail("upgrade");
+    assert!(
+        d.starts_with("pull: ")
+            && d.contains("`127.0.0.1:5000/cc-ci-fixture/no-such-image:1`")
+            && d.contains("registry 127.0.0.1:5000"),
+        "{d}"
+    );
+    assert_eq!(r.report()["deploy_count"], 1);
+}
