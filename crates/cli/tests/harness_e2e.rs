@@ -766,7 +766,12 @@ fn an_image_the_registry_lacks_fails_the_upgrade_naming_image_and_registry() {
     let f = fixture("web-badimage");
     let r = f.run(&["--stages", "install,upgrade"]);
     assert_eq!(r.code, 1, "stderr:\n{}", r.stderr);
-    assert_eq!(r.verdict("install"), "pass", "{}", r.failing_detail("install"));
+    assert_eq!(
+        r.verdict("install"),
+        "pass",
+        "{}",
+        r.failing_detail("install")
+    );
     assert_eq!(r.verdict("upgrade"), "fail");
     let d = r.failing_detail("upgrade");
     assert!(
