@@ -782,3 +782,35 @@ fn an_image_the_registry_lacks_fails_the_upgrade_naming_image_and_registry() {
     );
     assert_eq!(r.report()["deploy_count"], 1);
 }
+
+/// A `# generate=false` secret gets a value cc-ci makes, unless an overlay gives one: the app then
+/// sees exactly the overlay's value (and no report shows it).
+#[test]
+fn an_overlay_gives_the_value_of_a_secret() {
+    let overlays = tempfile::tempdir().unwrap();
+    std::fs::write(
+        overlays.path().join("web-newsecret.toml"),
+        r#"
+[secrets]
+smtp_password = "from-the-overlay-7Qx"
+
+[[check]]
+name = "smtp-password-from-overlay"
+tiers = ["install"]
+service = "app"
+kind = "exec"
+command = ["sh", "-c", "test \"$(cat /run/secrets/smtp_password)\" = from-the-overlay-7Qx"]
+"#,
+    )
+    .unwrap();
+    let f = fixture_with_config(
+        "web-newsecret",
+        &format!("overlay_dirs = [\"{}\"]\n", overlays.path().display()),
+    );
+    let r = f.run(&["--stages", "install"]);
+    assert_eq!(r.code, 0, "stderr:\n{}", r.stderr);
+    let log = std::fs::read_to_string(f.report.join("abra.log")).unwrap();
+    assert!(!log.contains("from-the-overlay-7Qx"), "{log}");
+    let run_json = std::fs::read_to_string(f.report.join("run.json")).unwrap();
+    assert!(run_json.contains("smtp-password-from-overlay"));
+}
