@@ -784,9 +784,10 @@ fn an_image_the_registry_lacks_fails_the_upgrade_naming_image_and_registry() {
 }
 
 /// A `# generate=false` secret gets a value cc-ci makes, unless an overlay gives one: the app then
-/// sees exactly the overlay's value (and no report shows it).
+/// sees exactly the overlay's value. The app prints its secrets into its log (as careless recipes
+/// do); the diagnostics of the failed run (an overlay check fails on purpose) show them redacted.
 #[test]
-fn an_overlay_gives_the_value_of_a_secret() {
+fn an_overlay_gives_the_value_of_a_secret_and_leaked_secrets_are_redacted() {
     let overlays = tempfile::tempdir().unwrap();
     std::fs::write(
         overlays.path().join("web-newsecret.toml"),
@@ -800,6 +801,13 @@ tiers = ["install"]
 service = "app"
 kind = "exec"
 command = ["sh", "-c", "test \"$(cat /run/secrets/smtp_password)\" = from-the-overlay-7Qx"]
+
+[[check]]
+name = "fails-on-purpose"
+tiers = ["install"]
+service = "app"
+kind = "exec"
+command = ["false"]
 "#,
     )
     .unwrap();
@@ -808,9 +816,18 @@ command = ["sh", "-c", "test \"$(cat /run/secrets/smtp_password)\" = from-the-ov
         &format!("overlay_dirs = [\"{}\"]\n", overlays.path().display()),
     );
     let r = f.run(&["--stages", "install"]);
-    assert_eq!(r.code, 0, "stderr:\n{}", r.stderr);
+    assert_eq!(r.code, 1, "stderr:\n{}", r.stderr);
+    let failing = r.failing_detail("install");
+    assert!(
+        failing.contains("fails-on-purpose") && !failing.contains("smtp-password-from-overlay"),
+        "{failing}"
+    );
     let log = std::fs::read_to_string(f.report.join("abra.log")).unwrap();
     assert!(!log.contains("from-the-overlay-7Qx"), "{log}");
-    let run_json = std::fs::read_to_string(f.report.join("run.json")).unwrap();
-    assert!(run_json.contains("smtp-password-from-overlay"));
+    let app_log = std::fs::read_to_string(f.report.join("diagnostics/app.log")).unwrap();
+    assert!(
+        app_log.contains("loaded secret /run/secrets/smtp_password: [REDACTED]")
+            && !app_log.contains("from-the-overlay-7Qx"),
+        "{app_log}"
+    );
 }
