@@ -170,6 +170,34 @@ impl Job {
         images
     }
 
+    /// cc-ci's own convergence wait after a deploy (abra's monitor is off): an engine that stops
+    /// answering meanwhile is the infrastructure's failure, not the recipe's.
+    pub(super) async fn wait_converged_after_deploy(&self) -> Result<Result<(), String>, Stop> {
+        let h = &self.opts.config.harness;
+        let r = wait_for(
+            &format!("stack {} to converge", self.stack),
+            Duration::from_secs(h.converge_timeout_secs),
+            Duration::from_millis(h.poll_interval_ms),
+            || async {
+                let snap = self.engine.snapshot(&self.stack).await?;
+                Ok::<_, EngineError>(match checks::convergence(&snap) {
+                    Convergence::Converged => Probe::Done(()),
+                    Convergence::Pending(w) => Probe::Pending(w),
+                    Convergence::Failed(w) => Probe::Failed(w),
+                })
+            },
+        )
+        .await;
+        match r {
+            Ok(()) => Ok(Ok(())),
+            Err(WaitError::Probe(e)) if e.is_unreachable() => Err(Stop::Infra(format!(
+                "the Docker engine stopped answering while cc-ci waited for convergence: {e}"
+            ))),
+            Err(WaitError::Failed { reason, .. }) => Ok(Err(reason)),
+            Err(other) => Ok(Err(other.to_string())),
+        }
+    }
+
     /// Is a backup-bot-two service running on the swarm? `Err` carries the message for the
     /// backup and restore tiers.
     pub(super) async fn backupbot_present(&self) -> Result<Result<(), String>, Stop> {

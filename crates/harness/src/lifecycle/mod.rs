@@ -596,7 +596,12 @@ impl Job {
             && let Err(why) = self.backupbot_present().await?
         {
             for stage in [Stage::Backup, Stage::Restore] {
-                if self.wants(stage) {
+                if self.overlay.skip_tiers.contains(&stage) && self.wants(stage) {
+                    self.tiers.push(TierReport::skipped(
+                        stage.name(),
+                        "skipped by the recipe's overlay",
+                    ));
+                } else if self.wants(stage) {
                     self.tiers.push(TierReport {
                         name: stage.name().into(),
                         verdict: Verdict::Error,
@@ -774,7 +779,7 @@ impl Job {
             ));
             Err(why)
         } else {
-            self.wait_converged().await
+            self.wait_converged_after_deploy().await?
         };
         if !self.generic_enabled() {
             return Ok(converge.is_ok());
