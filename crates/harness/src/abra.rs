@@ -131,8 +131,20 @@ impl Abra {
 
     /// Runs `abra <args> -n` under a pseudo-terminal and waits for it, at most the deadline.
     pub async fn run(&self, args: &[&str]) -> Result<AbraOutput, AbraError> {
+        self.run_with(args, true).await
+    }
+
+    /// `abra <args>` without `-n`: for `--version` and `<command> --help`, which never prompt and
+    /// where an extra flag could be refused.
+    pub async fn run_info(&self, args: &[&str]) -> Result<AbraOutput, AbraError> {
+        self.run_with(args, false).await
+    }
+
+    async fn run_with(&self, args: &[&str], no_input: bool) -> Result<AbraOutput, AbraError> {
         let mut full: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        full.push("-n".into());
+        if no_input {
+            full.push("-n".into());
+        }
         // Arguments may carry a secret value (`app secret insert`): redact them like output.
         let shown = self.redactor.redact(&args.join(" "));
         let started = Instant::now();
@@ -221,7 +233,7 @@ impl Abra {
 
     /// `abra --version`, first line (recorded in run.json).
     pub async fn version(&self) -> Result<String, AbraError> {
-        let out = self.run(&["--version"]).await?;
+        let out = self.run_info(&["--version"]).await?;
         Ok(out
             .output
             .lines()

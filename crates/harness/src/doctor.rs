@@ -246,7 +246,7 @@ async fn abra_checks(config: &Config, flag: Option<&str>, work: &Path) -> Vec<Ch
         let mut args = cmd.clone();
         args.push("--help");
         let shown = cmd.join(" ");
-        out.push(match abra.run(&args).await {
+        out.push(match abra.run_info(&args).await {
             Ok(o) => {
                 let missing: Vec<&str> = flags
                     .iter()
