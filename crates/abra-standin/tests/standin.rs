@@ -14,6 +14,9 @@ fn refuses_to_run_without_a_terminal() {
     for args in [
         &["recipe", "versions", "web"][..],
         &["-n", "server", "add", "--local"],
+        &[
+            "app", "new", "web", "--server", "default", "--domain", "x.test", "-n",
+        ],
     ] {
         let out = Command::new(BIN)
             .args(args)
@@ -495,4 +498,28 @@ fn backup_label_errors_and_empty_snapshots() {
     web.new_app();
     let out = web.fails(&["app", "backup", "create", &web.domain, "-n"]);
     assert!(out.contains("not deployed"), "{out}");
+}
+
+#[test]
+fn an_image_only_on_the_node_still_deploys_unpinned() {
+    let app = App::new("web", "loc");
+    app.new_app();
+    let repo = app.recipe_dir();
+    git(&repo, &["checkout", "-q", "main"]);
+    // The local tag of the same image, which no registry has.
+    let compose = repo.join("compose.yml");
+    let text = std::fs::read_to_string(&compose)
+        .unwrap()
+        .replace("127.0.0.1:5000/cc-ci-fixture/web:2", "cc-ci-fixture/web:2");
+    std::fs::write(&compose, text).unwrap();
+    app.deploy(&["--chaos"]);
+    let image = docker(&[
+        "service",
+        "inspect",
+        "--format",
+        "{{.Spec.TaskTemplate.ContainerSpec.Image}}",
+        &format!("{}_app", app.stack),
+    ]);
+    // No registry answered for it: no digest, each node uses what it has.
+    assert_eq!(image.trim(), "cc-ci-fixture/web:2");
 }
