@@ -102,3 +102,27 @@ machine() {
     "$(free -g | awk '/Mem:/ { print $2 }') GiB RAM, kernel $(uname -r)," \
     "dockerd $(docker version --format '{{.Server.Version}}' 2>/dev/null), load $(cut -d' ' -f1-3 /proc/loadavg)"
 }
+
+# wait_converged STACK [SECONDS]: until every service of the stack runs all its replicas, no
+# container is still starting or unhealthy and no update is going on (what abra's own monitor does
+# not promise, so the scripts that deploy with -c wait themselves).
+wait_converged() {
+  local stack=$1 limit=${2:-120} start=$SECONDS label="label=com.docker.stack.namespace=$1"
+  while :; do
+    local reps states updating=0 id
+    reps=$(docker service ls --filter "$label" --format '{{.Replicas}}')
+    states=$(docker ps --filter "$label" --format '{{.Status}}')
+    for id in $(docker service ls -q --filter "$label"); do
+      [ "$(docker service inspect --format '{{if .UpdateStatus}}{{.UpdateStatus.State}}{{end}}' "$id")" = updating ] && updating=1
+    done
+    if [ -n "$reps" ] && ! awk '{ split($1, r, "/"); if (r[1] != r[2]) bad = 1 } END { exit !bad }' <<<"$reps" \
+      && ! grep -qE 'starting|unhealthy' <<<"$states" && [ "$updating" = 0 ]; then
+      return 0
+    fi
+    if [ $((SECONDS - start)) -ge "$limit" ]; then
+      echo "wait_converged: $stack did not converge within ${limit}s: $reps / $states" >&2
+      return 1
+    fi
+    sleep 0.2
+  done
+}

@@ -42,9 +42,11 @@ pub fn app_new(
             env_path.display()
         );
     }
-    // Like abra: a new app starts from the recipe's latest release.
-    if let Some(tag) = git::latest_release(&checkout)? {
-        git::checkout(&checkout, &tag)?;
+    // Like abra: a new app starts from the recipe's latest release, and its env file from that
+    // release's .env.sample, pinned with `TYPE=<recipe>:<version>`.
+    let latest = git::latest_release(&checkout)?;
+    if let Some(tag) = &latest {
+        git::checkout(&checkout, tag)?;
         println!("recipe `{recipe}` checked out at its latest release {tag}");
     } else {
         println!("recipe `{recipe}` has no release tags; staying on the current checkout");
@@ -52,7 +54,10 @@ pub fn app_new(
     let sample_path = checkout.join(".env.sample");
     let sample = state::read(&sample_path)
         .with_context(|| format!("recipe `{recipe}` has no readable .env.sample"))?;
-    let env = envfile::from_sample(&sample, domain);
+    let mut env = envfile::from_sample(&sample, domain);
+    if let Some(tag) = &latest {
+        env = envfile::with_type_line(&env, &format!("{recipe}:{tag}"));
+    }
     state::write(&env_path, &env)?;
     println!("app `{domain}` created: {}", env_path.display());
     if secrets {
@@ -70,6 +75,11 @@ fn generate_secrets(domain: &str, env: &str) -> Result<()> {
     }
     let mut rows = Vec::new();
     for d in &decls {
+        // Like abra: the operator inserts these by hand.
+        if !d.generate {
+            println!("secret {} is marked generate=false: not generated", d.name);
+            continue;
+        }
         let value: String = rand::thread_rng()
             .sample_iter(&Alphanumeric)
             .take(d.length.unwrap_or(envfile::DEFAULT_SECRET_LENGTH))
@@ -101,6 +111,38 @@ pub fn secret_table(rows: &[(String, String)]) -> String {
         s.push_str(&format!("│ {name} │ {value} │\n"));
     }
     s
+}
+
+/// `app secret insert <domain> <name> <version> <value>`: the swarm secret
+/// `<stack>_<name>_<version>`, kept across undeploys like abra's.
+pub fn secret_insert(
+    dir: &AbraDir,
+    domain: &str,
+    name: &str,
+    version: &str,
+    value: &str,
+) -> Result<()> {
+    dir.env_file(domain)?;
+    let stack = stack_name(domain);
+    for (what, v) in [("name", name), ("version", version)] {
+        if v.is_empty()
+            || !v
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            bail!("invalid secret {what} `{v}`: use letters, digits, `_` and `-`");
+        }
+    }
+    let full = format!("{stack}_{name}_{version}");
+    if full.len() > 64 {
+        bail!("secret name `{full}` is longer than swarm's 64 characters: use a shorter domain");
+    }
+    docker(["secret", "create", &full, "-"])
+        .stdin(value.as_bytes())
+        .run()
+        .with_context(|| format!("cannot create secret {full}"))?;
+    println!("secret {name} (version {version}) inserted into {domain}");
+    Ok(())
 }
 
 pub fn secret_rm_all(dir: &AbraDir, domain: &str) -> Result<()> {

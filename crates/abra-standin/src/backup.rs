@@ -20,8 +20,40 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 
-use crate::docker;
+use crate::docker::{self, docker};
 use crate::state::{AbraDir, stack_name};
+
+// The same file the harness uses: one place for the unconfirmed label spelling.
+#[path = "../../harness/src/backupbot_label.rs"]
+#[allow(dead_code)]
+mod backupbot_label;
+use backupbot_label::backupbot_label;
+
+/// Like abra: backups go through backup-bot-two, found as a running service labelled
+/// `backupbot_label()`; without one there is nothing to back up with.
+fn require_backupbot() -> Result<()> {
+    let (key, value) = backupbot_label();
+    let ids = docker::lines(
+        &docker([
+            "service",
+            "ls",
+            "-q",
+            "--filter",
+            &format!("label={key}={value}"),
+        ])
+        .run()?,
+    );
+    let tasks = docker::service_tasks(&ids)?;
+    if !tasks
+        .iter()
+        .any(|t| t.desired_state == "running" && t.status.state == "running")
+    {
+        bail!(
+            "no backup-bot-two service is running on this server (none labelled {key}={value}): deploy backup-bot-two first"
+        );
+    }
+    Ok(())
+}
 
 const ENABLE: &str = "backupbot.backup";
 const VOLUMES_PREFIX: &str = "backupbot.backup.volumes.";
@@ -187,6 +219,7 @@ fn run_hooks(services: &[ServiceLabels], key: &str) -> Result<()> {
 
 pub fn create(dir: &AbraDir, domain: &str) -> Result<()> {
     dir.env_file(domain)?;
+    require_backupbot()?;
     let stack = stack_name(domain);
     let services = stack_services(&stack)?;
     let plan = plan(&stack, &services)?;
@@ -434,6 +467,7 @@ fn walk_files(root: &Path, rel: &Path, out: &mut Vec<String>) -> Result<()> {
 
 pub fn restore(dir: &AbraDir, domain: &str, snapshot: Option<&str>) -> Result<()> {
     dir.env_file(domain)?;
+    require_backupbot()?;
     let stack = stack_name(domain);
     let id = match snapshot {
         Some(id) => id.to_string(),

@@ -99,6 +99,49 @@ pub fn judge(services: &[ServiceView]) -> Verdict {
     Verdict::Converged
 }
 
+/// What abra's own convergence monitor concludes (the journals of the earlier cc-ci): it gives up
+/// on a task still inside its healthcheck `start_period` (health `starting`), and it is content as
+/// soon as every service runs its desired number of tasks, healthy or not yet, even while the
+/// update is still `updating` (a rollback may follow). A rollback or pause it sees fails it.
+pub fn judge_like_abra(services: &[ServiceView]) -> Verdict {
+    if let v @ Verdict::Failed(_) = judge(services) {
+        return v;
+    }
+    if services.is_empty() {
+        return Verdict::Waiting("the stack has no services yet".into());
+    }
+    for s in services {
+        // Swarm keeps a task with a healthcheck in state `starting` until its first healthy check.
+        if let Some(t) = s.tasks.iter().find(|t| {
+            t.desired_state == "running"
+                && (t.state == "starting"
+                    || (t.state == "running" && t.health.as_deref() == Some("starting")))
+        }) {
+            return Verdict::Failed(format!(
+                "service {}: task {} is still starting (inside its healthcheck start_period); the convergence monitor gave up",
+                s.name,
+                t.id.chars().take(12).collect::<String>()
+            ));
+        }
+    }
+    for s in services {
+        let running = s
+            .tasks
+            .iter()
+            .filter(|t| t.desired_state == "running" && t.state == "running")
+            .count() as u64;
+        if running < s.desired {
+            return Verdict::Waiting(format!(
+                "service {}: {running}/{} tasks running; {}",
+                s.name,
+                s.desired,
+                describe_latest(s)
+            ));
+        }
+    }
+    Verdict::Converged
+}
+
 /// The newest task of a service and, when an older one ended in an error (a restart), the newest
 /// such error, described for a human.
 pub fn describe_latest(s: &ServiceView) -> String {
@@ -219,6 +262,32 @@ mod tests {
         paused.update_state = Some("paused".into());
         paused.update_is_new = true;
         assert!(matches!(judge(&[paused]), Verdict::Failed(m) if m.contains("paused")));
+    }
+
+    #[test]
+    fn abra_monitor_gives_up_inside_start_period_and_returns_mid_update() {
+        let starting = svc(vec![task("t", "running", "running", Some("starting"), "1")]);
+        assert!(
+            matches!(judge_like_abra(&[starting]), Verdict::Failed(m) if m.contains("start_period"))
+        );
+        let starting = svc(vec![task(
+            "t",
+            "running",
+            "starting",
+            Some("starting"),
+            "1",
+        )]);
+        assert!(
+            matches!(judge_like_abra(&[starting]), Verdict::Failed(m) if m.contains("start_period"))
+        );
+        let mut updating = svc(vec![
+            task("a", "running", "running", Some("healthy"), "1"),
+            task("b", "running", "running", Some("healthy"), "2"),
+        ]);
+        updating.update_state = Some("updating".into());
+        assert_eq!(judge_like_abra(&[updating]), Verdict::Converged);
+        let pending = svc(vec![task("t", "running", "preparing", None, "1")]);
+        assert!(matches!(judge_like_abra(&[pending]), Verdict::Waiting(_)));
     }
 
     #[test]

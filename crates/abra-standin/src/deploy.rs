@@ -1,15 +1,27 @@
 //! `app deploy` and `app undeploy`: the stack on the swarm, abra's labels, waiting for convergence.
 //!
+//! What real abra does (shared/reference/coop-cloud.md, "What real abra does") and the stand-in copies:
+//! - the app's domain must resolve to this server unless `-D`/`--no-domain-checks`;
+//! - redeploying onto a deployed app needs `-f`/`--force` (a `--chaos` deploy is an upgrade, not a
+//!   redeploy);
+//! - `docker stack deploy --resolve-image always` (the registry is asked for each digest; an image
+//!   only on the node gets swarm's warning) and no `--prune`;
+//! - the convergence monitor gives up on a task still inside its healthcheck `start_period`, and
+//!   returns as soon as the desired tasks run, even while an update is still going; `-c` /
+//!   `--no-converge-checks` skips it and returns right after the stack deploy.
+//!
 //! Choices (where real abra's are unconfirmed):
 //! - version: the argument, else the version pinned in the env file's `TYPE=<recipe>:<version>`,
 //!   else the latest release tag; a release deploy checks that version out and refuses a checkout
 //!   with untracked or modified files. `--chaos` deploys the checkout as it is and takes no version.
 //! - labels go on the `app` service only (none when the recipe has no `app`), through a generated
-//!   compose file passed as the last `-c`: `coop-cloud.<stack>.version` (chaos: the deployed
-//!   value is kept, else the nearest tag, else `unknown`), `.chaos`, `.recipe`, and for chaos
-//!   `.chaos-version` = the first 8 hex digits of HEAD (never a `+U` suffix).
-//! - after convergence the env file's first line becomes `TYPE=<recipe>:<version>`; for chaos
-//!   `TYPE=<recipe>:<8 hex of HEAD>`, with `+U` appended when the checkout had uncommitted changes.
+//!   compose file passed as the last `-c` (with the `version:` of the recipe's first compose file,
+//!   or none): a release deploy sets `coop-cloud.<stack>.version` to the release; a chaos deploy
+//!   leaves it as the deployed compose file declares it, and sets `.chaos-version` to the first 8
+//!   hex digits of HEAD with `+U` when the checkout has uncommitted changes; `.chaos` and
+//!   `.recipe` always.
+//! - after the deploy the env file's first line becomes `TYPE=<recipe>:<version>`; for chaos
+//!   `TYPE=<recipe>:<chaos-version>`.
 //! - compose interpolation sees the process environment, the env file, the `export X=Y` lines of
 //!   `abra.sh` (parsed, not run), `STACK_NAME` and `DOMAIN`.
 //! - converge timeout: the deployed app's `coop-cloud.<stack>.timeout` label, else 300 s.
@@ -28,12 +40,16 @@ use crate::state::{self, AbraDir, stack_name};
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 const UNDEPLOY_TIMEOUT: Duration = Duration::from_secs(120);
-const POLL: Duration = Duration::from_millis(500);
+// Often enough to see a task inside its start_period, as abra's monitor does.
+const POLL: Duration = Duration::from_millis(200);
 
 pub struct DeployArgs<'a> {
     pub domain: &'a str,
     pub version: Option<&'a str>,
     pub chaos: bool,
+    pub domain_checks: bool,
+    pub converge_checks: bool,
+    pub force: bool,
 }
 
 pub fn deploy(dir: &AbraDir, a: &DeployArgs) -> Result<()> {
@@ -50,6 +66,15 @@ pub fn deploy(dir: &AbraDir, a: &DeployArgs) -> Result<()> {
     }
     let stack = stack_name(a.domain);
     let app_service = format!("{stack}_app");
+    if a.domain_checks {
+        check_domain(a.domain)?;
+    }
+    if !a.chaos && !a.force && !docker::stack_service_ids(&stack)?.is_empty() {
+        bail!(
+            "app `{}` is already deployed: pass --force/-f to redeploy, or upgrade it",
+            a.domain
+        );
+    }
 
     // What to deploy, and the version abra records.
     let (version, type_version, chaos_version) = if a.chaos {
@@ -58,10 +83,6 @@ pub fn deploy(dir: &AbraDir, a: &DeployArgs) -> Result<()> {
         }
         let hash = git::head_short(&checkout)?;
         let dirty = !git::dirty_files(&checkout)?.is_empty();
-        let previous = deployed_label(&app_service, &format!("coop-cloud.{stack}.version"))?;
-        let version = previous
-            .or_else(|| git::describe_tag(&checkout))
-            .unwrap_or_else(|| "unknown".into());
         let type_version = if dirty {
             format!("{hash}+U")
         } else {
@@ -75,7 +96,7 @@ pub fn deploy(dir: &AbraDir, a: &DeployArgs) -> Result<()> {
                 ""
             }
         );
-        (version, type_version, Some(hash))
+        (None, type_version.clone(), Some(type_version))
     } else {
         let dirty = git::dirty_files(&checkout)?;
         if !dirty.is_empty() {
@@ -95,7 +116,7 @@ pub fn deploy(dir: &AbraDir, a: &DeployArgs) -> Result<()> {
         };
         git::checkout(&checkout, &version)?;
         println!("deploying {recipe} {version}");
-        (version.clone(), version, None)
+        (Some(version.clone()), version, None)
     };
 
     let compose_files = compose_files(&env_text, &checkout)?;
@@ -109,13 +130,20 @@ pub fn deploy(dir: &AbraDir, a: &DeployArgs) -> Result<()> {
     let env = interpolation_env(&env_text, &checkout, a.domain, &stack)?;
     let labels_file = if has_app {
         let mut labels = BTreeMap::new();
-        labels.insert(format!("coop-cloud.{stack}.version"), version.clone());
+        // After --chaos the version label is whatever the deployed compose file declares.
+        if let Some(v) = &version {
+            labels.insert(format!("coop-cloud.{stack}.version"), v.clone());
+        }
         labels.insert(format!("coop-cloud.{stack}.chaos"), a.chaos.to_string());
         labels.insert(format!("coop-cloud.{stack}.recipe"), recipe.clone());
         if let Some(h) = &chaos_version {
             labels.insert(format!("coop-cloud.{stack}.chaos-version"), h.clone());
         }
-        Some(TempFile::write(&labels_yaml(&labels)?)?)
+        let compose_version = compose_version(&compose_files[0])?;
+        Some(TempFile::write(&labels_yaml(
+            compose_version.as_deref(),
+            &labels,
+        )?)?)
     } else {
         println!("the recipe has no `app` service: no version labels are written");
         None
@@ -126,9 +154,8 @@ pub fn deploy(dir: &AbraDir, a: &DeployArgs) -> Result<()> {
     let mut args: Vec<String> = vec![
         "stack".into(),
         "deploy".into(),
-        "--prune".into(),
         "--resolve-image".into(),
-        "never".into(),
+        "always".into(),
     ];
     for f in &compose_files {
         args.push("-c".into());
@@ -153,11 +180,15 @@ pub fn deploy(dir: &AbraDir, a: &DeployArgs) -> Result<()> {
         .and_then(|t| t.trim().parse::<u64>().ok())
         .map(Duration::from_secs)
         .unwrap_or(DEFAULT_TIMEOUT);
-    println!(
-        "waiting up to {}s for {stack} to converge",
-        timeout.as_secs()
-    );
-    wait_converged(&stack, &before, started, timeout)?;
+    if a.converge_checks {
+        println!(
+            "waiting up to {}s for {stack} to converge",
+            timeout.as_secs()
+        );
+        wait_converged(&stack, &before, started, timeout)?;
+    } else {
+        println!("not waiting for {stack} to converge (--no-converge-checks)");
+    }
 
     state::write(
         &env_path,
@@ -226,7 +257,48 @@ fn interpolation_env(
     Ok(vars.into_iter().collect())
 }
 
-fn labels_yaml(labels: &BTreeMap<String, String>) -> Result<String> {
+/// The `version:` a compose file declares (`"3.7"`, `"3.13"`, ...), if any: the labels file
+/// declares the same, so the files merge as the recipe's own do.
+fn compose_version(file: &Path) -> Result<Option<String>> {
+    let text = state::read(file)?;
+    let doc: serde_yaml::Value = serde_yaml::from_str(&text)
+        .with_context(|| format!("{} is not valid YAML", file.display()))?;
+    Ok(match doc.get("version") {
+        Some(serde_yaml::Value::String(v)) => Some(v.clone()),
+        Some(serde_yaml::Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    })
+}
+
+/// Like abra's domain check: the domain must resolve to an address of this machine.
+fn check_domain(domain: &str) -> Result<()> {
+    use std::net::{ToSocketAddrs, UdpSocket};
+    let addrs: Vec<std::net::SocketAddr> = (domain, 443)
+        .to_socket_addrs()
+        .map(|a| a.collect())
+        .unwrap_or_default();
+    // An address of this machine is one a socket can be bound to.
+    if addrs.iter().any(|a| UdpSocket::bind((a.ip(), 0)).is_ok()) {
+        return Ok(());
+    }
+    bail!(
+        "domain `{domain}` does not resolve to this server ({}): point its DNS here, or pass --no-domain-checks/-D",
+        if addrs.is_empty() {
+            "it does not resolve at all".to_string()
+        } else {
+            format!(
+                "it resolves to {}",
+                addrs
+                    .iter()
+                    .map(|a| a.ip().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }
+    )
+}
+
+fn labels_yaml(compose_version: Option<&str>, labels: &BTreeMap<String, String>) -> Result<String> {
     let scalar = |s: &str| -> Result<String> {
         Ok(
             serde_yaml::to_string(&serde_yaml::Value::String(s.to_string()))
@@ -235,9 +307,11 @@ fn labels_yaml(labels: &BTreeMap<String, String>) -> Result<String> {
                 .to_string(),
         )
     };
-    let mut y = String::from(
-        "# generated by abra-standin: abra's labels on the app service\nversion: \"3.8\"\nservices:\n  app:\n    deploy:\n      labels:\n",
-    );
+    let mut y = String::from("# generated by abra-standin: abra's labels on the app service\n");
+    if let Some(v) = compose_version {
+        y.push_str(&format!("version: {}\n", scalar(v)?));
+    }
+    y.push_str("services:\n  app:\n    deploy:\n      labels:\n");
     for (k, v) in labels {
         y.push_str(&format!("        {}: {}\n", scalar(k)?, scalar(v)?));
     }
@@ -357,7 +431,7 @@ fn wait_converged(
     timeout: Duration,
 ) -> Result<()> {
     loop {
-        let verdict = converge::judge(&snapshot(stack, before)?);
+        let verdict = converge::judge_like_abra(&snapshot(stack, before)?);
         match verdict {
             Verdict::Converged => return Ok(()),
             Verdict::Failed(why) => bail!("deploy of {stack} failed: {why}"),
@@ -451,12 +525,15 @@ mod tests {
         let mut l = BTreeMap::new();
         l.insert("coop-cloud.s.version".to_string(), "1.0.0+1.0".to_string());
         l.insert("coop-cloud.s.chaos".to_string(), "false".to_string());
-        let y = labels_yaml(&l).unwrap();
+        let y = labels_yaml(Some("3.13"), &l).unwrap();
         let doc: serde_yaml::Value = serde_yaml::from_str(&y).unwrap();
         let labels = &doc["services"]["app"]["deploy"]["labels"];
         assert_eq!(labels["coop-cloud.s.version"].as_str(), Some("1.0.0+1.0"));
         assert_eq!(labels["coop-cloud.s.chaos"].as_str(), Some("false"));
-        assert_eq!(doc["version"].as_str(), Some("3.8"));
+        assert_eq!(doc["version"].as_str(), Some("3.13"));
+        let none: serde_yaml::Value =
+            serde_yaml::from_str(&labels_yaml(None, &l).unwrap()).unwrap();
+        assert!(none.get("version").is_none());
     }
 
     #[test]

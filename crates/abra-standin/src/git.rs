@@ -34,6 +34,8 @@ pub struct Version {
 
 impl Version {
     pub fn parse(tag: &str) -> Option<Version> {
+        // Some recipes tag `v1.2.3`; abra takes those as releases too.
+        let tag = tag.strip_prefix('v').unwrap_or(tag);
         let no_build = tag.split_once('+').map_or(tag, |(v, _)| v);
         let (core, pre) = match no_build.split_once('-') {
             Some((c, p)) if !p.is_empty() => (c, Some(p.to_string())),
@@ -107,14 +109,6 @@ pub fn head_short(dir: &Path) -> Result<String> {
     Ok(full.trim().chars().take(8).collect())
 }
 
-/// The nearest tag reachable from HEAD, if any.
-pub fn describe_tag(dir: &Path) -> Option<String> {
-    git(dir, &["describe", "--tags", "--abbrev=0"])
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-}
-
 /// `git status --porcelain` lines: untracked, modified or staged files.
 pub fn dirty_files(dir: &Path) -> Result<Vec<String>> {
     Ok(git(dir, &["status", "--porcelain"])?
@@ -147,6 +141,7 @@ mod tests {
             sort_releases(tags),
             vec![
                 "0.9.1+x",
+                "v1.0.0",
                 "1.2.0-rc1+1.9",
                 "1.2.0+1.9",
                 "1.10.0+2.0",

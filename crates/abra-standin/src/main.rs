@@ -23,6 +23,7 @@ use crate::state::AbraDir;
 #[derive(Parser)]
 #[command(
     name = "abra-standin",
+    version,
     about = "TEST SUPPORT ONLY: a stand-in for Co-op Cloud's abra (the subset cc-ci calls), on the real Docker engine",
     long_about = "TEST SUPPORT ONLY: a stand-in for Co-op Cloud's abra implementing only the subset cc-ci \
 calls, on the real Docker engine through the docker CLI. Never use it to manage real apps.\n\n\
@@ -90,6 +91,15 @@ enum AppCmd {
         version: Option<String>,
         #[arg(long, short = 'C')]
         chaos: bool,
+        /// Skip the check that the app's domain resolves to this server.
+        #[arg(long = "no-domain-checks", short = 'D')]
+        no_domain_checks: bool,
+        /// Return right after `docker stack deploy`, without abra's convergence monitor.
+        #[arg(long = "no-converge-checks", short = 'c')]
+        no_converge_checks: bool,
+        /// Redeploy onto an app that is already deployed.
+        #[arg(long, short = 'f')]
+        force: bool,
     },
     /// Remove the stack (volumes and secrets stay) and wait until it is gone.
     Undeploy { domain: String },
@@ -124,6 +134,13 @@ enum AppCmd {
 
 #[derive(Subcommand)]
 enum SecretCmd {
+    /// Insert a secret value: `<domain> <name> <version> <value>`.
+    Insert {
+        domain: String,
+        name: String,
+        version: String,
+        value: String,
+    },
     /// Remove the app's secrets.
     Rm {
         #[arg(long, short = 'a')]
@@ -198,14 +215,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 domain,
                 version,
                 chaos,
+                no_domain_checks,
+                no_converge_checks,
+                force,
             } => deploy::deploy(
                 &dir,
                 &deploy::DeployArgs {
                     domain: &domain,
                     version: version.as_deref(),
                     chaos,
+                    domain_checks: !no_domain_checks,
+                    converge_checks: !no_converge_checks,
+                    force,
                 },
             ),
+            AppCmd::Secret {
+                command:
+                    SecretCmd::Insert {
+                        domain,
+                        name,
+                        version,
+                        value,
+                    },
+            } => app::secret_insert(&dir, &domain, &name, &version, &value),
             AppCmd::Undeploy { domain } => deploy::undeploy(&dir, &domain),
             AppCmd::Secret {
                 command: SecretCmd::Rm { all, domain },

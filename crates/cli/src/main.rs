@@ -48,6 +48,15 @@ enum Command {
         #[arg(long)]
         keys: bool,
     },
+    /// Check this host the way a run needs it: one line per check, with what to do when it
+    /// fails. Exit 0 only when every check holds.
+    Doctor {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The abra binary (else CC_CI_ABRA, the config's harness.abra, or abra on PATH).
+        #[arg(long)]
+        abra: Option<String>,
+    },
     #[command(flatten)]
     Daemon(daemon_cmds::DaemonCommand),
 }
@@ -183,6 +192,25 @@ async fn cmd_teardown(domain: String, config: Option<PathBuf>) -> anyhow::Result
     }
 }
 
+async fn cmd_doctor(config: Option<PathBuf>, abra: Option<String>) -> ExitCode {
+    let config = match load_config(config.as_deref()) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let checks = cc_ci_harness::doctor::run(&config, abra.as_deref()).await;
+    for c in &checks {
+        println!("{}", c.line());
+    }
+    let failed = checks.iter().filter(|c| !c.ok).count();
+    if failed == 0 {
+        println!("doctor: all {} checks hold", checks.len());
+        ExitCode::SUCCESS
+    } else {
+        println!("doctor: {failed} of {} checks failed", checks.len());
+        ExitCode::from(1)
+    }
+}
+
 async fn cmd_gc(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let config = match load_config(config.as_deref()) {
         Ok(c) => c,
@@ -258,6 +286,7 @@ fn main() -> ExitCode {
             Command::Run(args) => Ok(cmd_run(args).await),
             Command::Teardown { domain, config } => cmd_teardown(domain, config).await,
             Command::Gc { config } => cmd_gc(config).await,
+            Command::Doctor { config, abra } => Ok(cmd_doctor(config, abra).await),
             Command::CheckConfig { file, keys } => Ok(cmd_check_config(&file, keys)),
             Command::Daemon(cmd) => daemon_cmds::run(cmd).await,
         }

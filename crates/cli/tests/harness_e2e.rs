@@ -93,7 +93,12 @@ struct RunResult {
 
 impl Fixture {
     fn run(&self, args: &[&str]) -> RunResult {
+        self.run_env(args, &[])
+    }
+
+    fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> RunResult {
         let out: Output = Command::new(cc_ci())
+            .envs(env.iter().copied())
             .arg("run")
             .arg("--recipe")
             .arg(&self.repo)
@@ -909,5 +914,158 @@ fn a_missing_compose_yml_is_named_when_compose_file_is_unset() {
         r.stderr.contains("compose.yml is missing") && !r.stderr.contains("listed in COMPOSE_FILE"),
         "{}",
         r.stderr
+    );
+}
+
+/// A recipe shaped like real ones (issue 9 items 2 and 8, issue 10): lightweight `v` tags, compose
+/// versions 3.7 / none / 3.13, a slow starter inside its start_period, a `generate=false` secret,
+/// and a head that adds a secret, bumps one and adds env keys. cc-ci drives abra as on a real host:
+/// no domain checks, its own convergence wait, every secret made and inserted by cc-ci.
+#[test]
+fn pull_request_adding_a_secret_passes_on_a_real_shaped_recipe() {
+    let f = fixture("web-newsecret");
+    let r = f.run(&[]);
+    assert_eq!(r.code, 0, "stderr:\n{}", r.stderr);
+    let rep = r.report();
+    assert_eq!(rep["base_version"], "v1.0.0");
+    for t in ["install", "upgrade", "backup", "restore"] {
+        assert_eq!(r.verdict(t), "pass", "{t}: {}", r.failing_detail(t));
+    }
+    let added = r.tier("upgrade")["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "config-added")
+        .map(|c| c["detail"].as_str().unwrap_or_default().to_string())
+        .expect("a config-added check");
+    for what in [
+        "UPLOAD_LIMIT",
+        "COMPOSE_FILE",
+        "SECRET_API_KEY_VERSION=v2 (was v1)",
+        "upload_key v1",
+        "api_key v2",
+    ] {
+        assert!(added.contains(what), "{what} not in: {added}");
+    }
+    assert!(rep["abra_version"].is_string(), "{rep:#}");
+    let log = std::fs::read_to_string(f.report.join("abra.log")).unwrap();
+    let deploys: Vec<&str> = log
+        .lines()
+        .filter(|l| l.starts_with("$ abra app deploy"))
+        .collect();
+    assert_eq!(deploys.len(), 2, "{log}");
+    for d in &deploys {
+        assert!(
+            d.contains("--no-domain-checks") && d.contains("--no-converge-checks"),
+            "{d}"
+        );
+    }
+    assert!(!log.contains(" -S"), "{log}");
+    let inserts: Vec<&str> = log
+        .lines()
+        .filter(|l| l.starts_with("$ abra app secret insert"))
+        .collect();
+    // api_key v1, smtp_password v1 (generate=false) at install; upload_key v1, api_key v2 before the upgrade.
+    assert_eq!(inserts.len(), 4, "{log}");
+    assert!(
+        inserts.iter().all(|l| l.contains("[REDACTED]")),
+        "{inserts:?}"
+    );
+}
+
+/// Without a backup-bot-two service on the swarm, backup and restore cannot run: an
+/// infrastructure error (exit 3) saying how to deploy it, never a failed recipe. The service is
+/// looked up by the label in crates/harness/src/backupbot_label.rs; a run whose override
+/// (`CC_CI_BACKUPBOT_LABEL`) names a label no service carries stands for a swarm without
+/// backup-bot-two (other tests share this swarm's one, so it cannot be removed).
+#[test]
+fn backup_without_backup_bot_two_is_an_infrastructure_error() {
+    let f = fixture("web");
+    let r = f.run_env(
+        &["--stages", "install,backup,restore"],
+        &[("CC_CI_BACKUPBOT_LABEL", "cc-ci.test.no-such-backupbot=true")],
+    );
+    assert_eq!(r.code, 3, "stderr:\n{}", r.stderr);
+    assert_eq!(r.verdict("install"), "pass");
+    for t in ["backup", "restore"] {
+        assert_eq!(r.verdict(t), "error");
+        let d = r.failing_detail(t);
+        assert!(
+            d.contains("backup-bot-two") && d.contains("deploy backup-bot-two"),
+            "{d}"
+        );
+    }
+}
+
+/// The head's images are pulled while the install tier runs; one its registry does not have fails
+/// the upgrade tier at once, naming the image and the registry (not a convergence timeout).
+#[test]
+fn an_image_the_registry_lacks_fails_the_upgrade_naming_image_and_registry() {
+    let f = fixture("web-badimage");
+    let r = f.run(&["--stages", "install,upgrade"]);
+    assert_eq!(r.code, 1, "stderr:\n{}", r.stderr);
+    assert_eq!(
+        r.verdict("install"),
+        "pass",
+        "{}",
+        r.failing_detail("install")
+    );
+    assert_eq!(r.verdict("upgrade"), "fail");
+    let d = r.failing_detail("upgrade");
+    assert!(
+        d.starts_with("pull: ")
+            && d.contains("`127.0.0.1:5000/cc-ci-fixture/no-such-image:1`")
+            && d.contains("registry 127.0.0.1:5000"),
+        "{d}"
+    );
+    assert_eq!(r.report()["deploy_count"], 1);
+}
+
+/// A `# generate=false` secret gets a value cc-ci makes, unless an overlay gives one: the app then
+/// sees exactly the overlay's value. The app prints its secrets into its log (as careless recipes
+/// do); the diagnostics of the failed run (an overlay check fails on purpose) show them redacted.
+#[test]
+fn an_overlay_gives_the_value_of_a_secret_and_leaked_secrets_are_redacted() {
+    let overlays = tempfile::tempdir().unwrap();
+    std::fs::write(
+        overlays.path().join("web-newsecret.toml"),
+        r#"
+[secrets]
+smtp_password = "from-the-overlay-7Qx"
+
+[[check]]
+name = "smtp-password-from-overlay"
+tiers = ["install"]
+service = "app"
+kind = "exec"
+command = ["sh", "-c", "test \"$(cat /run/secrets/smtp_password)\" = from-the-overlay-7Qx"]
+
+[[check]]
+name = "fails-on-purpose"
+tiers = ["install"]
+service = "app"
+kind = "exec"
+command = ["false"]
+"#,
+    )
+    .unwrap();
+    let f = fixture_with_config(
+        "web-newsecret",
+        &format!("overlay_dirs = [\"{}\"]\n", overlays.path().display()),
+    );
+    let r = f.run(&["--stages", "install"]);
+    assert_eq!(r.code, 1, "stderr:\n{}", r.stderr);
+    let failing = r.failing_detail("install");
+    assert!(
+        failing.contains("fails-on-purpose") && !failing.contains("smtp-password-from-overlay"),
+        "{failing}"
+    );
+    let log = std::fs::read_to_string(f.report.join("abra.log")).unwrap();
+    assert!(!log.contains("from-the-overlay-7Qx"), "{log}");
+    let app_log = std::fs::read_to_string(f.report.join("diagnostics/app.log")).unwrap();
+    assert!(
+        app_log.contains("loaded secret /run/secrets/smtp_password: [REDACTED]")
+            && !app_log.contains("from-the-overlay-7Qx"),
+        "{app_log}"
     );
 }

@@ -316,6 +316,15 @@ impl Daemon {
         if let Some(every) = systemd::watchdog_interval() {
             tasks.push(tokio::spawn(watchdog_loop(shared.clone(), every)));
         }
+        // The host checks of `cc-ci doctor`, logged when they fail (the daemon starts anyway).
+        let doctor_config = shared.config.clone();
+        tasks.push(tokio::spawn(async move {
+            for c in cc_ci_harness::doctor::run(&doctor_config, None).await {
+                if !c.ok {
+                    tracing::warn!(check = %c.name, "host check failed: {}", c.line());
+                }
+            }
+        }));
         let gc_shared = shared.clone();
         tasks.push(tokio::spawn(async move {
             runner::run_gc(&gc_shared, None).await;

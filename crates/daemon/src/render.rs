@@ -313,6 +313,7 @@ mod tests {
                 leftovers: vec![],
             },
             notes: vec![],
+            abra_version: None,
         }
     }
 

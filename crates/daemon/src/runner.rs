@@ -636,6 +636,7 @@ mod tests {
             }],
             teardown: TeardownReport::default(),
             notes: vec![],
+            abra_version: None,
         }
     }
 

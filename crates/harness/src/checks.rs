@@ -400,6 +400,12 @@ pub fn check_version_labels(
                     labels.chaos.unwrap_or("")
                 ));
             }
+            if let Some(hash) = cv.strip_suffix("+U") {
+                return Err(format!(
+                    "label coop-cloud.{stack}.chaos-version is `{cv}`: abra saw uncommitted changes in the checkout of {hash}, so what runs is not exactly commit {}",
+                    short(sha)
+                ));
+            }
             if cv.len() >= 7 && sha.starts_with(cv) {
                 Ok(format!(
                     "version={version}, chaos-version={cv} (commit {})",
@@ -617,6 +623,15 @@ pub(crate) mod tests {
         let s = snap(vec![app.clone()]);
         assert!(check_version_labels(&s, "st", &Expected::Commit("abcdef0123456")).is_ok());
         assert!(check_version_labels(&s, "st", &Expected::Commit("1234567890")).is_err());
+        app.labels
+            .insert("coop-cloud.st.chaos-version".into(), "abcdef01+U".into());
+        let dirty = snap(vec![app.clone()]);
+        let err =
+            check_version_labels(&dirty, "st", &Expected::Commit("abcdef0123456")).unwrap_err();
+        assert!(
+            err.contains("abra saw uncommitted changes in the checkout"),
+            "{err}"
+        );
         let other = snap(vec![service("web", vec![])]);
         let err = check_version_labels(&other, "st", &Expected::Release("1")).unwrap_err();
         assert!(

@@ -17,6 +17,9 @@ use tokio::net::UnixStream;
 
 use crate::checks::{Health, MountInfo, RestartPolicy, ServiceState, StackSnapshot, TaskState};
 
+mod images;
+pub use images::{PullError, registry_of};
+
 /// Label swarm puts on every object of a stack.
 pub const NAMESPACE_LABEL: &str = "com.docker.stack.namespace";
 

@@ -6,8 +6,11 @@
 //! [`overlay`]); [`lifecycle`] puts them together for one run.
 
 pub mod abra;
+pub mod appconfig;
+pub mod backupbot_label;
 pub mod checks;
 pub mod config;
+pub mod doctor;
 pub mod engine;
 pub mod lifecycle;
 pub mod listen;

@@ -34,6 +34,10 @@ pub struct OverlayFile {
     pub checks: Vec<CheckSpec>,
     #[serde(default, rename = "data")]
     pub data: Vec<DataSpec>,
+    /// Values for secrets (lower-case name → value), e.g. one marked `# generate=false` that must
+    /// have a particular form; every other secret gets a random value.
+    #[serde(default)]
+    pub secrets: std::collections::BTreeMap<String, String>,
 }
 
 fn yes() -> bool {
@@ -112,6 +116,7 @@ pub struct Overlay {
     pub canaries: bool,
     pub checks: Vec<(CheckSource, CheckSpec)>,
     pub data: Vec<(CheckSource, DataSpec)>,
+    pub secrets: std::collections::BTreeMap<String, String>,
     pub files: Vec<PathBuf>,
 }
 
@@ -220,6 +225,7 @@ pub fn load(
             .checks
             .extend(f.checks.into_iter().map(|c| (source, c)));
         overlay.data.extend(f.data.into_iter().map(|d| (source, d)));
+        overlay.secrets.extend(f.secrets);
         overlay.files.push(path);
     }
     Ok(overlay)

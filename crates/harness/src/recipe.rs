@@ -126,6 +126,15 @@ impl Checkout {
         )
         .await?;
         git(Some(&self.dir), &["clean", "-qfdx"]).await?;
+        // abra deploys the checkout as it finds it and marks a dirty one `+U`: make sure it is
+        // exactly `rev`.
+        let dirty = git(Some(&self.dir), &["status", "--porcelain", "--ignored"]).await?;
+        if !dirty.is_empty() {
+            return Err(RecipeError::Git {
+                args: format!("checkout {rev}"),
+                stderr: format!("the checkout still differs from {rev} after cleaning it: {dirty}"),
+            });
+        }
         Ok(())
     }
 

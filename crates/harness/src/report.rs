@@ -114,6 +114,9 @@ pub struct RunReport {
     /// Extra notes shown in the summary (ignored repo-local tests, generic checks opted out, ...).
     #[serde(default)]
     pub notes: Vec<String>,
+    /// What `abra --version` said (which abra ran the deploys).
+    #[serde(default)]
+    pub abra_version: Option<String>,
 }
 
 impl RunReport {
@@ -373,6 +376,7 @@ mod tests {
             }],
             teardown: TeardownReport::default(),
             notes: vec!["note with @someone".into()],
+            abra_version: None,
         };
         let md = r.summary_markdown(None);
         assert!(
@@ -418,6 +422,7 @@ mod tests {
             tiers,
             teardown,
             notes: vec![],
+            abra_version: None,
         }
     }
 

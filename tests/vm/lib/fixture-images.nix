@@ -6,8 +6,10 @@
 let
   inherit (pkgs) lib dockerTools;
 
-  baseName = "cc-ci-fixture/busybox";
-  webName = "cc-ci-fixture/web";
+  # The fixture recipes name the images in the test registry of scripts/setup-swarm; the VM has
+  # no registry, so deploys fall back to these local images (with swarm's warning).
+  baseName = "127.0.0.1:5000/cc-ci-fixture/busybox";
+  webName = "127.0.0.1:5000/cc-ci-fixture/web";
 
   # /bin (busybox and its applets), a minimal passwd/group and the directories the recipes use.
   baseRoot = pkgs.runCommand "cc-ci-fixture-busybox-root" { } ''

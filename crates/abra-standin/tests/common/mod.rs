@@ -97,6 +97,66 @@ impl App {
 
     /// Runs the stand-in under a pseudo-terminal, as cc-ci does.
     pub fn run(&self, args: &[&str]) -> Out {
+        self.run_env(args, &[])
+    }
+
+    /// `app deploy <domain> -D -c <extra> -n` (as cc-ci deploys), then waits until the stack has
+    /// converged the way cc-ci checks it.
+    pub fn deploy(&self, extra: &[&str]) -> String {
+        let mut args = vec!["app", "deploy", self.domain.as_str(), "-D", "-c"];
+        args.extend_from_slice(extra);
+        args.push("-n");
+        let out = self.ok(&args);
+        self.wait_converged();
+        out
+    }
+
+    /// Until every service of the stack runs its replicas, healthy, with no update going on.
+    pub fn wait_converged(&self) {
+        let label = format!("label=com.docker.stack.namespace={}", self.stack);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let replicas = docker(&[
+                "service",
+                "ls",
+                "--filter",
+                &label,
+                "--format",
+                "{{.Replicas}}",
+            ]);
+            let services_ok = !replicas.trim().is_empty()
+                && replicas.lines().all(|r| {
+                    let r = r.split_whitespace().next().unwrap_or("");
+                    r.split_once('/').is_some_and(|(a, b)| a == b)
+                });
+            let statuses = docker(&["ps", "--filter", &label, "--format", "{{.Status}}"]);
+            let health_ok = !statuses.contains("starting") && !statuses.contains("unhealthy");
+            let ids = docker(&["service", "ls", "-q", "--filter", &label]);
+            let updating = ids.lines().any(|id| {
+                docker(&[
+                    "service",
+                    "inspect",
+                    "--format",
+                    "{{if .UpdateStatus}}{{.UpdateStatus.State}}{{end}}",
+                    id.trim(),
+                ])
+                .trim()
+                    == "updating"
+            });
+            if services_ok && health_ok && !updating {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not converge within 120s: replicas {replicas:?}, containers {statuses:?}",
+                self.stack
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    /// Like [`App::run`], with extra environment for the stand-in.
+    pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Out {
         let mut cmd = sh_quote(BIN);
         for a in args {
             cmd.push(' ');
@@ -105,6 +165,7 @@ impl App {
         let out = Command::new("script")
             .args(["-qec", &cmd, "/dev/null"])
             .env("ABRA_DIR", self.abra_dir.path())
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .output()
             .expect("cannot run script(1): install util-linux");

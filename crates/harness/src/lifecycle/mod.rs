@@ -22,6 +22,7 @@ use crate::report::{CheckResult, RunReport, TeardownReport, TierReport, Verdict}
 use crate::teardown::{self, RunDir};
 use crate::wait::{Probe, WaitError, wait_for};
 
+mod appcfg;
 mod data;
 mod guard;
 mod leases;
@@ -272,6 +273,8 @@ where
         overlay: Overlay::default(),
         backed_up: BTreeMap::new(),
         port_lease: None,
+        abra_version: None,
+        head_pull: None,
     };
 
     let outcome = tokio::select! {
@@ -418,6 +421,10 @@ struct Job {
     backed_up: BTreeMap<String, String>,
     /// Host ports this run's deployment publishes, leased until the run ends (after teardown).
     port_lease: Option<crate::ports::PortLease>,
+    /// What `abra --version` said.
+    abra_version: Option<String>,
+    /// The pull of the head's images, started while the install tier runs.
+    head_pull: Option<tokio::task::JoinHandle<Vec<crate::engine::PullError>>>,
 }
 
 impl Job {
@@ -498,11 +505,22 @@ impl Job {
         }
 
         // --- abra app.
+        self.abra_version = self.abra.version().await.ok().filter(|v| !v.is_empty());
         self.abra.server_add_local().await.map_err(abra_infra)?;
         let server = self.opts.config.harness.server.clone();
         if let Err(e) = self.abra.app_new(&self.recipe, &server, &self.domain).await {
             return Err(abra_infra(e));
         }
+        // The head's images, known before the base is checked out.
+        let head_images = if self.base.is_some() {
+            checkout
+                .checkout(&self.head_sha)
+                .await
+                .map_err(|e| Stop::Infra(e.to_string()))?;
+            self.images_of(&checkout)
+        } else {
+            Vec::new()
+        };
 
         // --- Install tier (on the base when upgrading, else on the head).
         let install_start = Instant::now();
@@ -530,6 +548,19 @@ impl Job {
             published.extend(base_tree.compose.published);
         }
         self.lease_host_ports(&published).await?;
+        // The env file and secrets of the version being deployed.
+        self.configure_app(&checkout).await?;
+        let images = self.images_of(&checkout);
+        self.progress
+            .step(&format!("install: pulling {} image(s)", images.len()));
+        let failed = appcfg::pull_all(self.engine.clone(), images).await;
+        // The head's pull runs while the install tier does.
+        if !head_images.is_empty() {
+            self.head_pull = Some(tokio::spawn(appcfg::pull_all(
+                self.engine.clone(),
+                head_images,
+            )));
+        }
         self.progress.step(&format!(
             "install: deploying {}",
             match &target {
@@ -537,9 +568,13 @@ impl Job {
                 Target::Head => format!("head {}", short(&self.head_sha)),
             }
         ));
-        let installed = self
-            .deploy_and_check(&target, "install", &mut install_checks)
-            .await?;
+        let installed = if failed.is_empty() {
+            self.deploy_and_check(&target, "install", &mut install_checks)
+                .await?
+        } else {
+            install_checks.push(pull_failed(&failed));
+            false
+        };
         self.overlay_checks(Stage::Install, &mut install_checks)
             .await?;
         self.finish_tier(Stage::Install, install_start, install_checks);
@@ -591,6 +626,33 @@ impl Job {
         } else {
             None
         };
+        // Only with backup-bot-two on the swarm (a recipe that declares backups needs it).
+        let backup_wanted = no_backups.is_none()
+            && [Stage::Backup, Stage::Restore]
+                .iter()
+                .any(|s| self.wants(*s) && !self.overlay.skip_tiers.contains(s));
+        if backup_wanted
+            && healthy
+            && let Err(why) = self.backupbot_present().await?
+        {
+            for stage in [Stage::Backup, Stage::Restore] {
+                if self.overlay.skip_tiers.contains(&stage) && self.wants(stage) {
+                    self.tiers.push(TierReport::skipped(
+                        stage.name(),
+                        "skipped by the recipe's overlay",
+                    ));
+                } else if self.wants(stage) {
+                    self.tiers.push(TierReport {
+                        name: stage.name().into(),
+                        verdict: Verdict::Error,
+                        duration_ms: 0,
+                        checks: vec![CheckResult::generic("infrastructure", Verdict::Error, &why)],
+                    });
+                }
+            }
+            self.progress.step(&why);
+            return Ok(());
+        }
         for stage in [Stage::Backup, Stage::Restore] {
             if !self.wants(stage) {
                 continue;
@@ -978,6 +1040,7 @@ impl Job {
             tiers: self.tiers.clone(),
             teardown,
             notes: self.notes.clone(),
+            abra_version: self.abra_version.clone(),
         }
     }
 }
@@ -985,6 +1048,19 @@ impl Job {
 enum Target {
     Release(String),
     Head,
+}
+
+/// The check for pulls that failed, each naming image and registry.
+fn pull_failed(failed: &[crate::engine::PullError]) -> CheckResult {
+    CheckResult::generic(
+        "pull",
+        Verdict::Fail,
+        failed
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; "),
+    )
 }
 
 fn abra_infra(e: AbraError) -> Stop {
@@ -1080,6 +1156,7 @@ mod tests {
                 tiers,
                 teardown,
                 notes: vec![],
+                abra_version: None,
             }
         };
         let passed = vec![

@@ -26,6 +26,19 @@ impl Job {
             .checkout(&self.head_sha)
             .await
             .map_err(|e| Stop::Infra(e.to_string()))?;
+        // The head's images were pulled while the install tier ran.
+        if let Some(pull) = self.head_pull.take() {
+            self.progress.step("upgrade: waiting for the head's images");
+            let failed = pull.await.unwrap_or_default();
+            if !failed.is_empty() {
+                out.push(pull_failed(&failed));
+                return Ok(());
+            }
+        }
+        // What an operator adds for the new version: env keys, secrets.
+        if !self.configure_head(checkout, out).await? {
+            return Ok(());
+        }
         self.progress.step(&format!(
             "upgrade: chaos deploy of head {}",
             short(&self.head_sha)
