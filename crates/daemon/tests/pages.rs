@@ -405,11 +405,22 @@ async fn run_pages_in_a_real_browser() {
     )
     .await;
     assert_eq!(code, 202, "{body}");
-    b.goto(&format!("{base}/board")).await;
-    assert_eq!(
-        b.js("return Array.from(document.querySelectorAll('#board tbody tr')).map(r => r.dataset.recipe + '#' + r.dataset.pr + ':' + r.cells[2].textContent + ':' + r.querySelector('.head').textContent).join(' ')").await,
-        "web#1:fail:stale: now fedcba9876 web#2:pass:current"
-    );
+    // The push is answered at once and the pull request's head read from the forge after the
+    // answer: reload the board until it shows the new head, or fail saying what it showed.
+    let want = "web#1:fail:stale: now fedcba9876 web#2:pass:current";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        b.goto(&format!("{base}/board")).await;
+        let shown = b.js("return Array.from(document.querySelectorAll('#board tbody tr')).map(r => r.dataset.recipe + '#' + r.dataset.pr + ':' + r.cells[2].textContent + ':' + r.querySelector('.head').textContent).join(' ')").await;
+        if shown == want {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the board never showed `{want}` within 20 s after the push; it showed `{shown}`"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     b.fit_height(2400).await;
     std::fs::write(screenshot_path("board.png"), b.screenshot().await).unwrap();
     b.close().await;
