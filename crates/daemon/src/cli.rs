@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use cc_ci_harness::config::Config;
 
-use crate::daemon::{database_path, state_dir};
 use crate::error::DaemonError;
+use crate::state::{database_path, state_dir};
 use crate::store::{RunRow, RunState, Store, now};
 use crate::trigger;
 

@@ -8,35 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, thiserror::Error)]
-pub enum ForgeError {
-    #[error("{what}: cannot reach the forge: {message}")]
-    Transport { what: String, message: String },
-    #[error("{what}: the forge answered HTTP {status}: {body}")]
-    Status {
-        what: String,
-        status: u16,
-        body: String,
-    },
-    #[error("{what}: unexpected answer: {message}")]
-    Decode { what: String, message: String },
-}
-
-impl ForgeError {
-    pub fn status(&self) -> Option<u16> {
-        match self {
-            ForgeError::Status { status, .. } => Some(*status),
-            _ => None,
-        }
-    }
-    fn transient(&self) -> bool {
-        match self {
-            ForgeError::Transport { .. } => true,
-            ForgeError::Status { status, .. } => *status >= 500 || *status == 429,
-            ForgeError::Decode { .. } => false,
-        }
-    }
-}
+pub use crate::error::ForgeError;
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Head {

@@ -19,15 +19,15 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
-use crate::daemon::{IngestOutcome, Shared, ingest, verify_pull_update};
 use crate::error::DaemonError;
+use crate::intake::{IngestOutcome, ingest, verify_pull_update};
 use crate::render::Links;
 use crate::runner;
+use crate::state::{BodyBudget, State};
 use crate::store::RunState;
 use crate::systemd::StdListener;
-use crate::trigger::{self, Delivery};
+use crate::webhook::{self, Action};
 
 type Body = BoxBody<Bytes, Infallible>;
 
@@ -36,11 +36,18 @@ enum Listener {
     Unix(tokio::net::UnixListener),
 }
 
-/// Start accepting connections; returns the bound TCP address (if TCP) and the accept task.
+/// Prepare to accept connections; returns the bound TCP address (if TCP) and the accept loop
+/// (which ends when the daemon starts stopping).
 pub(crate) fn start(
-    shared: Arc<Shared>,
+    shared: Arc<State>,
     listener: StdListener,
-) -> Result<(Option<SocketAddr>, JoinHandle<()>), DaemonError> {
+) -> Result<
+    (
+        Option<SocketAddr>,
+        impl Future<Output = ()> + Send + 'static,
+    ),
+    DaemonError,
+> {
     let err = |e| DaemonError::io("preparing the listening socket", e);
     let (listener, addr) = match listener {
         StdListener::Tcp(l) => {
@@ -59,19 +66,18 @@ pub(crate) fn start(
             )
         }
     };
-    Ok((addr, tokio::spawn(accept_loop(shared, listener))))
+    Ok((addr, accept_loop(shared, listener)))
 }
 
-async fn accept_loop(shared: Arc<Shared>, listener: Listener) {
-    let mut shutdown = shared.shutdown.subscribe();
+async fn accept_loop(shared: Arc<State>, listener: Listener) {
     loop {
         let accepted = tokio::select! {
-            _ = shutdown.changed() => return,
+            _ = shared.shutdown.cancelled() => return,
             a = accept(&listener) => a,
         };
         // Beyond `max_connections` a connection gets a 503 and is closed at once: the file
         // table and memory stay bounded however many connections a flood opens.
-        let permit = shared.connections.clone().try_acquire_owned().ok();
+        let permit = shared.limits.connections.clone().try_acquire_owned().ok();
         match (accepted, permit) {
             (Ok(AcceptedConn::Tcp(s)), Some(p)) => {
                 tokio::spawn(serve_conn(shared.clone(), s, p));
@@ -81,14 +87,14 @@ async fn accept_loop(shared: Arc<Shared>, listener: Listener) {
             }
             (Ok(AcceptedConn::Tcp(s)), None) => {
                 tracing::warn!(
-                    limit = shared.config.daemon.max_connections,
+                    limit = shared.settings.config.daemon.max_connections,
                     "too many connections: answering 503"
                 );
                 tokio::spawn(refuse_conn(s));
             }
             (Ok(AcceptedConn::Unix(s)), None) => {
                 tracing::warn!(
-                    limit = shared.config.daemon.max_connections,
+                    limit = shared.settings.config.daemon.max_connections,
                     "too many connections: answering 503"
                 );
                 tokio::spawn(refuse_conn(s));
@@ -152,11 +158,11 @@ where
 #[derive(Clone, Copy)]
 struct Streaming;
 
-async fn serve_conn<I>(shared: Arc<Shared>, io: I, _permit: tokio::sync::OwnedSemaphorePermit)
+async fn serve_conn<I>(shared: Arc<State>, io: I, _permit: tokio::sync::OwnedSemaphorePermit)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let timeout = Duration::from_secs(shared.config.daemon.request_timeout_secs);
+    let timeout = Duration::from_secs(shared.settings.config.daemon.request_timeout_secs);
     // A connection holds one of `max_connections` slots: one that idles or reads its answer
     // too slowly is cut after this, so idle clients cannot keep the slots.
     let deadline = (timeout * 6).max(Duration::from_secs(60));
@@ -216,7 +222,7 @@ fn json(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
     full(status, "application/json", body)
 }
 
-async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+async fn handle(shared: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     // The HTML pages, their assets, downloads, live events and /metrics (crate::pages).
     if let Some(r) = crate::pages::route(&shared, &req) {
         return r;
@@ -254,7 +260,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     }
 }
 
-fn healthz(shared: &Shared) -> Response<Body> {
+fn healthz(shared: &State) -> Response<Body> {
     match shared.store.ping() {
         Ok(()) => text(StatusCode::OK, "ok"),
         Err(e) => {
@@ -264,9 +270,9 @@ fn healthz(shared: &Shared) -> Response<Body> {
     }
 }
 
-fn run_json(shared: &Shared, run: &crate::store::RunRow) -> serde_json::Value {
+fn run_json(shared: &State, run: &crate::store::RunRow) -> serde_json::Value {
     let mut v = serde_json::to_value(run).unwrap_or(serde_json::Value::Null);
-    let links = Links::for_run(&shared.config.daemon.public_url, run.id);
+    let links = Links::for_run(&shared.settings.config.daemon.public_url, run.id);
     if let Some(o) = v.as_object_mut() {
         o.insert("url".into(), links.run_url.into());
         o.insert("log_url".into(), links.log_url.into());
@@ -274,7 +280,7 @@ fn run_json(shared: &Shared, run: &crate::store::RunRow) -> serde_json::Value {
     v
 }
 
-fn list_runs(shared: &Shared) -> Response<Body> {
+fn list_runs(shared: &State) -> Response<Body> {
     match shared.store.list_runs(100) {
         Ok(runs) => json(
             StatusCode::OK,
@@ -290,10 +296,10 @@ fn list_runs(shared: &Shared) -> Response<Body> {
     }
 }
 
-fn show_run(shared: &Shared, id: i64) -> Response<Body> {
+fn show_run(shared: &State, id: i64) -> Response<Body> {
     match shared.store.get_run(id) {
         Ok(Some(run)) => {
-            let dir = runner::run_dir(&shared.state_dir, id);
+            let dir = runner::run_dir(&shared.settings.state_dir, id);
             let mut v = run_json(shared, &run);
             if let Some(o) = v.as_object_mut() {
                 o.insert(
@@ -346,7 +352,7 @@ impl hyper::body::Body for ChannelBody {
     }
 }
 
-fn log(shared: Arc<Shared>, id: i64, follow: bool) -> Response<Body> {
+fn log(shared: Arc<State>, id: i64, follow: bool) -> Response<Body> {
     match shared.store.get_run(id) {
         Ok(Some(_)) => {}
         Ok(None) => return text(StatusCode::NOT_FOUND, format!("no run {id}")),
@@ -355,12 +361,12 @@ fn log(shared: Arc<Shared>, id: i64, follow: bool) -> Response<Body> {
             return text(StatusCode::INTERNAL_SERVER_ERROR, "cannot read the run");
         }
     }
-    let path = runner::run_dir(&shared.state_dir, id).join("log.txt");
+    let path = runner::run_dir(&shared.settings.state_dir, id).join("log.txt");
     if !follow {
         let body = std::fs::read(&path).unwrap_or_default();
         return full(StatusCode::OK, "text/plain; charset=utf-8", body);
     }
-    let Ok(permit) = shared.log_followers.clone().try_acquire_owned() else {
+    let Ok(permit) = shared.limits.log_followers.clone().try_acquire_owned() else {
         let mut r = text(
             StatusCode::SERVICE_UNAVAILABLE,
             "too many log followers, try again shortly (or read the log without follow)",
@@ -373,7 +379,7 @@ fn log(shared: Arc<Shared>, id: i64, follow: bool) -> Response<Body> {
     let (tx, rx) = mpsc::channel::<Bytes>(16);
     tokio::spawn(async move {
         let _permit = permit;
-        let mut epoch = shared.log_epoch.subscribe();
+        let mut epoch = shared.wake.log_epoch.subscribe();
         let mut pos = 0u64;
         loop {
             // Look at the state before reading, so the last bytes of a finished run are sent.
@@ -408,30 +414,6 @@ fn log(shared: Arc<Shared>, id: i64, follow: bool) -> Response<Body> {
     }
     r.extensions_mut().insert(Streaming);
     r
-}
-
-/// Bytes of request bodies the daemon holds at once, shared by all requests.
-pub(crate) struct BodyBudget {
-    left: std::sync::atomic::AtomicUsize,
-}
-
-impl BodyBudget {
-    pub(crate) fn new(bytes: usize) -> Self {
-        Self {
-            left: std::sync::atomic::AtomicUsize::new(bytes),
-        }
-    }
-
-    fn take(&self, n: usize) -> bool {
-        use std::sync::atomic::Ordering;
-        self.left
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |l| l.checked_sub(n))
-            .is_ok()
-    }
-
-    fn give(&self, n: usize) {
-        self.left.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
-    }
 }
 
 /// What one request took of the budget, given back when the request is done.
@@ -487,11 +469,11 @@ fn header(headers: &HeaderMap, name: &str) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
-async fn webhook(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
-    let max = shared.config.daemon.max_body_bytes;
+async fn webhook(shared: Arc<State>, req: Request<Incoming>) -> Response<Body> {
+    let max = shared.settings.config.daemon.max_body_bytes;
     let headers = req.headers().clone();
-    let timeout = Duration::from_secs(shared.config.daemon.request_timeout_secs);
-    let read = read_body(req.into_body(), max, &shared.body_budget);
+    let timeout = Duration::from_secs(shared.settings.config.daemon.request_timeout_secs);
+    let read = read_body(req.into_body(), max, &shared.limits.body_budget);
     let body = match tokio::time::timeout(timeout, read).await {
         Err(_) => return text(StatusCode::REQUEST_TIMEOUT, "body not received in time"),
         Ok(Err(status)) if status == StatusCode::PAYLOAD_TOO_LARGE => {
@@ -521,104 +503,51 @@ async fn webhook(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> 
     text(status, msg)
 }
 
+/// Carry out the webhook decision (`webhook::decide`): store the trigger, or record the
+/// delivery and check the pull request after answering.
 async fn decide(
-    shared: &Arc<Shared>,
+    shared: &Arc<State>,
     headers: &HeaderMap,
     body: &[u8],
     delivery: Option<&str>,
 ) -> (StatusCode, String) {
-    let Some(secret) = &shared.secrets.webhook_secret else {
-        return (
-            StatusCode::UNAUTHORIZED,
-            "webhooks are disabled: no webhook secret is configured".into(),
-        );
-    };
-    let sent: Vec<String> = [
-        "x-forgejo-signature",
-        "x-gitea-signature",
-        "x-hub-signature-256",
-    ]
-    .iter()
-    .filter_map(|h| {
-        headers
-            .get(*h)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    })
-    .collect();
-    let sent_refs: Vec<&str> = sent.iter().map(String::as_str).collect();
-    // A hook with the *form* content type sends `payload=<urlencoded JSON>` and signs the
-    // JSON: the signature is checked against the JSON taken out of the form.
-    let content_type = header(headers, "content-type")
-        .unwrap_or_default()
-        .to_ascii_lowercase();
-    let form;
-    let body = if content_type.starts_with("application/x-www-form-urlencoded") {
-        form = match trigger::form_payload(body) {
-            Ok(json) => json,
-            Err(e) => return (StatusCode::BAD_REQUEST, e),
-        };
-        &form[..]
-    } else if content_type.is_empty() || content_type.starts_with("application/json") {
-        body
-    } else {
-        return (
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!(
-                "content type `{content_type}` is not supported: set the hook's content type to \
-                 application/json (or application/x-www-form-urlencoded)"
-            ),
-        );
-    };
-    if let Err(e) = trigger::verify_signature(secret.as_bytes(), body, &sent_refs) {
-        return (StatusCode::UNAUTHORIZED, format!("rejected: {e}"));
-    }
-    let Some(event) =
-        header(headers, "x-forgejo-event").or_else(|| header(headers, "x-gitea-event"))
-    else {
-        return (
-            StatusCode::BAD_REQUEST,
-            "missing X-Gitea-Event header".into(),
-        );
+    let content_type = header(headers, "content-type");
+    let event = header(headers, "x-forgejo-event").or_else(|| header(headers, "x-gitea-event"));
+    let signatures: Vec<&str> = webhook::SIGNATURE_HEADERS
+        .iter()
+        .filter_map(|h| headers.get(*h).and_then(|v| v.to_str().ok()))
+        .collect();
+    let hook = webhook::Hook {
+        content_type: content_type.as_deref(),
+        event: event.as_deref(),
+        signatures,
+        body,
     };
     let own = shared.own_login();
-    let delivery_kind = match trigger::classify(&event, body, own.as_deref()) {
-        Ok(d) => d,
-        Err(e) => return (StatusCode::BAD_REQUEST, e),
+    let forge = &shared.settings.config.forge;
+    let policy = webhook::Policy {
+        secret: shared.settings.secrets.webhook_secret.as_deref(),
+        own_login: own.as_deref(),
+        repo_allowlist: &forge.repo_allowlist,
+        user_allowlist: &forge.user_allowlist,
+        has_org_allowlist: !forge.org_allowlist.is_empty(),
     };
-    // Only what is really wrong gets a 4xx (Gitea marks any other answer as a failed delivery,
-    // and never retries): a well-formed delivery cc-ci has no use for is acknowledged.
-    match delivery_kind {
-        Delivery::Unhandled(reason) | Delivery::Ignored(reason) => {
-            (StatusCode::OK, format!("ignored: {reason}"))
-        }
-        Delivery::PullUpdate { repo, pr, .. } => {
-            if !trigger::repo_allowed(&shared.config.forge.repo_allowlist, &repo) {
-                return (
-                    StatusCode::FORBIDDEN,
-                    format!("repository {repo} is not on the allowlist"),
-                );
+    match webhook::decide(&hook, &policy) {
+        Action::Answer(status, msg) => (status, msg),
+        Action::CheckPull { repo, pr } => {
+            let fresh = match delivery.map(|d| shared.store.record_delivery(d)) {
+                None => true,
+                Some(Ok(fresh)) => fresh,
+                Some(Err(e)) => return internal(e),
+            };
+            if fresh {
+                // The payload may be stale (out of order, or a replay): the API's current
+                // head decides, read after this answer.
+                tokio::spawn(verify_pull_update(shared.clone(), repo, pr));
             }
-            if let Some(d) = delivery {
-                match shared.store.record_delivery(d) {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        return (StatusCode::OK, "ignored: delivery already processed".into());
-                    }
-                    Err(e) => return internal(e),
-                }
-            }
-            // The payload may be stale (out of order, or a replay): the API's current head
-            // decides, read after this answer.
-            tokio::spawn(verify_pull_update(shared.clone(), repo, pr));
-            (
-                StatusCode::ACCEPTED,
-                "accepted: the pull request's current head is read from the forge; runs of \
-                 other heads are superseded"
-                    .into(),
-            )
+            webhook::answer_pull_update(fresh)
         }
-        Delivery::Trigger(t) => match ingest(shared, "webhook", delivery, &t) {
+        Action::Store(t) => match ingest(shared, "webhook", delivery, &t) {
             Err(e) => internal(e),
             Ok(IngestOutcome::RepoNotAllowed) => (
                 StatusCode::FORBIDDEN,
@@ -626,27 +555,13 @@ async fn decide(
             ),
             Ok(IngestOutcome::Duplicate(why)) => (StatusCode::OK, format!("ignored: {why}")),
             Ok(IngestOutcome::Stored(id)) => {
-                // The trigger is durable now. Everything that needs the forge (authorisation,
-                // the pull request's head, the pending status) happens after this answer:
-                // Gitea gives up on a delivery after 5 s and never retries it.
-                shared.wake_intake.notify_one();
-                let f = &shared.config.forge;
-                if f.org_allowlist.is_empty() && !trigger::user_allowed(&f.user_allowlist, &t.user)
-                {
-                    (
-                        StatusCode::FORBIDDEN,
-                        format!("{} may not start runs", t.user),
-                    )
-                } else {
-                    (
-                        StatusCode::ACCEPTED,
-                        format!(
-                            "accepted: trigger #{id} stored; the run appears at {}/runs once \
-                             authorised",
-                            shared.config.daemon.public_url.trim_end_matches('/')
-                        ),
-                    )
-                }
+                shared.wake.intake.notify_one();
+                webhook::answer_stored(
+                    id,
+                    &t.user,
+                    &policy,
+                    &shared.settings.config.daemon.public_url,
+                )
             }
         },
     }

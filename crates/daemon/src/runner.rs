@@ -16,20 +16,9 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
-use crate::daemon::Shared;
+use crate::state::{Cancel, State};
 use crate::store::{RunRow, RunVerdict, now};
 use crate::systemd::PRIVATE_ENV;
-
-/// Why a running run is being stopped.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Cancel {
-    /// Superseded, pull request closed, or `cc-ci cancel`: verdict `cancelled`.
-    Requested(String),
-    /// The run exceeded `run_timeout_secs`: verdict `error`.
-    Deadline,
-    /// The daemon is stopping: re-queued (or `error` once re-queued too often).
-    Shutdown,
-}
 
 /// Files of a run under `<state_dir>/runs/<id>`.
 pub fn run_dir(state_dir: &Path, id: i64) -> PathBuf {
@@ -57,11 +46,11 @@ pub fn read_progress(dir: &Path) -> Option<Vec<TierReport>> {
 #[derive(Clone)]
 pub struct LogSink {
     file: Arc<Mutex<std::fs::File>>,
-    shared: Arc<Shared>,
+    shared: Arc<State>,
 }
 
 impl LogSink {
-    pub fn open(shared: Arc<Shared>, path: &Path) -> std::io::Result<Self> {
+    pub fn open(shared: Arc<State>, path: &Path) -> std::io::Result<Self> {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -73,7 +62,7 @@ impl LogSink {
     }
 
     pub fn line(&self, text: &str) {
-        let clean = self.shared.secrets.redact(text);
+        let clean = self.shared.settings.secrets.redact(text);
         crate::metrics::log_line(&clean);
         {
             let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
@@ -82,9 +71,7 @@ impl LogSink {
                 let _ = f.write_all(b"\n");
             }
         }
-        self.shared
-            .log_epoch
-            .send_modify(|e| *e = e.wrapping_add(1));
+        self.shared.wake.log_changed();
     }
 }
 
@@ -101,8 +88,8 @@ async fn pump(reader: impl AsyncRead + Unpin, sink: LogSink) {
     }
 }
 
-fn base_command(shared: &Shared) -> Command {
-    let mut cmd = Command::new(&shared.exe);
+fn base_command(shared: &State) -> Command {
+    let mut cmd = Command::new(&shared.settings.exe);
     for var in PRIVATE_ENV {
         cmd.env_remove(var);
     }
@@ -130,8 +117,8 @@ fn base_command(shared: &Shared) -> Command {
     cmd
 }
 
-fn config_args(shared: &Shared) -> Vec<String> {
-    match &shared.config_path {
+fn config_args(shared: &State) -> Vec<String> {
+    match &shared.settings.config_path {
         Some(p) => vec!["--config".into(), p.display().to_string()],
         None => vec![],
     }
@@ -139,7 +126,7 @@ fn config_args(shared: &Shared) -> Vec<String> {
 
 /// Spawn `<exe> <args>` with output into `sink`; returns the child and its output pumps.
 fn spawn_logged(
-    shared: &Arc<Shared>,
+    shared: &Arc<State>,
     args: &[String],
     sink: &LogSink,
 ) -> std::io::Result<(Child, Vec<tokio::task::JoinHandle<()>>)> {
@@ -178,13 +165,16 @@ fn spawn_logged(
 /// The forge token and webhook secret, one per line, in a pipe the child inherits as fd 3:
 /// the run never has them in its environment, arguments or files, yet can mask them in what it
 /// writes (a recipe that gets hold of one must not be able to publish it through a report).
-fn secrets_pipe(shared: &Shared) -> std::io::Result<std::os::fd::OwnedFd> {
+fn secrets_pipe(shared: &State) -> std::io::Result<std::os::fd::OwnedFd> {
     use std::io::Write;
     let (read, mut write) = std::io::pipe()?;
     let mut text = String::new();
-    for v in [&shared.secrets.token, &shared.secrets.webhook_secret]
-        .into_iter()
-        .flatten()
+    for v in [
+        &shared.settings.secrets.token,
+        &shared.settings.secrets.webhook_secret,
+    ]
+    .into_iter()
+    .flatten()
     {
         text.push_str(v);
         text.push('\n');
@@ -224,10 +214,10 @@ fn signal(pid: Option<u32>, group: bool, sig: libc::c_int) {
 
 /// `<exe> gc`: tear down what dead runs left. Output goes to `sink` when given, else the
 /// daemon log. Returns whether gc succeeded.
-pub async fn run_gc(shared: &Arc<Shared>, sink: Option<&LogSink>) -> bool {
+pub async fn run_gc(shared: &Arc<State>, sink: Option<&LogSink>) -> bool {
     let mut args = vec!["gc".to_string()];
     args.extend(config_args(shared));
-    let log_path = shared.state_dir.join("gc.log");
+    let log_path = shared.settings.state_dir.join("gc.log");
     let own_sink;
     let sink = match sink {
         Some(s) => s,
@@ -244,19 +234,19 @@ pub async fn run_gc(shared: &Arc<Shared>, sink: Option<&LogSink>) -> bool {
     };
     sink.line(&format!(
         "cc-ci: running `{} gc` at {}",
-        shared.exe.display(),
+        shared.settings.exe.display(),
         now()
     ));
     let (mut child, pumps) = match spawn_logged(shared, &args, sink) {
         Ok(c) => c,
         Err(e) => {
-            tracing::error!(exe = %shared.exe.display(), error = %e, "cannot start gc");
+            tracing::error!(exe = %shared.settings.exe.display(), error = %e, "cannot start gc");
             sink.line(&format!("cc-ci: cannot start gc: {e}"));
             return false;
         }
     };
     let pid = child.id();
-    let status = match tokio::time::timeout(shared.tuning.gc_timeout, child.wait()).await {
+    let status = match tokio::time::timeout(shared.settings.tuning.gc_timeout, child.wait()).await {
         Ok(s) => s.ok(),
         Err(_) => {
             signal(pid, true, libc::SIGKILL);
@@ -337,11 +327,11 @@ pub fn outcome(
 
 /// Supervise one claimed run to its end and record the result. Never panics on outside input.
 pub async fn supervise(
-    shared: Arc<Shared>,
+    shared: Arc<State>,
     run: RunRow,
     mut cancel: watch::Receiver<Option<Cancel>>,
 ) {
-    let dir = run_dir(&shared.state_dir, run.id);
+    let dir = run_dir(&shared.settings.state_dir, run.id);
     let recipe = crate::render::recipe_of(&run.repo).to_string();
     if let Err(e) = prepare_dir(&dir) {
         finish(
@@ -420,7 +410,7 @@ pub async fn supervise(
         "--recipe".into(),
         format!(
             "{}/{}.git",
-            shared.config.forge.url.trim_end_matches('/'),
+            shared.settings.config.forge.url.trim_end_matches('/'),
             repo_now
         ),
         "--ref".into(),
@@ -437,7 +427,10 @@ pub async fn supervise(
     let (mut child, pumps) = match spawn_logged(&shared, &args, &sink) {
         Ok(c) => c,
         Err(e) => {
-            let reason = format!("cannot start the run process {}: {e}", shared.exe.display());
+            let reason = format!(
+                "cannot start the run process {}: {e}",
+                shared.settings.exe.display()
+            );
             sink.line(&format!("cc-ci: {reason}"));
             finish(&shared, &run, RunVerdict::Error, Some(reason), None);
             return;
@@ -446,9 +439,9 @@ pub async fn supervise(
     let pid = child.id();
     tracing::info!(run_id = run.id, recipe = %recipe, pr = run.pr, pid = ?pid, "run started");
 
-    let deadline =
-        tokio::time::Instant::now() + Duration::from_secs(shared.config.daemon.run_timeout_secs);
-    let mut progress_tick = tokio::time::interval(shared.tuning.progress_interval);
+    let deadline = tokio::time::Instant::now()
+        + Duration::from_secs(shared.settings.config.daemon.run_timeout_secs);
+    let mut progress_tick = tokio::time::interval(shared.settings.tuning.progress_interval);
     let mut last_progress = progress_stamp(&dir);
     let mut cancelled: Option<Cancel> = None;
 
@@ -469,7 +462,7 @@ pub async fn supervise(
                 if stamp != last_progress {
                     last_progress = stamp;
                     let _ = shared.store.bump_version(run.id);
-                    shared.wake_reporter.notify_one();
+                    shared.wake.reporter.notify_one();
                 }
             }
         }
@@ -524,18 +517,18 @@ pub async fn supervise(
         Some(Cancel::Deadline) => {
             let reason = format!(
                 "the run exceeded its deadline of {} s and was cancelled",
-                shared.config.daemon.run_timeout_secs
+                shared.settings.config.daemon.run_timeout_secs
             );
             sink.line(&format!("cc-ci: {reason}"));
             finish(&shared, &run, RunVerdict::Error, Some(reason), code);
         }
         Some(Cancel::Shutdown) => {
-            if run.requeues < shared.config.daemon.max_requeues {
+            if run.requeues < shared.settings.config.daemon.max_requeues {
                 sink.line("cc-ci: the daemon is stopping: run interrupted, re-queued");
                 if let Err(e) = shared.store.requeue_run(run.id) {
                     tracing::error!(run_id = run.id, error = %e, "cannot re-queue run");
                 }
-                shared.wake_reporter.notify_one();
+                shared.wake.reporter.notify_one();
             } else {
                 let reason =
                     "interrupted by a daemon shutdown (and re-queued too often)".to_string();
@@ -548,7 +541,7 @@ pub async fn supervise(
 
 /// SIGTERM, wait the grace period, then SIGKILL the whole process group.
 async fn stop_child(
-    shared: &Arc<Shared>,
+    shared: &Arc<State>,
     child: &mut Child,
     pid: Option<u32>,
     why: &Cancel,
@@ -556,7 +549,7 @@ async fn stop_child(
 ) -> Option<std::process::ExitStatus> {
     sink.line(&format!("cc-ci: stopping the run ({why:?}): SIGTERM"));
     signal(pid, false, libc::SIGTERM);
-    let grace = Duration::from_secs(shared.config.daemon.cancel_grace_secs);
+    let grace = Duration::from_secs(shared.settings.config.daemon.cancel_grace_secs);
     match tokio::time::timeout(grace, child.wait()).await {
         Ok(s) => {
             // Helpers the run left in its group (abra, docker) go too.
@@ -592,7 +585,7 @@ fn progress_stamp(dir: &Path) -> Option<(u64, std::time::SystemTime)> {
 }
 
 fn finish(
-    shared: &Arc<Shared>,
+    shared: &Arc<State>,
     run: &RunRow,
     verdict: RunVerdict,
     reason: Option<String>,
@@ -603,7 +596,7 @@ fn finish(
     crate::metrics::run_finished(
         run,
         verdict,
-        read_report(&run_dir(&shared.state_dir, run.id)).as_ref(),
+        read_report(&run_dir(&shared.settings.state_dir, run.id)).as_ref(),
     );
     if let Err(e) = shared
         .store
@@ -611,7 +604,7 @@ fn finish(
     {
         tracing::error!(run_id = run.id, error = %e, "cannot record the run's result");
     }
-    shared.wake_reporter.notify_one();
+    shared.wake.reporter.notify_one();
 }
 
 #[cfg(test)]

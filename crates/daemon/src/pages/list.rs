@@ -6,8 +6,8 @@ use std::sync::Arc;
 use hyper::StatusCode;
 
 use super::{Body, badge, enc, esc, html, layout, query_param, run_label, span, store_error, time};
-use crate::daemon::Shared;
 use crate::render::recipe_of;
+use crate::state::State;
 use crate::store::{RunRow, now};
 
 /// How many of the newest runs the list and the board look at.
@@ -44,7 +44,7 @@ fn duration(run: &RunRow) -> String {
     }
 }
 
-pub(super) fn runs_page(shared: &Arc<Shared>, query: &str) -> hyper::Response<Body> {
+pub(super) fn runs_page(shared: &Arc<State>, query: &str) -> hyper::Response<Body> {
     let runs = match shared.store.list_runs(HISTORY) {
         Ok(r) => r,
         Err(e) => return store_error(&e),
@@ -119,7 +119,7 @@ pub(super) fn runs_page(shared: &Arc<Shared>, query: &str) -> hyper::Response<Bo
 }
 
 /// The latest run of every pull request, grouped by recipe.
-pub(super) fn board_page(shared: &Arc<Shared>) -> hyper::Response<Body> {
+pub(super) fn board_page(shared: &Arc<State>) -> hyper::Response<Body> {
     let runs = match shared.store.list_runs(HISTORY) {
         Ok(r) => r,
         Err(e) => return store_error(&e),
@@ -159,7 +159,7 @@ pub(super) fn board_page(shared: &Arc<Shared>) -> hyper::Response<Body> {
                     None => "–".into(),
                 },
                 recipe = esc(recipe_of(repo)),
-                forge = esc(shared.config.forge.url.trim_end_matches('/')),
+                forge = esc(shared.settings.config.forge.url.trim_end_matches('/')),
                 qrepo = esc(&enc(repo)),
                 repo = esc(repo),
                 badge = badge(run_label(r)),

@@ -19,7 +19,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
-use crate::daemon::Shared;
+use crate::state::State;
 
 pub(crate) type Body = BoxBody<Bytes, Infallible>;
 
@@ -32,7 +32,7 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-
                    connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
 
 /// The answer for the pages' paths; `None` leaves the request to the API router.
-pub(crate) fn route<B>(shared: &Arc<Shared>, req: &Request<B>) -> Option<Response<Body>> {
+pub(crate) fn route<B>(shared: &Arc<State>, req: &Request<B>) -> Option<Response<Body>> {
     if req.method() != Method::GET {
         return None;
     }

@@ -1,0 +1,294 @@
+//! The intake: a comment becomes a stored trigger (`ingest`, deduplicated by delivery and
+//! comment), and a stored trigger becomes a queued run or a reply (`process_trigger`:
+//! cc-ci's own comments dropped, the user authorised, the pull request's head read). Also the
+//! check of a pull request after a push or close (`verify_pull_update`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::DaemonError;
+use crate::forge::ForgeError;
+use crate::render;
+use crate::reporter;
+use crate::state::State;
+use crate::store::{Ingested, NewTrigger, TriggerState, now};
+use crate::trigger::{self, Command, CommentTrigger};
+
+/// The outcome of deciding on one trigger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum TriggerOutcome {
+    Queued(i64),
+    Unauthorised,
+    BadStages,
+    Dropped(String),
+    /// The forge could not be asked; the trigger stays and is retried.
+    Later(String),
+}
+
+/// Turn a comment into a stored trigger (dedup by delivery and comment), or say why not.
+pub(crate) enum IngestOutcome {
+    RepoNotAllowed,
+    Duplicate(&'static str),
+    Stored(i64),
+}
+
+pub(crate) fn ingest(
+    state: &State,
+    source: &str,
+    delivery_id: Option<&str>,
+    t: &CommentTrigger,
+) -> Result<IngestOutcome, DaemonError> {
+    if !trigger::repo_allowed(&state.settings.config.forge.repo_allowlist, &t.repo) {
+        return Ok(IngestOutcome::RepoNotAllowed);
+    }
+    let (stages, unknown) = match &t.command {
+        Command::Run { stages } => (stages.clone(), vec![]),
+        Command::BadStages { unknown } => (vec![], unknown.clone()),
+    };
+    let r = state.store.ingest_trigger(&NewTrigger {
+        source,
+        delivery_id,
+        repo: &t.repo,
+        pr: t.pr,
+        comment_id: t.comment_id,
+        user: &t.user,
+        stages: &stages,
+        unknown_stages: &unknown,
+    })?;
+    Ok(match r {
+        Ingested::DuplicateDelivery => IngestOutcome::Duplicate("delivery already processed"),
+        Ingested::DuplicateComment => IngestOutcome::Duplicate("comment already processed"),
+        Ingested::Stored(id) => {
+            tracing::info!(trigger = id, repo = %t.repo, pr = t.pr, user = %t.user, source, "trigger received");
+            IngestOutcome::Stored(id)
+        }
+    })
+}
+
+async fn authorise(state: &State, user: &str) -> Result<bool, ForgeError> {
+    let f = &state.settings.config.forge;
+    if trigger::user_allowed(&f.user_allowlist, user) {
+        return Ok(true);
+    }
+    for org in &f.org_allowlist {
+        if !trigger::is_valid_login(org) {
+            continue;
+        }
+        match state.forge.is_org_member(org, user).await {
+            Ok(true) => return Ok(true),
+            Ok(false) => {}
+            Err(e) if matches!(e.status(), Some(s) if s < 500 && s != 429) => {
+                tracing::warn!(org = %org, error = %e, "membership check refused; treating as not a member");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(false)
+}
+
+/// Refusal replies to one user on one pull request: at most one per this many seconds.
+const REPLY_QUIET_SECS: i64 = 3600;
+
+/// Decide on one trigger: authorise, read the pull request's head, queue the run (or reply).
+pub(crate) async fn process_trigger(
+    state: &Arc<State>,
+    id: i64,
+) -> Result<TriggerOutcome, DaemonError> {
+    let _guard = state.intake_lock.lock().await;
+    let Some(mut t) = state.store.get_trigger(id)? else {
+        return Ok(TriggerOutcome::Dropped("unknown trigger".into()));
+    };
+    match t.state {
+        TriggerState::Accepted => return Ok(TriggerOutcome::Queued(t.run_id.unwrap_or(0))),
+        TriggerState::Dropped => return Ok(TriggerOutcome::Dropped("dropped earlier".into())),
+        TriggerState::Rejected if t.replied || t.reply.is_none() => {
+            return Ok(if t.unknown_stages.is_empty() {
+                TriggerOutcome::Unauthorised
+            } else {
+                TriggerOutcome::BadStages
+            });
+        }
+        _ => {}
+    }
+    let later = |e: &dyn std::fmt::Display, t: &crate::store::TriggerRow| {
+        let msg = e.to_string();
+        tracing::warn!(trigger = t.id, repo = %t.repo, pr = t.pr, error = %msg, "trigger: forge unavailable, will retry");
+        let _ = state
+            .store
+            .trigger_retry_later(t.id, &msg, state.backoff_at(t.attempts));
+        TriggerOutcome::Later(msg)
+    };
+    if t.state == TriggerState::New {
+        // cc-ci's own comments never start anything (a reply quoting a `!testme` included).
+        match state.ensure_own_login().await {
+            Ok(own) if own.eq_ignore_ascii_case(&t.user) => {
+                state
+                    .store
+                    .drop_trigger(t.id, "a comment by cc-ci itself")?;
+                return Ok(TriggerOutcome::Dropped("a comment by cc-ci itself".into()));
+            }
+            Ok(_) => {}
+            // A token without the `read:user` scope cannot read its own account: go on
+            // without (the bot's replies never hold a `!testme` line), rather than hold every
+            // trigger back.
+            Err(e)
+                if e.status()
+                    .is_some_and(|s| (400..500).contains(&s) && s != 429) =>
+            {
+                tracing::warn!(error = %e, "cannot read cc-ci's own forge account (give the token the read:user scope); its own comments are recognised by their content only");
+            }
+            Err(e) => return Ok(later(&e, &t)),
+        }
+    }
+    if t.authorised.is_none() {
+        match authorise(state, &t.user).await {
+            Ok(ok) => {
+                state.store.set_trigger_authorised(t.id, ok)?;
+                t.authorised = Some(ok);
+            }
+            Err(e) => return Ok(later(&e, &t)),
+        }
+    }
+    if t.state == TriggerState::New {
+        // One refusal reply per user and pull request an hour: a refused user repeating the
+        // command must not make cc-ci fill the pull request with replies.
+        let reply = |text: String| -> Result<Option<String>, DaemonError> {
+            let recent =
+                state
+                    .store
+                    .replied_since(&t.repo, t.pr, &t.user, now() - REPLY_QUIET_SECS)?;
+            Ok((!recent).then_some(text))
+        };
+        if t.authorised == Some(false) {
+            tracing::info!(trigger = t.id, repo = %t.repo, pr = t.pr, user = %t.user, "trigger refused: user not authorised");
+            let text = reply(render::unauthorised_reply(&t.user))?;
+            state.store.reject_trigger(t.id, text.as_deref())?;
+        } else if !t.unknown_stages.is_empty() {
+            let text = reply(render::bad_stages_reply(&t.user, &t.unknown_stages))?;
+            state.store.reject_trigger(t.id, text.as_deref())?;
+        }
+    }
+    let Some(t) = state.store.get_trigger(id)? else {
+        return Ok(TriggerOutcome::Dropped("unknown trigger".into()));
+    };
+    if t.state == TriggerState::Rejected {
+        let outcome = if t.unknown_stages.is_empty() {
+            TriggerOutcome::Unauthorised
+        } else {
+            TriggerOutcome::BadStages
+        };
+        if let Some(reply) = &t.reply
+            && !t.replied
+        {
+            match state.forge.create_comment(&t.repo, t.pr, reply).await {
+                Ok(_) => state.store.trigger_replied(&t)?,
+                Err(e) => {
+                    later(&e, &t);
+                }
+            }
+        }
+        return Ok(outcome);
+    }
+    let pr = match state.forge.pull_request(&t.repo, t.pr).await {
+        Ok(pr) => pr,
+        Err(e) if e.status() == Some(404) => {
+            state.store.drop_trigger(t.id, "pull request not found")?;
+            return Ok(TriggerOutcome::Dropped("pull request not found".into()));
+        }
+        Err(e) => return Ok(later(&e, &t)),
+    };
+    if pr.state != "open" {
+        state.store.drop_trigger(t.id, "pull request is not open")?;
+        return Ok(TriggerOutcome::Dropped("pull request is not open".into()));
+    }
+    if !trigger::is_valid_sha(&pr.head.sha) {
+        state
+            .store
+            .drop_trigger(t.id, "pull request head is not a commit hash")?;
+        return Ok(TriggerOutcome::Dropped(
+            "pull request head is not a commit hash".into(),
+        ));
+    }
+    let enq = state.store.accept_trigger(&t, &pr.head.sha)?;
+    let _ = state.store.update_pr_head(&t.repo, t.pr, &pr.head.sha);
+    tracing::info!(run_id = enq.run_id, recipe = %render::recipe_of(&t.repo), pr = t.pr, user = %t.user,
+        superseded = enq.cancelled_queued.len() + enq.cancel_running.len(), "run queued");
+    // The pending status goes out before the run can start, so the forge sees pending first.
+    {
+        let _g = state.sync_lock.lock().await;
+        reporter::sync_one(state, enq.run_id).await;
+    }
+    state.wake.scheduler.notify_one();
+    state.wake.reporter.notify_one();
+    Ok(TriggerOutcome::Queued(enq.run_id))
+}
+
+/// A `pull_request` `synchronized` or `closed` delivery. Deliveries arrive out of order and
+/// replays resend old payloads, so the payload's head is not believed: the pull request is
+/// read from the API, and only runs testing another head than its current one are superseded
+/// (all of them when it is no longer open). Retried with backoff while the forge fails; a
+/// run whose pull request moved on is also stopped before it starts (runner), so a lost check
+/// costs at most one run of an outdated commit.
+pub(crate) async fn verify_pull_update(state: Arc<State>, repo: String, pr: i64) {
+    let mut delay = state.settings.tuning.retry_base;
+    for _ in 0..8 {
+        match state.forge.pull_request(&repo, pr).await {
+            Ok(p) => {
+                let open = p.state == "open";
+                if open && !trigger::is_valid_sha(&p.head.sha) {
+                    return;
+                }
+                let _ = state.store.update_pr_head(&repo, pr, &p.head.sha);
+                let (keep, reason) = if open {
+                    (
+                        Some(p.head.sha.as_str()),
+                        format!(
+                            "new commits were pushed (head is now {})",
+                            p.head.sha.get(..10).unwrap_or(&p.head.sha)
+                        ),
+                    )
+                } else {
+                    (None, "the pull request was closed".to_string())
+                };
+                match state.store.supersede_pr(&repo, pr, keep, &reason) {
+                    Ok(n) if n > 0 => {
+                        tracing::info!(repo = %repo, pr, superseded = n, "{reason}");
+                        state.wake.scheduler.notify_one();
+                        state.wake.reporter.notify_one();
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(repo = %repo, pr, error = %e, "superseding runs"),
+                }
+                return;
+            }
+            Err(e) if e.status() == Some(404) => return,
+            Err(e) => {
+                tracing::warn!(repo = %repo, pr, error = %e, "cannot read the pull request after a push event; retrying");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = state.shutdown.cancelled() => return,
+        }
+        delay = (delay * 2).min(Duration::from_secs(300));
+    }
+}
+
+pub(crate) async fn intake_loop(state: Arc<State>) {
+    loop {
+        if state.shutting_down() {
+            return;
+        }
+        match state.store.due_triggers(now()) {
+            Ok(due) => {
+                for t in due {
+                    if let Err(e) = process_trigger(&state, t.id).await {
+                        tracing::error!(trigger = t.id, error = %e, "trigger");
+                    }
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "intake"),
+        }
+        state.wait_tick(&state.wake.intake).await;
+    }
+}
