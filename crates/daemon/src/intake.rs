@@ -292,3 +292,198 @@ pub(crate) async fn intake_loop(state: Arc<State>) {
         state.wait_tick(&state.wake.intake).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::forge::StatusState;
+    use crate::store::{RunState, RunVerdict};
+    use crate::testing::{self, BOT, REPO};
+
+    const HEAD: &str = "0123456789abcdef0123456789abcdef01234567";
+    const NEXT: &str = "89abcdef0123456789abcdef0123456789abcdef";
+
+    fn comment(user: &str, id: i64, command: Command) -> CommentTrigger {
+        CommentTrigger {
+            repo: REPO.into(),
+            pr: 4,
+            comment_id: id,
+            user: user.into(),
+            command,
+        }
+    }
+
+    fn testme(user: &str, id: i64) -> CommentTrigger {
+        comment(user, id, Command::Run { stages: vec![] })
+    }
+
+    /// Store `t` as the webhook would, then decide on it.
+    async fn take(state: &Arc<State>, t: &CommentTrigger) -> TriggerOutcome {
+        match ingest(state, "webhook", None, t) {
+            Ok(IngestOutcome::Stored(id)) => process_trigger(state, id)
+                .await
+                .unwrap_or_else(|e| panic!("process_trigger: {e}")),
+            Ok(IngestOutcome::Duplicate(why)) => panic!("duplicate: {why}"),
+            Ok(IngestOutcome::RepoNotAllowed) => panic!("repository not allowed"),
+            Err(e) => panic!("ingest: {e}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_allowed_user_queues_a_run_at_the_pull_requests_head_and_pending_goes_out() {
+        let (state, fake, _dir) = testing::state(|_| {});
+        fake.open_pull(REPO, 4, HEAD);
+        let TriggerOutcome::Queued(id) = take(&state, &testme("alice", 10)).await else {
+            panic!("not queued")
+        };
+        let run = state.store.get_run(id).unwrap().unwrap();
+        assert_eq!((run.state, run.head_sha.as_str()), (RunState::Queued, HEAD));
+        let f = fake.state();
+        assert_eq!(f.statuses.len(), 1, "{:?}", f.calls);
+        let (repo, sha, status) = &f.statuses[0];
+        assert_eq!((repo.as_str(), sha.as_str()), (REPO, HEAD));
+        assert_eq!(status.state, StatusState::Pending);
+        assert_eq!(status.target_url, format!("https://ci.example/runs/{id}"));
+        assert_eq!(f.comments.len(), 1);
+        assert_eq!(run.comment_id, Some(f.comments[0].id));
+        drop(f);
+        // The same comment again (a replayed delivery or a poll) is not a second trigger.
+        assert!(matches!(
+            ingest(&state, "poll", None, &testme("alice", 10)),
+            Ok(IngestOutcome::Duplicate(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_refused_user_gets_one_reply_an_hour_and_no_run() {
+        let (state, fake, _dir) = testing::state(|_| {});
+        fake.open_pull(REPO, 4, HEAD);
+        assert_eq!(
+            take(&state, &testme("mallory", 10)).await,
+            TriggerOutcome::Unauthorised
+        );
+        assert_eq!(
+            take(&state, &testme("mallory", 11)).await,
+            TriggerOutcome::Unauthorised
+        );
+        let f = fake.state();
+        assert_eq!(f.comments.len(), 1, "one reply: {:?}", f.comments);
+        assert!(
+            f.comments[0].body.contains("@mallory"),
+            "{}",
+            f.comments[0].body
+        );
+        assert!(f.statuses.is_empty());
+        assert!(
+            !f.calls.iter().any(|c| c.starts_with("pull_request")),
+            "{:?}",
+            f.calls
+        );
+        drop(f);
+        assert_eq!(state.store.counts().unwrap(), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn unknown_stages_are_answered_not_run() {
+        let (state, fake, _dir) = testing::state(|_| {});
+        fake.open_pull(REPO, 4, HEAD);
+        let bad = comment(
+            "alice",
+            10,
+            Command::BadStages {
+                unknown: vec!["nope".into()],
+            },
+        );
+        assert_eq!(take(&state, &bad).await, TriggerOutcome::BadStages);
+        assert!(fake.state().comments[0].body.contains("nope"));
+        assert_eq!(state.store.counts().unwrap(), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn cc_ci_own_comment_starts_nothing() {
+        let (state, fake, _dir) = testing::state(|c| c.forge.user_allowlist.push(BOT.into()));
+        fake.open_pull(REPO, 4, HEAD);
+        assert!(matches!(
+            take(&state, &testme(BOT, 10)).await,
+            TriggerOutcome::Dropped(_)
+        ));
+        assert!(fake.state().comments.is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_org_member_is_allowed_and_a_non_member_is_not() {
+        let (state, fake, _dir) = testing::state(|c| c.forge.org_allowlist = vec!["team".into()]);
+        fake.open_pull(REPO, 4, HEAD);
+        fake.state().members.insert(("team".into(), "bob".into()));
+        assert!(matches!(
+            take(&state, &testme("bob", 10)).await,
+            TriggerOutcome::Queued(_)
+        ));
+        assert_eq!(
+            take(&state, &testme("eve", 11)).await,
+            TriggerOutcome::Unauthorised
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_or_closed_pull_request_drops_the_trigger() {
+        let (state, fake, _dir) = testing::state(|_| {});
+        assert_eq!(
+            take(&state, &testme("alice", 10)).await,
+            TriggerOutcome::Dropped("pull request not found".into())
+        );
+        fake.open_pull(REPO, 4, HEAD);
+        fake.close_pull(REPO, 4);
+        assert_eq!(
+            take(&state, &testme("alice", 11)).await,
+            TriggerOutcome::Dropped("pull request is not open".into())
+        );
+        assert_eq!(state.store.counts().unwrap(), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_forge_outage_keeps_the_trigger_for_a_later_try() {
+        let (state, fake, _dir) = testing::state(|_| {});
+        fake.open_pull(REPO, 4, HEAD);
+        fake.state().down = true;
+        let outcome = take(&state, &testme("alice", 10)).await;
+        assert!(matches!(outcome, TriggerOutcome::Later(_)), "{outcome:?}");
+        assert!(
+            state.store.due_triggers(now()).unwrap().is_empty(),
+            "backed off"
+        );
+        let due = state.store.due_triggers(now() + 3600).unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].attempts, 1);
+        fake.state().down = false;
+        assert!(matches!(
+            process_trigger(&state, due[0].id).await.unwrap(),
+            TriggerOutcome::Queued(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_push_supersedes_runs_of_the_old_head_and_a_close_all_of_them() {
+        let (state, fake, _dir) = testing::state(|_| {});
+        fake.open_pull(REPO, 4, HEAD);
+        let TriggerOutcome::Queued(old) = take(&state, &testme("alice", 10)).await else {
+            panic!("not queued")
+        };
+        fake.open_pull(REPO, 4, NEXT);
+        let TriggerOutcome::Queued(new) = take(&state, &testme("alice", 11)).await else {
+            panic!("not queued")
+        };
+        // The second trigger superseded the first already; a push check keeps the new head.
+        verify_pull_update(state.clone(), REPO.into(), 4).await;
+        let run = |id| state.store.get_run(id).unwrap().unwrap();
+        assert_eq!(run(old).verdict, Some(RunVerdict::Cancelled));
+        assert_eq!(run(new).state, RunState::Queued);
+        fake.close_pull(REPO, 4);
+        verify_pull_update(state.clone(), REPO.into(), 4).await;
+        assert_eq!(run(new).verdict, Some(RunVerdict::Cancelled));
+        assert_eq!(
+            run(new).reason.as_deref(),
+            Some("the pull request was closed")
+        );
+    }
+}

@@ -24,6 +24,8 @@ mod start;
 mod state;
 pub mod store;
 mod systemd;
+#[cfg(test)]
+mod testing;
 pub mod trigger;
 mod webhook;
 

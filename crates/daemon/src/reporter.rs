@@ -162,3 +162,144 @@ async fn sync_run_at(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::forge::StatusState;
+    use crate::store::{Ingested, NewTrigger, RunVerdict};
+    use crate::testing::{self, REPO};
+
+    const HEAD: &str = "0123456789abcdef0123456789abcdef01234567";
+
+    /// A queued run of `alice`'s `!testme` (comment `comment`) on pull request 4, as the
+    /// intake leaves it, and reported.
+    async fn queued(state: &Arc<State>, comment: i64) -> i64 {
+        let stored = state.store.ingest_trigger(&NewTrigger {
+            source: "webhook",
+            delivery_id: None,
+            repo: REPO,
+            pr: 4,
+            comment_id: comment,
+            user: "alice",
+            stages: &[],
+            unknown_stages: &[],
+        });
+        let Ok(Ingested::Stored(id)) = stored else {
+            panic!("not stored: {stored:?}")
+        };
+        let t = state.store.get_trigger(id).unwrap().unwrap();
+        let run = state.store.accept_trigger(&t, HEAD).unwrap().run_id;
+        sync_due(state).await;
+        run
+    }
+
+    #[tokio::test]
+    async fn a_result_is_reported_once_in_the_same_comment() {
+        let (state, fake, _dir) = testing::state(|_| {});
+        fake.open_pull(REPO, 4, HEAD);
+        let id = queued(&state, 10).await;
+        state
+            .store
+            .finish_run(id, RunVerdict::Fail, Some("install failed"), Some(1))
+            .unwrap();
+        sync_due(&state).await;
+        let run = state.store.get_run(id).unwrap().unwrap();
+        let calls = {
+            let f = fake.state();
+            assert_eq!(f.statuses.len(), 2, "{:?}", f.calls);
+            assert_eq!(f.statuses[1].2.state, render::status(&run).0);
+            assert_eq!(f.statuses[1].2.state, StatusState::Failure);
+            assert_eq!(f.comments.len(), 1, "edited, not a second comment");
+            assert_eq!(f.comments[0].edits, 1);
+            assert_eq!(Some(f.comments[0].id), run.comment_id);
+            f.calls.len()
+        };
+        assert_eq!(run.synced_version, run.version);
+        // Nothing changed: nothing is sent.
+        sync_due(&state).await;
+        assert_eq!(fake.state().calls.len(), calls);
+    }
+
+    #[tokio::test]
+    async fn a_deleted_comment_is_written_again() {
+        let (state, fake, _dir) = testing::state(|_| {});
+        fake.open_pull(REPO, 4, HEAD);
+        let id = queued(&state, 10).await;
+        let first = state
+            .store
+            .get_run(id)
+            .unwrap()
+            .unwrap()
+            .comment_id
+            .unwrap();
+        fake.delete_comment(first);
+        state
+            .store
+            .finish_run(id, RunVerdict::Cancelled, Some("by hand"), None)
+            .unwrap();
+        sync_due(&state).await;
+        let run = state.store.get_run(id).unwrap().unwrap();
+        let f = fake.state();
+        assert_eq!(f.comments.len(), 1);
+        assert_ne!(Some(first), run.comment_id);
+        assert_eq!(Some(f.comments[0].id), run.comment_id);
+    }
+
+    #[tokio::test]
+    async fn an_outage_keeps_the_result_and_a_later_sync_delivers_it() {
+        let (state, fake, _dir) = testing::state(|_| {});
+        fake.open_pull(REPO, 4, HEAD);
+        let id = queued(&state, 10).await;
+        fake.state().down = true;
+        state
+            .store
+            .finish_run(id, RunVerdict::Error, Some("x"), None)
+            .unwrap();
+        sync_due(&state).await;
+        let run = state.store.get_run(id).unwrap().unwrap();
+        assert_eq!(run.sync_failures, 1);
+        assert!(
+            run.report_error
+                .as_deref()
+                .is_some_and(|e| e.contains("fake forge down"))
+        );
+        assert!(run.synced_version < run.version);
+        assert_eq!(state.store.undelivered_runs().unwrap().len(), 1);
+        fake.state().down = false;
+        {
+            let _g = state.sync_lock.lock().await;
+            sync_one(&state, id).await;
+        }
+        let run = state.store.get_run(id).unwrap().unwrap();
+        assert_eq!((run.sync_failures, run.report_error), (0, None));
+        assert_eq!(
+            fake.state().statuses.last().map(|s| s.2.state),
+            Some(StatusState::Error)
+        );
+    }
+
+    #[tokio::test]
+    async fn an_older_run_leaves_the_status_of_a_newer_run_on_the_same_commit() {
+        let (state, fake, _dir) = testing::state(|_| {});
+        fake.open_pull(REPO, 4, HEAD);
+        let old = queued(&state, 10).await;
+        let new = queued(&state, 11).await;
+        // The old run was superseded (cancelled) by the new one: its comment says so, but
+        // the commit status stays the new run's.
+        sync_due(&state).await;
+        let f = fake.state();
+        assert_eq!(f.statuses.len(), 2, "{:?}", f.calls);
+        assert_eq!(
+            f.statuses[1].2.target_url,
+            format!("https://ci.example/runs/{new}")
+        );
+        let old_comment = state.store.get_run(old).unwrap().unwrap().comment_id;
+        let c = f
+            .comments
+            .iter()
+            .find(|c| Some(c.id) == old_comment)
+            .unwrap();
+        assert!(c.edits >= 1 && c.body.contains("superseded"), "{c:?}");
+    }
+}

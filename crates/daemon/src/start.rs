@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::error::DaemonError;
-use crate::forge::Forge;
+use crate::forge::GiteaClient;
 use crate::secrets::Secrets;
 use crate::state::{Cancel, Settings, State, Tuning, database_path, state_dir};
 use crate::store::Store;
@@ -105,7 +105,7 @@ impl Daemon {
                 .map_err(|e| DaemonError::io("finding the cc-ci executable", e))?,
         };
         let store = Store::open(&database_path(&state_dir))?;
-        let forge = Forge::new(
+        let forge = GiteaClient::new(
             &config.forge.url,
             &token,
             opts.tuning.forge_attempts,
@@ -128,7 +128,7 @@ impl Daemon {
             secrets,
             tuning: opts.tuning.clone(),
         };
-        let state = Arc::new(State::new(settings, store, forge));
+        let state = Arc::new(State::new(settings, store, Arc::new(forge)));
 
         reconcile::reconcile_interrupted(&state)?;
 

@@ -236,7 +236,7 @@ impl BodyBudget {
 pub(crate) struct State {
     pub settings: Settings,
     pub store: Store,
-    pub forge: Forge,
+    pub forge: Arc<dyn Forge>,
     pub wake: Wake,
     pub runs: Runs,
     pub limits: Limits,
@@ -252,7 +252,7 @@ pub(crate) struct State {
 }
 
 impl State {
-    pub fn new(settings: Settings, store: Store, forge: Forge) -> Self {
+    pub fn new(settings: Settings, store: Store, forge: Arc<dyn Forge>) -> Self {
         let limits = Limits::new(&settings.config);
         Self {
             settings,
