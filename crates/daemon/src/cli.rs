@@ -3,6 +3,7 @@
 //! are authorised by file permissions. Also the daemon-specific config warnings shown by
 //! `cc-ci check-config`.
 
+use cc_ci_harness::contract::short_sha;
 use std::io::Write;
 use std::time::Duration;
 
@@ -35,7 +36,7 @@ fn row(r: &RunRow) -> String {
         r.state.as_str(),
         r.verdict.map(|v| v.as_str()).unwrap_or("-"),
         format!("{}#{}", r.repo, r.pr),
-        r.head_sha.get(..10).unwrap_or(&r.head_sha),
+        short_sha(&r.head_sha),
         r.user,
         age(r.started_at.unwrap_or(r.created_at)),
     )

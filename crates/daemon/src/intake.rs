@@ -3,6 +3,7 @@
 //! cc-ci's own comments dropped, the user authorised, the pull request's head read). Also the
 //! check of a pull request after a push or close (`verify_pull_update`).
 
+use cc_ci_harness::contract::short_sha;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use crate::forge::ForgeError;
 use crate::render;
 use crate::reporter;
 use crate::state::State;
-use crate::store::{Ingested, NewTrigger, TriggerState, now};
+use crate::store::{Ingested, NewTrigger, TriggerRow, TriggerState, now};
 use crate::trigger::{self, Command, CommentTrigger};
 
 /// The outcome of deciding on one trigger.
@@ -90,6 +91,7 @@ async fn authorise(state: &State, user: &str) -> Result<bool, ForgeError> {
 const REPLY_QUIET_SECS: i64 = 3600;
 
 /// Decide on one trigger: authorise, read the pull request's head, queue the run (or reply).
+/// Each phase either settles the trigger (an outcome) or lets the next one go on.
 pub(crate) async fn process_trigger(
     state: &Arc<State>,
     id: i64,
@@ -98,47 +100,13 @@ pub(crate) async fn process_trigger(
     let Some(mut t) = state.store.get_trigger(id)? else {
         return Ok(TriggerOutcome::Dropped("unknown trigger".into()));
     };
-    match t.state {
-        TriggerState::Accepted => return Ok(TriggerOutcome::Queued(t.run_id.unwrap_or(0))),
-        TriggerState::Dropped => return Ok(TriggerOutcome::Dropped("dropped earlier".into())),
-        TriggerState::Rejected if t.replied || t.reply.is_none() => {
-            return Ok(if t.unknown_stages.is_empty() {
-                TriggerOutcome::Unauthorised
-            } else {
-                TriggerOutcome::BadStages
-            });
-        }
-        _ => {}
+    if let Some(done) = settled(&t) {
+        return Ok(done);
     }
-    let later = |e: &dyn std::fmt::Display, t: &crate::store::TriggerRow| {
-        let msg = e.to_string();
-        tracing::warn!(trigger = t.id, repo = %t.repo, pr = t.pr, error = %msg, "trigger: forge unavailable, will retry");
-        let _ = state
-            .store
-            .trigger_retry_later(t.id, &msg, state.backoff_at(t.attempts));
-        TriggerOutcome::Later(msg)
-    };
-    if t.state == TriggerState::New {
-        // cc-ci's own comments never start anything (a reply quoting a `!testme` included).
-        match state.ensure_own_login().await {
-            Ok(own) if own.eq_ignore_ascii_case(&t.user) => {
-                state
-                    .store
-                    .drop_trigger(t.id, "a comment by cc-ci itself")?;
-                return Ok(TriggerOutcome::Dropped("a comment by cc-ci itself".into()));
-            }
-            Ok(_) => {}
-            // A token without the `read:user` scope cannot read its own account: go on
-            // without (the bot's replies never hold a `!testme` line), rather than hold every
-            // trigger back.
-            Err(e)
-                if e.status()
-                    .is_some_and(|s| (400..500).contains(&s) && s != 429) =>
-            {
-                tracing::warn!(error = %e, "cannot read cc-ci's own forge account (give the token the read:user scope); its own comments are recognised by their content only");
-            }
-            Err(e) => return Ok(later(&e, &t)),
-        }
+    if t.state == TriggerState::New
+        && let Some(done) = drop_own_comment(state, &t).await?
+    {
+        return Ok(done);
     }
     if t.authorised.is_none() {
         match authorise(state, &t.user).await {
@@ -146,70 +114,135 @@ pub(crate) async fn process_trigger(
                 state.store.set_trigger_authorised(t.id, ok)?;
                 t.authorised = Some(ok);
             }
-            Err(e) => return Ok(later(&e, &t)),
+            Err(e) => return Ok(later(state, &e, &t)),
         }
     }
     if t.state == TriggerState::New {
-        // One refusal reply per user and pull request an hour: a refused user repeating the
-        // command must not make cc-ci fill the pull request with replies.
-        let reply = |text: String| -> Result<Option<String>, DaemonError> {
-            let recent =
-                state
-                    .store
-                    .replied_since(&t.repo, t.pr, &t.user, now() - REPLY_QUIET_SECS)?;
-            Ok((!recent).then_some(text))
-        };
-        if t.authorised == Some(false) {
-            tracing::info!(trigger = t.id, repo = %t.repo, pr = t.pr, user = %t.user, "trigger refused: user not authorised");
-            let text = reply(render::unauthorised_reply(&t.user))?;
-            state.store.reject_trigger(t.id, text.as_deref())?;
-        } else if !t.unknown_stages.is_empty() {
-            let text = reply(render::bad_stages_reply(&t.user, &t.unknown_stages))?;
-            state.store.reject_trigger(t.id, text.as_deref())?;
-        }
+        reject_if_refused(state, &t)?;
     }
     let Some(t) = state.store.get_trigger(id)? else {
         return Ok(TriggerOutcome::Dropped("unknown trigger".into()));
     };
     if t.state == TriggerState::Rejected {
-        let outcome = if t.unknown_stages.is_empty() {
-            TriggerOutcome::Unauthorised
-        } else {
-            TriggerOutcome::BadStages
-        };
-        if let Some(reply) = &t.reply
-            && !t.replied
+        post_reply(state, &t).await?;
+        return Ok(refusal(&t));
+    }
+    queue_at_head(state, &t).await
+}
+
+/// Unauthorised or bad stages, for a rejected trigger.
+fn refusal(t: &TriggerRow) -> TriggerOutcome {
+    if t.unknown_stages.is_empty() {
+        TriggerOutcome::Unauthorised
+    } else {
+        TriggerOutcome::BadStages
+    }
+}
+
+/// The outcome of a trigger with nothing left to do.
+fn settled(t: &TriggerRow) -> Option<TriggerOutcome> {
+    match t.state {
+        TriggerState::Accepted => Some(TriggerOutcome::Queued(t.run_id.unwrap_or(0))),
+        TriggerState::Dropped => Some(TriggerOutcome::Dropped("dropped earlier".into())),
+        TriggerState::Rejected if t.replied || t.reply.is_none() => Some(refusal(t)),
+        _ => None,
+    }
+}
+
+/// The forge could not be asked: the trigger stays and is retried with backoff.
+fn later(state: &State, e: &dyn std::fmt::Display, t: &TriggerRow) -> TriggerOutcome {
+    let msg = e.to_string();
+    tracing::warn!(trigger = t.id, repo = %t.repo, pr = t.pr, error = %msg, "trigger: forge unavailable, will retry");
+    let _ = state
+        .store
+        .trigger_retry_later(t.id, &msg, state.backoff_at(t.attempts));
+    TriggerOutcome::Later(msg)
+}
+
+/// cc-ci's own comments never start anything (a reply quoting a `!testme` included).
+async fn drop_own_comment(
+    state: &State,
+    t: &TriggerRow,
+) -> Result<Option<TriggerOutcome>, DaemonError> {
+    match state.ensure_own_login().await {
+        Ok(own) if own.eq_ignore_ascii_case(&t.user) => {
+            state
+                .store
+                .drop_trigger(t.id, "a comment by cc-ci itself")?;
+            Ok(Some(TriggerOutcome::Dropped(
+                "a comment by cc-ci itself".into(),
+            )))
+        }
+        Ok(_) => Ok(None),
+        // A token without the `read:user` scope cannot read its own account: go on
+        // without (the bot's replies never hold a `!testme` line), rather than hold every
+        // trigger back.
+        Err(e)
+            if e.status()
+                .is_some_and(|s| (400..500).contains(&s) && s != 429) =>
         {
-            match state.forge.create_comment(&t.repo, t.pr, reply).await {
-                Ok(_) => state.store.trigger_replied(&t)?,
-                Err(e) => {
-                    later(&e, &t);
-                }
+            tracing::warn!(error = %e, "cannot read cc-ci's own forge account (give the token the read:user scope); its own comments are recognised by their content only");
+            Ok(None)
+        }
+        Err(e) => Ok(Some(later(state, &e, t))),
+    }
+}
+
+/// Reject an unauthorised user's trigger, or one naming unknown stages, with the reply to
+/// post. One refusal reply per user and pull request an hour: a refused user repeating the
+/// command must not make cc-ci fill the pull request with replies.
+fn reject_if_refused(state: &State, t: &TriggerRow) -> Result<(), DaemonError> {
+    let reply = |text: String| -> Result<Option<String>, DaemonError> {
+        let recent = state
+            .store
+            .replied_since(&t.repo, t.pr, &t.user, now() - REPLY_QUIET_SECS)?;
+        Ok((!recent).then_some(text))
+    };
+    if t.authorised == Some(false) {
+        tracing::info!(trigger = t.id, repo = %t.repo, pr = t.pr, user = %t.user, "trigger refused: user not authorised");
+        let text = reply(render::unauthorised_reply(&t.user))?;
+        state.store.reject_trigger(t.id, text.as_deref())?;
+    } else if !t.unknown_stages.is_empty() {
+        let text = reply(render::bad_stages_reply(&t.user, &t.unknown_stages))?;
+        state.store.reject_trigger(t.id, text.as_deref())?;
+    }
+    Ok(())
+}
+
+/// Post a rejected trigger's reply, once (a failure is retried later).
+async fn post_reply(state: &State, t: &TriggerRow) -> Result<(), DaemonError> {
+    if let Some(reply) = &t.reply
+        && !t.replied
+    {
+        match state.forge.create_comment(&t.repo, t.pr, reply).await {
+            Ok(_) => state.store.trigger_replied(t)?,
+            Err(e) => {
+                later(state, &e, t);
             }
         }
-        return Ok(outcome);
     }
+    Ok(())
+}
+
+/// Read the pull request and queue a run of its current head (or drop the trigger when the
+/// pull request is gone or closed); the pending status goes out before the run can start.
+async fn queue_at_head(state: &Arc<State>, t: &TriggerRow) -> Result<TriggerOutcome, DaemonError> {
+    let dropped = |why: &str| -> Result<TriggerOutcome, DaemonError> {
+        state.store.drop_trigger(t.id, why)?;
+        Ok(TriggerOutcome::Dropped(why.into()))
+    };
     let pr = match state.forge.pull_request(&t.repo, t.pr).await {
         Ok(pr) => pr,
-        Err(e) if e.status() == Some(404) => {
-            state.store.drop_trigger(t.id, "pull request not found")?;
-            return Ok(TriggerOutcome::Dropped("pull request not found".into()));
-        }
-        Err(e) => return Ok(later(&e, &t)),
+        Err(e) if e.status() == Some(404) => return dropped("pull request not found"),
+        Err(e) => return Ok(later(state, &e, t)),
     };
     if pr.state != "open" {
-        state.store.drop_trigger(t.id, "pull request is not open")?;
-        return Ok(TriggerOutcome::Dropped("pull request is not open".into()));
+        return dropped("pull request is not open");
     }
     if !trigger::is_valid_sha(&pr.head.sha) {
-        state
-            .store
-            .drop_trigger(t.id, "pull request head is not a commit hash")?;
-        return Ok(TriggerOutcome::Dropped(
-            "pull request head is not a commit hash".into(),
-        ));
+        return dropped("pull request head is not a commit hash");
     }
-    let enq = state.store.accept_trigger(&t, &pr.head.sha)?;
+    let enq = state.store.accept_trigger(t, &pr.head.sha)?;
     let _ = state.store.update_pr_head(&t.repo, t.pr, &pr.head.sha);
     tracing::info!(run_id = enq.run_id, recipe = %render::recipe_of(&t.repo), pr = t.pr, user = %t.user,
         superseded = enq.cancelled_queued.len() + enq.cancel_running.len(), "run queued");
@@ -244,7 +277,7 @@ pub(crate) async fn verify_pull_update(state: Arc<State>, repo: String, pr: i64)
                         Some(p.head.sha.as_str()),
                         format!(
                             "new commits were pushed (head is now {})",
-                            p.head.sha.get(..10).unwrap_or(&p.head.sha)
+                            short_sha(&p.head.sha)
                         ),
                     )
                 } else {

@@ -4,6 +4,7 @@
 //! intake (and the same dedup by comment id) as the webhook. A changed head supersedes older
 //! runs.
 
+use cc_ci_harness::contract::short_sha;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,8 +57,8 @@ pub(crate) async fn poll_repo(shared: &Arc<State>, repo: &str) -> Result<(), Dae
         {
             let reason = format!(
                 "new commits were pushed (head {} → {})",
-                old.get(..10).unwrap_or(&old),
-                pr.head.sha.get(..10).unwrap_or(&pr.head.sha)
+                short_sha(&old),
+                short_sha(&pr.head.sha)
             );
             if shared
                 .store

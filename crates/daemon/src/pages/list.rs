@@ -1,5 +1,6 @@
 //! The runs list (`/`, filterable by repository and state) and the recipe board (`/board`).
 
+use cc_ci_harness::contract::short_sha;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -106,7 +107,7 @@ pub(super) fn runs_page(shared: &Arc<State>, query: &str) -> hyper::Response<Bod
                 qrepo = esc(&enc(&r.repo)),
                 repo = esc(&r.repo),
                 pr = r.pr,
-                sha = esc(r.head_sha.get(..10).unwrap_or(&r.head_sha)),
+                sha = esc(short_sha(&r.head_sha)),
                 user = esc(&r.user),
                 created = time(r.created_at),
                 dur = duration(r),
@@ -153,7 +154,7 @@ pub(super) fn board_page(shared: &Arc<State>) -> hyper::Response<Body> {
                 head = match heads.get(&(repo.to_ascii_lowercase(), pr)) {
                     Some(h) if *h != r.head_sha => format!(
                         "stale: now <code>{}</code>",
-                        esc(h.get(..10).unwrap_or(h))
+                        esc(short_sha(h))
                     ),
                     Some(_) => "current".into(),
                     None => "–".into(),
@@ -164,7 +165,7 @@ pub(super) fn board_page(shared: &Arc<State>) -> hyper::Response<Body> {
                 repo = esc(repo),
                 badge = badge(run_label(r)),
                 id = r.id,
-                sha = esc(r.head_sha.get(..10).unwrap_or(&r.head_sha)),
+                sha = esc(short_sha(&r.head_sha)),
                 age = age(r),
             ));
         }

@@ -20,6 +20,7 @@ use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
 use crate::state::State;
+use cc_ci_harness::contract::files;
 
 pub(crate) type Body = BoxBody<Bytes, Infallible>;
 
@@ -64,9 +65,11 @@ pub(crate) fn route<B>(shared: &Arc<State>, req: &Request<B>) -> Option<Response
             let from = last_event_id(req).or_else(|| query_param(query, "from")?.parse().ok());
             with_id(id, |id| run::events(shared.clone(), id, from.unwrap_or(0)))
         }
-        ["runs", id, file @ ("summary.md" | "run.json" | "junit.xml")] => {
-            with_id(id, |id| run::download(shared, id, file))
-        }
+        [
+            "runs",
+            id,
+            file @ (files::SUMMARY_MD | files::RUN_JSON | files::JUNIT_XML),
+        ] => with_id(id, |id| run::download(shared, id, file)),
         _ => return None,
     })
 }

@@ -24,6 +24,7 @@ use crate::runner;
 use crate::state::State;
 use crate::store::{RunRow, RunState};
 use crate::trigger::STAGES;
+use cc_ci_harness::contract::files;
 
 /// The log on the page and each diagnostics file are cut to their last this many bytes.
 const LOG_TAIL: u64 = 512 * 1024;
@@ -74,7 +75,6 @@ pub(super) fn live_html(shared: &State, run: &RunRow) -> String {
     let forge = shared.settings.config.forge.url.trim_end_matches('/');
     let repo_url = format!("{forge}/{}", run.repo);
     let pr_url = format!("{repo_url}/pulls/{}", run.pr);
-    let red = |s: &str| esc(&shared.settings.secrets.redact(s));
     let mut out = String::new();
 
     out.push_str(&format!(
@@ -83,12 +83,52 @@ pub(super) fn live_html(shared: &State, run: &RunRow) -> String {
         run_label(run),
         badge(run_label(run))
     ));
+    out.push_str(&facts_table(
+        shared,
+        run,
+        report.as_ref(),
+        &repo_url,
+        &pr_url,
+    ));
+
+    let tiers: Vec<TierReport> = match (&report, &progress) {
+        (Some(r), _) => r.tiers.clone(),
+        (None, Some(p)) => p.clone(),
+        _ => Vec::new(),
+    };
+    out.push_str(&timeline(run, &tiers));
+    let (log, _) = read_tail(&dir.join("log.txt"), LOG_TAIL);
+    out.push_str(&steps_html(shared, run, &steps(&log)));
+    out.push_str(&checks(shared, &tiers));
+    if let Some(r) = &report {
+        out.push_str(&teardown_and_notes(shared, r));
+    }
+    out.push_str(&diagnostics(shared, &dir, run));
+    out.push_str(&downloads(run.id, &dir));
+    out.push_str(&format!(
+        "<section id=\"reproduce\"><h2>Reproduce</h2><p>On a machine set up as in the operator guide:</p>\
+         <pre><code>{}</code></pre></section>",
+        esc(&reproduce(forge, run))
+    ));
+    out
+}
+
+/// The run's facts (recipe, pull request, commit, trigger, stages, times, reason, exit code,
+/// upgrade base) as a table.
+fn facts_table(
+    shared: &State,
+    run: &RunRow,
+    report: Option<&RunReport>,
+    repo_url: &str,
+    pr_url: &str,
+) -> String {
+    let red = |s: &str| esc(&shared.settings.secrets.redact(s));
     let mut facts = vec![
         (
             "recipe",
             format!(
                 "<a href=\"{}\">{}</a>",
-                esc(&repo_url),
+                esc(repo_url),
                 red(recipe_of(&run.repo))
             ),
         ),
@@ -96,7 +136,7 @@ pub(super) fn live_html(shared: &State, run: &RunRow) -> String {
             "pull request",
             format!(
                 "<a href=\"{}\">{} #{}</a>",
-                esc(&pr_url),
+                esc(pr_url),
                 red(&run.repo),
                 run.pr
             ),
@@ -105,7 +145,7 @@ pub(super) fn live_html(shared: &State, run: &RunRow) -> String {
             "commit",
             format!(
                 "<a href=\"{}/commit/{}\"><code>{}</code></a>",
-                esc(&repo_url),
+                esc(repo_url),
                 esc(&run.head_sha),
                 esc(&run.head_sha)
             ),
@@ -115,7 +155,7 @@ pub(super) fn live_html(shared: &State, run: &RunRow) -> String {
             match run.trigger_comment_id {
                 Some(c) => format!(
                     "<a href=\"{}#issuecomment-{c}\">!testme comment</a> by {}",
-                    esc(&pr_url),
+                    esc(pr_url),
                     red(&run.user)
                 ),
                 None => format!("by {}", red(&run.user)),
@@ -141,37 +181,17 @@ pub(super) fn live_html(shared: &State, run: &RunRow) -> String {
     if let Some(c) = run.exit_code {
         facts.push(("exit code", c.to_string()));
     }
-    if let Some(r) = &report {
+    if let Some(r) = report {
         if let Some(b) = &r.base_version {
             facts.push(("upgraded from", red(b)));
         }
         facts.push(("deploys", r.deploy_count.to_string()));
     }
-    out.push_str("<table class=\"facts\">");
+    let mut out = String::from("<table class=\"facts\">");
     for (k, v) in facts {
         out.push_str(&format!("<tr><th>{k}</th><td>{v}</td></tr>"));
     }
     out.push_str("</table>");
-
-    let tiers: Vec<TierReport> = match (&report, &progress) {
-        (Some(r), _) => r.tiers.clone(),
-        (None, Some(p)) => p.clone(),
-        _ => Vec::new(),
-    };
-    out.push_str(&timeline(run, &tiers));
-    let (log, _) = read_tail(&dir.join("log.txt"), LOG_TAIL);
-    out.push_str(&steps_html(shared, run, &steps(&log)));
-    out.push_str(&checks(shared, &tiers));
-    if let Some(r) = &report {
-        out.push_str(&teardown_and_notes(shared, r));
-    }
-    out.push_str(&diagnostics(shared, &dir, run));
-    out.push_str(&downloads(run.id, &dir));
-    out.push_str(&format!(
-        "<section id=\"reproduce\"><h2>Reproduce</h2><p>On a machine set up as in the operator guide:</p>\
-         <pre><code>{}</code></pre></section>",
-        esc(&reproduce(forge, run))
-    ));
     out
 }
 
@@ -427,7 +447,7 @@ fn teardown_and_notes(shared: &State, r: &RunReport) -> String {
 /// The task table and service log tails the harness wrote for a failed deployment; open when
 /// the run did not pass.
 fn diagnostics(shared: &State, dir: &Path, run: &RunRow) -> String {
-    let diag = dir.join("diagnostics");
+    let diag = dir.join(files::DIAGNOSTICS);
     let Ok(entries) = std::fs::read_dir(&diag) else {
         return String::new();
     };
@@ -461,11 +481,7 @@ fn diagnostics(shared: &State, dir: &Path, run: &RunRow) -> String {
     out
 }
 
-const FILES: [(&str, &str); 3] = [
-    ("summary.md", "text/markdown; charset=utf-8"),
-    ("run.json", "application/json"),
-    ("junit.xml", "application/xml"),
-];
+const FILES: [(&str, &str); 3] = files::SERVED;
 
 fn downloads(id: i64, dir: &Path) -> String {
     let present: Vec<&str> = FILES
