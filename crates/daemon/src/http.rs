@@ -4,21 +4,24 @@
 use std::convert::Infallible;
 use std::io::{Read, Seek, SeekFrom};
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::Router;
+use axum::extract::{Path, RawQuery, State as S};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
-use hyper::body::{Frame, Incoming};
 use hyper::header::{CONTENT_TYPE, HeaderMap};
+use hyper::http::uri::PathAndQuery;
 use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
+use tower::ServiceExt;
 
 use crate::error::DaemonError;
 use crate::intake::{IngestOutcome, ingest, verify_pull_update};
@@ -70,6 +73,7 @@ pub(crate) fn start(
 }
 
 async fn accept_loop(shared: Arc<State>, listener: Listener) {
+    let router = router(shared.clone());
     loop {
         let accepted = tokio::select! {
             _ = shared.shutdown.cancelled() => return,
@@ -80,10 +84,10 @@ async fn accept_loop(shared: Arc<State>, listener: Listener) {
         let permit = shared.limits.connections.clone().try_acquire_owned().ok();
         match (accepted, permit) {
             (Ok(AcceptedConn::Tcp(s)), Some(p)) => {
-                tokio::spawn(serve_conn(shared.clone(), s, p));
+                tokio::spawn(serve_conn(shared.clone(), router.clone(), s, p));
             }
             (Ok(AcceptedConn::Unix(s)), Some(p)) => {
-                tokio::spawn(serve_conn(shared.clone(), s, p));
+                tokio::spawn(serve_conn(shared.clone(), router.clone(), s, p));
             }
             (Ok(AcceptedConn::Tcp(s)), None) => {
                 tracing::warn!(
@@ -158,8 +162,12 @@ where
 #[derive(Clone, Copy)]
 struct Streaming;
 
-async fn serve_conn<I>(shared: Arc<State>, io: I, _permit: tokio::sync::OwnedSemaphorePermit)
-where
+async fn serve_conn<I>(
+    shared: Arc<State>,
+    router: Router,
+    io: I,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let timeout = Duration::from_secs(shared.settings.config.daemon.request_timeout_secs);
@@ -169,10 +177,10 @@ where
     let streaming = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = streaming.clone();
     let svc = service_fn(move |req| {
-        let shared = shared.clone();
+        let router = router.clone();
         let flag = flag.clone();
         async move {
-            let r = handle(shared, req).await;
+            let r = answer(router, req).await;
             if r.extensions().get::<Streaming>().is_some() {
                 flag.store(true, std::sync::atomic::Ordering::SeqCst);
             }
@@ -212,9 +220,7 @@ fn full(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Respo
 }
 
 fn text(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
-    let mut m = msg.into();
-    m.push('\n');
-    full(status, "text/plain; charset=utf-8", m)
+    crate::pages::plain(status, msg)
 }
 
 fn json(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
@@ -222,41 +228,111 @@ fn json(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
     full(status, "application/json", body)
 }
 
-async fn handle(shared: Arc<State>, req: Request<Incoming>) -> Response<Body> {
-    // The HTML pages, their assets, downloads, live events and /metrics (crate::pages).
-    if let Some(r) = crate::pages::route(&shared, &req) {
-        return r;
-    }
-    let path = req.uri().path().to_string();
+/// The routes: the webhook and the API here, the pages from `crate::pages`. A path that
+/// exists answers other methods with 405 (API) or 404 (pages); HEAD is handled before the
+/// router (see [`answer`]).
+fn router(shared: Arc<State>) -> Router {
+    Router::new()
+        .route("/hooks/gitea", post(webhook_route))
+        .route(
+            "/healthz",
+            get(|S(s): S<Arc<State>>| async move { healthz(&s) }),
+        )
+        .route(
+            "/runs",
+            get(|S(s): S<Arc<State>>| async move { list_runs(&s) }),
+        )
+        .route("/runs/{id}", get(run_route))
+        .route("/runs/{id}/log", get(log_route))
+        .merge(crate::pages::routes())
+        .method_not_allowed_fallback(unrouted)
+        .fallback(unrouted)
+        .with_state(shared)
+}
+
+/// Whether `path` (normalised) is one of the API's: other methods there are a 405.
+fn api_path(path: &str) -> bool {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let method = req.method().clone();
-    match (segments.as_slice(), &method) {
-        (["hooks", "gitea"], &Method::POST) => webhook(shared, req).await,
-        (["healthz"], &Method::GET) => healthz(&shared),
-        (["runs"], &Method::GET) => list_runs(&shared),
-        (["runs", id], &Method::GET) => match id.parse() {
-            Ok(id) => show_run(&shared, id),
-            Err(_) => text(StatusCode::NOT_FOUND, "no such run"),
-        },
-        (["runs", id, "log"], &Method::GET) => match id.parse() {
-            Ok(id) => {
-                let follow = req.uri().query().is_some_and(|q| {
-                    q.split('&').any(|kv| {
-                        kv == "follow"
-                            || (kv.starts_with("follow=")
-                                && !matches!(kv, "follow=0" | "follow=false"))
-                    })
-                });
-                log(shared, id, follow)
+    matches!(
+        segments.as_slice(),
+        ["hooks", "gitea"] | ["healthz"] | ["runs"] | ["runs", _] | ["runs", _, "log"]
+    )
+}
+
+/// No route for this method and path.
+async fn unrouted(uri: Uri) -> Response<Body> {
+    if api_path(uri.path()) {
+        text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+    } else {
+        text(StatusCode::NOT_FOUND, "not found")
+    }
+}
+
+/// Answer one request: paths are taken without their leading and trailing slashes (`/runs/`
+/// is `/runs`), and HEAD, which the router would answer as a GET, is refused as before.
+async fn answer<B>(router: Router, mut req: Request<B>) -> axum::response::Response
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    let path = req.uri().path();
+    let trimmed = path.trim_matches('/');
+    if trimmed.len() + 1 != path.len() || !path.starts_with('/') {
+        let normal = match req.uri().query() {
+            Some(q) => format!("/{trimmed}?{q}"),
+            None => format!("/{trimmed}"),
+        };
+        if let Ok(pq) = normal.parse::<PathAndQuery>() {
+            let mut parts = req.uri().clone().into_parts();
+            parts.path_and_query = Some(pq);
+            if let Ok(uri) = Uri::from_parts(parts) {
+                *req.uri_mut() = uri;
             }
-            Err(_) => text(StatusCode::NOT_FOUND, "no such run"),
-        },
-        (["hooks", "gitea"], _)
-        | (["healthz"], _)
-        | (["runs"], _)
-        | (["runs", _], _)
-        | (["runs", _, "log"], _) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
-        _ => text(StatusCode::NOT_FOUND, "not found"),
+        }
+    }
+    if req.method() == Method::HEAD {
+        return unrouted(req.uri().clone()).await.into_response();
+    }
+    match router.oneshot(req).await {
+        Ok(r) => r,
+        Err(never) => match never {},
+    }
+}
+
+async fn webhook_route(S(shared): S<Arc<State>>, req: axum::extract::Request) -> Response<Body> {
+    webhook(shared, req).await
+}
+
+/// `/runs/{id}`: the HTML page for a browser, the run as JSON for anyone else.
+async fn run_route(
+    S(shared): S<Arc<State>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response<Body> {
+    if crate::pages::wants_html(&headers) {
+        return crate::pages::run_page(&shared, &id);
+    }
+    match id.parse() {
+        Ok(id) => show_run(&shared, id),
+        Err(_) => text(StatusCode::NOT_FOUND, "no such run"),
+    }
+}
+
+/// `/runs/{id}/log[?follow]`.
+async fn log_route(
+    S(shared): S<Arc<State>>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Response<Body> {
+    let follow = query.as_deref().is_some_and(|q| {
+        q.split('&').any(|kv| {
+            kv == "follow"
+                || (kv.starts_with("follow=") && !matches!(kv, "follow=0" | "follow=false"))
+        })
+    });
+    match id.parse() {
+        Ok(id) => log(shared, id, follow),
+        Err(_) => text(StatusCode::NOT_FOUND, "no such run"),
     }
 }
 
@@ -338,20 +414,6 @@ fn read_from(path: &std::path::Path, pos: u64) -> Vec<u8> {
     buf
 }
 
-/// A response body fed by a channel (the live log).
-struct ChannelBody(mpsc::Receiver<Bytes>);
-
-impl hyper::body::Body for ChannelBody {
-    type Data = Bytes;
-    type Error = Infallible;
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.0.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
-    }
-}
-
 fn log(shared: Arc<State>, id: i64, follow: bool) -> Response<Body> {
     match shared.store.get_run(id) {
         Ok(Some(_)) => {}
@@ -408,7 +470,7 @@ fn log(shared: Arc<State>, id: i64, follow: bool) -> Response<Body> {
             }
         }
     });
-    let mut r = Response::new(BoxBody::new(ChannelBody(rx)));
+    let mut r = Response::new(BoxBody::new(crate::pages::ChannelBody(rx)));
     if let Ok(v) = "text/plain; charset=utf-8".parse() {
         r.headers_mut().insert(CONTENT_TYPE, v);
     }
@@ -432,7 +494,7 @@ impl Drop for Held<'_> {
 /// so that the sender, still sending, gets the 413 instead of a reset connection. When all
 /// bodies in flight together would exceed the budget, 503.
 async fn read_body(
-    mut body: Incoming,
+    mut body: axum::body::Body,
     max: usize,
     budget: &BodyBudget,
 ) -> Result<(Bytes, Held<'_>), StatusCode> {
@@ -469,7 +531,7 @@ fn header(headers: &HeaderMap, name: &str) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
-async fn webhook(shared: Arc<State>, req: Request<Incoming>) -> Response<Body> {
+async fn webhook(shared: Arc<State>, req: axum::extract::Request) -> Response<Body> {
     let max = shared.settings.config.daemon.max_body_bytes;
     let headers = req.headers().clone();
     let timeout = Duration::from_secs(shared.settings.config.daemon.request_timeout_secs);
@@ -573,4 +635,64 @@ fn internal(e: DaemonError) -> (StatusCode, String) {
         StatusCode::INTERNAL_SERVER_ERROR,
         "internal error: see the daemon log".into(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing;
+
+    /// The status and body of `method path` through the router.
+    async fn ask(router: &Router, method: &str, path: &str) -> (u16, String) {
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let r = answer(router.clone(), req).await;
+        let status = r.status().as_u16();
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn every_path_and_method_gets_the_answer_it_always_had() {
+        let (state, _fake, _dir) = testing::state(|_| {});
+        let router = router(state);
+        for (method, path, status) in [
+            ("GET", "/healthz", 200),
+            ("GET", "/healthz/", 200),
+            ("GET", "//healthz", 200),
+            ("HEAD", "/healthz", 405),
+            ("POST", "/healthz", 405),
+            ("GET", "/hooks/gitea", 405),
+            ("PUT", "/runs", 405),
+            ("DELETE", "/runs/1", 405),
+            ("POST", "/runs/1/log", 405),
+            ("GET", "/runs", 200),
+            ("GET", "/runs/", 200),
+            ("GET", "/runs/1", 404),
+            ("GET", "/runs/abc", 404),
+            ("GET", "/runs/abc/log", 404),
+            ("GET", "/runs/1/other", 404),
+            ("GET", "/runs/1/summary.md", 404),
+            ("POST", "/runs/1/summary.md", 404),
+            ("POST", "/", 404),
+            ("HEAD", "/", 404),
+            ("GET", "/", 200),
+            ("GET", "/board", 200),
+            ("GET", "/metrics", 200),
+            ("GET", "/assets/style.css", 200),
+            ("GET", "/nothing/here", 404),
+        ] {
+            let (got, body) = ask(&router, method, path).await;
+            assert_eq!(got, status, "{method} {path}: {body}");
+        }
+        assert_eq!(
+            ask(&router, "POST", "/healthz").await.1,
+            "method not allowed\n"
+        );
+        assert_eq!(ask(&router, "GET", "/nothing").await.1, "not found\n");
+        assert_eq!(ask(&router, "GET", "/runs/abc").await.1, "no such run\n");
+    }
 }

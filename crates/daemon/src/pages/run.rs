@@ -1,18 +1,14 @@
 //! The run page, its live events and the report files to download.
 
-use std::convert::Infallible;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use cc_ci_harness::report::{CheckSource, RunReport, TierReport, Verdict};
 use http_body_util::combinators::BoxBody;
 use hyper::StatusCode;
-use hyper::body::Frame;
 use hyper::header::HeaderValue;
 use tokio::sync::mpsc;
 
@@ -582,19 +578,6 @@ fn read_lines_from(path: &Path, pos: u64, all: bool) -> Vec<u8> {
     buf
 }
 
-struct ChannelBody(mpsc::Receiver<Bytes>);
-
-impl hyper::body::Body for ChannelBody {
-    type Data = Bytes;
-    type Error = Infallible;
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.0.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
-    }
-}
-
 fn sse(event: &str, id: Option<u64>, data: &serde_json::Value) -> Bytes {
     let id = id.map(|i| format!("id: {i}\n")).unwrap_or_default();
     Bytes::from(format!("event: {event}\n{id}data: {data}\n\n"))
@@ -664,7 +647,7 @@ pub(super) fn events(shared: Arc<State>, id: i64, from: u64) -> hyper::Response<
         }
     });
     let mut r = respond(StatusCode::OK, "text/event-stream", Bytes::new());
-    *r.body_mut() = BoxBody::new(ChannelBody(rx));
+    *r.body_mut() = BoxBody::new(super::ChannelBody(rx));
     r
 }
 
