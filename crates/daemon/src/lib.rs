@@ -3,6 +3,8 @@
 //! child process and reports commit statuses and one comment per run back to the forge.
 //! See docs/daemon.md.
 
+#![deny(unsafe_code)]
+
 mod cli;
 mod error;
 mod forge;
