@@ -6,9 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use cc_ci_harness::config::Config;
-
-/// Exit code for a bad config or argument (the same contract as `cc-ci run`).
-const BAD_INPUT: u8 = 2;
+// A bad config or argument exits as `cc-ci run` does.
+use cc_ci_harness::contract::exit;
 
 #[derive(clap::Subcommand)]
 pub enum DaemonCommand {
@@ -58,7 +57,7 @@ fn load(path: Option<&Path>) -> Result<Config, ExitCode> {
         None => Ok(Config::default()),
         Some(p) => Config::load(p).map_err(|e| {
             eprintln!("cc-ci: {e}");
-            ExitCode::from(BAD_INPUT)
+            exit::process(exit::BAD_INPUT)
         }),
     }
 }
@@ -122,7 +121,7 @@ pub async fn run(cmd: DaemonCommand) -> anyhow::Result<ExitCode> {
                     | cc_ci_daemon::DaemonError::RunFinished { .. }),
                 ) => {
                     eprintln!("cc-ci: {e}");
-                    Ok(ExitCode::from(BAD_INPUT))
+                    Ok(exit::process(exit::BAD_INPUT))
                 }
                 Err(e) => Err(e.into()),
             }

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use cc_ci_harness::config::Config;
+use cc_ci_harness::contract::{Stage, exit, files};
 use cc_ci_harness::engine::Engine;
-use cc_ci_harness::lifecycle::{self, RunOptions, Stage, exit};
+use cc_ci_harness::lifecycle::{self, RunOptions};
 use cc_ci_harness::teardown;
 use clap::{Parser, Subcommand};
 
@@ -97,7 +98,7 @@ fn load_config(path: Option<&Path>) -> Result<Config, ExitCode> {
         None => Ok(Config::default()),
         Some(p) => Config::load(p).map_err(|e| {
             eprintln!("cc-ci: {e}");
-            ExitCode::from(exit::BAD_INPUT as u8)
+            exit::process(exit::BAD_INPUT)
         }),
     }
 }
@@ -138,7 +139,7 @@ async fn cmd_run(args: RunArgs) -> ExitCode {
         Ok(s) => s,
         Err(e) => {
             eprintln!("cc-ci: --stages: {e}");
-            return ExitCode::from(exit::BAD_INPUT as u8);
+            return exit::process(exit::BAD_INPUT);
         }
     };
     let config = match load_config(args.config.as_deref()) {
@@ -162,9 +163,12 @@ async fn cmd_run(args: RunArgs) -> ExitCode {
         eprintln!("cc-ci: {msg}");
     }
     if outcome.report.is_some() {
-        eprintln!("report: {}", args.report_dir.join("run.json").display());
+        eprintln!(
+            "report: {}",
+            args.report_dir.join(files::RUN_JSON).display()
+        );
     }
-    ExitCode::from(outcome.exit_code as u8)
+    exit::process(outcome.exit_code)
 }
 
 async fn cmd_teardown(domain: String, config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
@@ -188,7 +192,7 @@ async fn cmd_teardown(domain: String, config: Option<PathBuf>) -> anyhow::Result
         Ok(ExitCode::SUCCESS)
     } else {
         eprintln!("could not remove: {}", left.join(", "));
-        Ok(ExitCode::from(exit::INFRA as u8))
+        Ok(exit::process(exit::INFRA))
     }
 }
 
@@ -243,7 +247,7 @@ async fn cmd_gc(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         Ok(ExitCode::SUCCESS)
     } else {
         eprintln!("could not remove: {}", report.leftovers.join(", "));
-        Ok(ExitCode::from(exit::INFRA as u8))
+        Ok(exit::process(exit::INFRA))
     }
 }
 
@@ -264,7 +268,7 @@ fn cmd_check_config(file: &Path, keys: bool) -> ExitCode {
         }
         Err(e) => {
             eprintln!("cc-ci: {e}");
-            ExitCode::from(exit::BAD_INPUT as u8)
+            exit::process(exit::BAD_INPUT)
         }
     }
 }
@@ -278,7 +282,7 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cc-ci: cannot start the async runtime: {e}");
-            return ExitCode::from(exit::INFRA as u8);
+            return exit::process(exit::INFRA);
         }
     };
     let result = rt.block_on(async move {
@@ -295,7 +299,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("cc-ci: {e:#}");
-            ExitCode::from(exit::INFRA as u8)
+            exit::process(exit::INFRA)
         }
     }
 }

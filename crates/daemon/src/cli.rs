@@ -3,13 +3,14 @@
 //! are authorised by file permissions. Also the daemon-specific config warnings shown by
 //! `cc-ci check-config`.
 
+use cc_ci_harness::contract::short_sha;
 use std::io::Write;
 use std::time::Duration;
 
 use cc_ci_harness::config::Config;
 
-use crate::daemon::{database_path, state_dir};
 use crate::error::DaemonError;
+use crate::state::{database_path, state_dir};
 use crate::store::{RunRow, RunState, Store, now};
 use crate::trigger;
 
@@ -35,7 +36,7 @@ fn row(r: &RunRow) -> String {
         r.state.as_str(),
         r.verdict.map(|v| v.as_str()).unwrap_or("-"),
         format!("{}#{}", r.repo, r.pr),
-        r.head_sha.get(..10).unwrap_or(&r.head_sha),
+        short_sha(&r.head_sha),
         r.user,
         age(r.started_at.unwrap_or(r.created_at)),
     )

@@ -21,7 +21,7 @@ pub enum DaemonError {
     #[error("socket activation: {0}")]
     SocketActivation(String),
     #[error("forge: {0}")]
-    Forge(#[from] crate::forge::ForgeError),
+    Forge(#[from] ForgeError),
     #[error("run {0} not found: `cc-ci queue` lists the known runs")]
     NoSuchRun(i64),
     #[error("run {id} is already finished ({state})")]
@@ -40,6 +40,37 @@ impl DaemonError {
         DaemonError::Io {
             what: what.into(),
             source,
+        }
+    }
+}
+
+/// A forge API call that failed (the token never appears in it).
+#[derive(Debug, thiserror::Error)]
+pub enum ForgeError {
+    #[error("{what}: cannot reach the forge: {message}")]
+    Transport { what: String, message: String },
+    #[error("{what}: the forge answered HTTP {status}: {body}")]
+    Status {
+        what: String,
+        status: u16,
+        body: String,
+    },
+    #[error("{what}: unexpected answer: {message}")]
+    Decode { what: String, message: String },
+}
+
+impl ForgeError {
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ForgeError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+    pub(crate) fn transient(&self) -> bool {
+        match self {
+            ForgeError::Transport { .. } => true,
+            ForgeError::Status { status, .. } => *status >= 500 || *status == 429,
+            ForgeError::Decode { .. } => false,
         }
     }
 }

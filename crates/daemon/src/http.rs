@@ -4,30 +4,33 @@
 use std::convert::Infallible;
 use std::io::{Read, Seek, SeekFrom};
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::Router;
+use axum::extract::{Path, RawQuery, State as S};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
-use hyper::body::{Frame, Incoming};
 use hyper::header::{CONTENT_TYPE, HeaderMap};
+use hyper::http::uri::PathAndQuery;
 use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tower::ServiceExt;
 
-use crate::daemon::{IngestOutcome, Shared, ingest, verify_pull_update};
 use crate::error::DaemonError;
+use crate::intake::{IngestOutcome, ingest, verify_pull_update};
 use crate::render::Links;
 use crate::runner;
+use crate::state::{BodyBudget, State};
 use crate::store::RunState;
 use crate::systemd::StdListener;
-use crate::trigger::{self, Delivery};
+use crate::webhook::{self, Action};
 
 type Body = BoxBody<Bytes, Infallible>;
 
@@ -36,11 +39,18 @@ enum Listener {
     Unix(tokio::net::UnixListener),
 }
 
-/// Start accepting connections; returns the bound TCP address (if TCP) and the accept task.
+/// Prepare to accept connections; returns the bound TCP address (if TCP) and the accept loop
+/// (which ends when the daemon starts stopping).
 pub(crate) fn start(
-    shared: Arc<Shared>,
+    shared: Arc<State>,
     listener: StdListener,
-) -> Result<(Option<SocketAddr>, JoinHandle<()>), DaemonError> {
+) -> Result<
+    (
+        Option<SocketAddr>,
+        impl Future<Output = ()> + Send + 'static,
+    ),
+    DaemonError,
+> {
     let err = |e| DaemonError::io("preparing the listening socket", e);
     let (listener, addr) = match listener {
         StdListener::Tcp(l) => {
@@ -59,36 +69,36 @@ pub(crate) fn start(
             )
         }
     };
-    Ok((addr, tokio::spawn(accept_loop(shared, listener))))
+    Ok((addr, accept_loop(shared, listener)))
 }
 
-async fn accept_loop(shared: Arc<Shared>, listener: Listener) {
-    let mut shutdown = shared.shutdown.subscribe();
+async fn accept_loop(shared: Arc<State>, listener: Listener) {
+    let router = router(shared.clone());
     loop {
         let accepted = tokio::select! {
-            _ = shutdown.changed() => return,
+            _ = shared.shutdown.cancelled() => return,
             a = accept(&listener) => a,
         };
         // Beyond `max_connections` a connection gets a 503 and is closed at once: the file
         // table and memory stay bounded however many connections a flood opens.
-        let permit = shared.connections.clone().try_acquire_owned().ok();
+        let permit = shared.limits.connections.clone().try_acquire_owned().ok();
         match (accepted, permit) {
             (Ok(AcceptedConn::Tcp(s)), Some(p)) => {
-                tokio::spawn(serve_conn(shared.clone(), s, p));
+                tokio::spawn(serve_conn(shared.clone(), router.clone(), s, p));
             }
             (Ok(AcceptedConn::Unix(s)), Some(p)) => {
-                tokio::spawn(serve_conn(shared.clone(), s, p));
+                tokio::spawn(serve_conn(shared.clone(), router.clone(), s, p));
             }
             (Ok(AcceptedConn::Tcp(s)), None) => {
                 tracing::warn!(
-                    limit = shared.config.daemon.max_connections,
+                    limit = shared.settings.config.daemon.max_connections,
                     "too many connections: answering 503"
                 );
                 tokio::spawn(refuse_conn(s));
             }
             (Ok(AcceptedConn::Unix(s)), None) => {
                 tracing::warn!(
-                    limit = shared.config.daemon.max_connections,
+                    limit = shared.settings.config.daemon.max_connections,
                     "too many connections: answering 503"
                 );
                 tokio::spawn(refuse_conn(s));
@@ -152,21 +162,25 @@ where
 #[derive(Clone, Copy)]
 struct Streaming;
 
-async fn serve_conn<I>(shared: Arc<Shared>, io: I, _permit: tokio::sync::OwnedSemaphorePermit)
-where
+async fn serve_conn<I>(
+    shared: Arc<State>,
+    router: Router,
+    io: I,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let timeout = Duration::from_secs(shared.config.daemon.request_timeout_secs);
+    let timeout = Duration::from_secs(shared.settings.config.daemon.request_timeout_secs);
     // A connection holds one of `max_connections` slots: one that idles or reads its answer
     // too slowly is cut after this, so idle clients cannot keep the slots.
     let deadline = (timeout * 6).max(Duration::from_secs(60));
     let streaming = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = streaming.clone();
     let svc = service_fn(move |req| {
-        let shared = shared.clone();
+        let router = router.clone();
         let flag = flag.clone();
         async move {
-            let r = handle(shared, req).await;
+            let r = answer(router, req).await;
             if r.extensions().get::<Streaming>().is_some() {
                 flag.store(true, std::sync::atomic::Ordering::SeqCst);
             }
@@ -206,9 +220,7 @@ fn full(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Respo
 }
 
 fn text(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
-    let mut m = msg.into();
-    m.push('\n');
-    full(status, "text/plain; charset=utf-8", m)
+    crate::pages::plain(status, msg)
 }
 
 fn json(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
@@ -216,45 +228,115 @@ fn json(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
     full(status, "application/json", body)
 }
 
-async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
-    // The HTML pages, their assets, downloads, live events and /metrics (crate::pages).
-    if let Some(r) = crate::pages::route(&shared, &req) {
-        return r;
-    }
-    let path = req.uri().path().to_string();
+/// The routes: the webhook and the API here, the pages from `crate::pages`. A path that
+/// exists answers other methods with 405 (API) or 404 (pages); HEAD is handled before the
+/// router (see [`answer`]).
+fn router(shared: Arc<State>) -> Router {
+    Router::new()
+        .route("/hooks/gitea", post(webhook_route))
+        .route(
+            "/healthz",
+            get(|S(s): S<Arc<State>>| async move { healthz(&s) }),
+        )
+        .route(
+            "/runs",
+            get(|S(s): S<Arc<State>>| async move { list_runs(&s) }),
+        )
+        .route("/runs/{id}", get(run_route))
+        .route("/runs/{id}/log", get(log_route))
+        .merge(crate::pages::routes())
+        .method_not_allowed_fallback(unrouted)
+        .fallback(unrouted)
+        .with_state(shared)
+}
+
+/// Whether `path` (normalised) is one of the API's: other methods there are a 405.
+fn api_path(path: &str) -> bool {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let method = req.method().clone();
-    match (segments.as_slice(), &method) {
-        (["hooks", "gitea"], &Method::POST) => webhook(shared, req).await,
-        (["healthz"], &Method::GET) => healthz(&shared),
-        (["runs"], &Method::GET) => list_runs(&shared),
-        (["runs", id], &Method::GET) => match id.parse() {
-            Ok(id) => show_run(&shared, id),
-            Err(_) => text(StatusCode::NOT_FOUND, "no such run"),
-        },
-        (["runs", id, "log"], &Method::GET) => match id.parse() {
-            Ok(id) => {
-                let follow = req.uri().query().is_some_and(|q| {
-                    q.split('&').any(|kv| {
-                        kv == "follow"
-                            || (kv.starts_with("follow=")
-                                && !matches!(kv, "follow=0" | "follow=false"))
-                    })
-                });
-                log(shared, id, follow)
-            }
-            Err(_) => text(StatusCode::NOT_FOUND, "no such run"),
-        },
-        (["hooks", "gitea"], _)
-        | (["healthz"], _)
-        | (["runs"], _)
-        | (["runs", _], _)
-        | (["runs", _, "log"], _) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
-        _ => text(StatusCode::NOT_FOUND, "not found"),
+    matches!(
+        segments.as_slice(),
+        ["hooks", "gitea"] | ["healthz"] | ["runs"] | ["runs", _] | ["runs", _, "log"]
+    )
+}
+
+/// No route for this method and path.
+async fn unrouted(uri: Uri) -> Response<Body> {
+    if api_path(uri.path()) {
+        text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+    } else {
+        text(StatusCode::NOT_FOUND, "not found")
     }
 }
 
-fn healthz(shared: &Shared) -> Response<Body> {
+/// Answer one request: paths are taken without their leading and trailing slashes (`/runs/`
+/// is `/runs`), and HEAD, which the router would answer as a GET, is refused as before.
+async fn answer<B>(router: Router, mut req: Request<B>) -> axum::response::Response
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    let path = req.uri().path();
+    let trimmed = path.trim_matches('/');
+    if trimmed.len() + 1 != path.len() || !path.starts_with('/') {
+        let normal = match req.uri().query() {
+            Some(q) => format!("/{trimmed}?{q}"),
+            None => format!("/{trimmed}"),
+        };
+        if let Ok(pq) = normal.parse::<PathAndQuery>() {
+            let mut parts = req.uri().clone().into_parts();
+            parts.path_and_query = Some(pq);
+            if let Ok(uri) = Uri::from_parts(parts) {
+                *req.uri_mut() = uri;
+            }
+        }
+    }
+    if req.method() == Method::HEAD {
+        return unrouted(req.uri().clone()).await.into_response();
+    }
+    match router.oneshot(req).await {
+        Ok(r) => r,
+        Err(never) => match never {},
+    }
+}
+
+async fn webhook_route(S(shared): S<Arc<State>>, req: axum::extract::Request) -> Response<Body> {
+    webhook(shared, req).await
+}
+
+/// `/runs/{id}`: the HTML page for a browser, the run as JSON for anyone else.
+async fn run_route(
+    S(shared): S<Arc<State>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response<Body> {
+    if crate::pages::wants_html(&headers) {
+        return crate::pages::run_page(&shared, &id);
+    }
+    match id.parse() {
+        Ok(id) => show_run(&shared, id),
+        Err(_) => text(StatusCode::NOT_FOUND, "no such run"),
+    }
+}
+
+/// `/runs/{id}/log[?follow]`.
+async fn log_route(
+    S(shared): S<Arc<State>>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Response<Body> {
+    let follow = query.as_deref().is_some_and(|q| {
+        q.split('&').any(|kv| {
+            kv == "follow"
+                || (kv.starts_with("follow=") && !matches!(kv, "follow=0" | "follow=false"))
+        })
+    });
+    match id.parse() {
+        Ok(id) => log(shared, id, follow),
+        Err(_) => text(StatusCode::NOT_FOUND, "no such run"),
+    }
+}
+
+fn healthz(shared: &State) -> Response<Body> {
     match shared.store.ping() {
         Ok(()) => text(StatusCode::OK, "ok"),
         Err(e) => {
@@ -264,9 +346,9 @@ fn healthz(shared: &Shared) -> Response<Body> {
     }
 }
 
-fn run_json(shared: &Shared, run: &crate::store::RunRow) -> serde_json::Value {
+fn run_json(shared: &State, run: &crate::store::RunRow) -> serde_json::Value {
     let mut v = serde_json::to_value(run).unwrap_or(serde_json::Value::Null);
-    let links = Links::for_run(&shared.config.daemon.public_url, run.id);
+    let links = Links::for_run(&shared.settings.config.daemon.public_url, run.id);
     if let Some(o) = v.as_object_mut() {
         o.insert("url".into(), links.run_url.into());
         o.insert("log_url".into(), links.log_url.into());
@@ -274,7 +356,7 @@ fn run_json(shared: &Shared, run: &crate::store::RunRow) -> serde_json::Value {
     v
 }
 
-fn list_runs(shared: &Shared) -> Response<Body> {
+fn list_runs(shared: &State) -> Response<Body> {
     match shared.store.list_runs(100) {
         Ok(runs) => json(
             StatusCode::OK,
@@ -290,10 +372,10 @@ fn list_runs(shared: &Shared) -> Response<Body> {
     }
 }
 
-fn show_run(shared: &Shared, id: i64) -> Response<Body> {
+fn show_run(shared: &State, id: i64) -> Response<Body> {
     match shared.store.get_run(id) {
         Ok(Some(run)) => {
-            let dir = runner::run_dir(&shared.state_dir, id);
+            let dir = runner::run_dir(&shared.settings.state_dir, id);
             let mut v = run_json(shared, &run);
             if let Some(o) = v.as_object_mut() {
                 o.insert(
@@ -332,21 +414,7 @@ fn read_from(path: &std::path::Path, pos: u64) -> Vec<u8> {
     buf
 }
 
-/// A response body fed by a channel (the live log).
-struct ChannelBody(mpsc::Receiver<Bytes>);
-
-impl hyper::body::Body for ChannelBody {
-    type Data = Bytes;
-    type Error = Infallible;
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.0.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
-    }
-}
-
-fn log(shared: Arc<Shared>, id: i64, follow: bool) -> Response<Body> {
+fn log(shared: Arc<State>, id: i64, follow: bool) -> Response<Body> {
     match shared.store.get_run(id) {
         Ok(Some(_)) => {}
         Ok(None) => return text(StatusCode::NOT_FOUND, format!("no run {id}")),
@@ -355,12 +423,12 @@ fn log(shared: Arc<Shared>, id: i64, follow: bool) -> Response<Body> {
             return text(StatusCode::INTERNAL_SERVER_ERROR, "cannot read the run");
         }
     }
-    let path = runner::run_dir(&shared.state_dir, id).join("log.txt");
+    let path = runner::run_dir(&shared.settings.state_dir, id).join("log.txt");
     if !follow {
         let body = std::fs::read(&path).unwrap_or_default();
         return full(StatusCode::OK, "text/plain; charset=utf-8", body);
     }
-    let Ok(permit) = shared.log_followers.clone().try_acquire_owned() else {
+    let Ok(permit) = shared.limits.log_followers.clone().try_acquire_owned() else {
         let mut r = text(
             StatusCode::SERVICE_UNAVAILABLE,
             "too many log followers, try again shortly (or read the log without follow)",
@@ -373,7 +441,7 @@ fn log(shared: Arc<Shared>, id: i64, follow: bool) -> Response<Body> {
     let (tx, rx) = mpsc::channel::<Bytes>(16);
     tokio::spawn(async move {
         let _permit = permit;
-        let mut epoch = shared.log_epoch.subscribe();
+        let mut epoch = shared.wake.log_epoch.subscribe();
         let mut pos = 0u64;
         loop {
             // Look at the state before reading, so the last bytes of a finished run are sent.
@@ -402,36 +470,12 @@ fn log(shared: Arc<Shared>, id: i64, follow: bool) -> Response<Body> {
             }
         }
     });
-    let mut r = Response::new(BoxBody::new(ChannelBody(rx)));
+    let mut r = Response::new(BoxBody::new(crate::pages::ChannelBody(rx)));
     if let Ok(v) = "text/plain; charset=utf-8".parse() {
         r.headers_mut().insert(CONTENT_TYPE, v);
     }
     r.extensions_mut().insert(Streaming);
     r
-}
-
-/// Bytes of request bodies the daemon holds at once, shared by all requests.
-pub(crate) struct BodyBudget {
-    left: std::sync::atomic::AtomicUsize,
-}
-
-impl BodyBudget {
-    pub(crate) fn new(bytes: usize) -> Self {
-        Self {
-            left: std::sync::atomic::AtomicUsize::new(bytes),
-        }
-    }
-
-    fn take(&self, n: usize) -> bool {
-        use std::sync::atomic::Ordering;
-        self.left
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |l| l.checked_sub(n))
-            .is_ok()
-    }
-
-    fn give(&self, n: usize) {
-        self.left.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
-    }
 }
 
 /// What one request took of the budget, given back when the request is done.
@@ -450,7 +494,7 @@ impl Drop for Held<'_> {
 /// so that the sender, still sending, gets the 413 instead of a reset connection. When all
 /// bodies in flight together would exceed the budget, 503.
 async fn read_body(
-    mut body: Incoming,
+    mut body: axum::body::Body,
     max: usize,
     budget: &BodyBudget,
 ) -> Result<(Bytes, Held<'_>), StatusCode> {
@@ -487,11 +531,11 @@ fn header(headers: &HeaderMap, name: &str) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
-async fn webhook(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
-    let max = shared.config.daemon.max_body_bytes;
+async fn webhook(shared: Arc<State>, req: axum::extract::Request) -> Response<Body> {
+    let max = shared.settings.config.daemon.max_body_bytes;
     let headers = req.headers().clone();
-    let timeout = Duration::from_secs(shared.config.daemon.request_timeout_secs);
-    let read = read_body(req.into_body(), max, &shared.body_budget);
+    let timeout = Duration::from_secs(shared.settings.config.daemon.request_timeout_secs);
+    let read = read_body(req.into_body(), max, &shared.limits.body_budget);
     let body = match tokio::time::timeout(timeout, read).await {
         Err(_) => return text(StatusCode::REQUEST_TIMEOUT, "body not received in time"),
         Ok(Err(status)) if status == StatusCode::PAYLOAD_TOO_LARGE => {
@@ -521,104 +565,51 @@ async fn webhook(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> 
     text(status, msg)
 }
 
+/// Carry out the webhook decision (`webhook::decide`): store the trigger, or record the
+/// delivery and check the pull request after answering.
 async fn decide(
-    shared: &Arc<Shared>,
+    shared: &Arc<State>,
     headers: &HeaderMap,
     body: &[u8],
     delivery: Option<&str>,
 ) -> (StatusCode, String) {
-    let Some(secret) = &shared.secrets.webhook_secret else {
-        return (
-            StatusCode::UNAUTHORIZED,
-            "webhooks are disabled: no webhook secret is configured".into(),
-        );
-    };
-    let sent: Vec<String> = [
-        "x-forgejo-signature",
-        "x-gitea-signature",
-        "x-hub-signature-256",
-    ]
-    .iter()
-    .filter_map(|h| {
-        headers
-            .get(*h)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    })
-    .collect();
-    let sent_refs: Vec<&str> = sent.iter().map(String::as_str).collect();
-    // A hook with the *form* content type sends `payload=<urlencoded JSON>` and signs the
-    // JSON: the signature is checked against the JSON taken out of the form.
-    let content_type = header(headers, "content-type")
-        .unwrap_or_default()
-        .to_ascii_lowercase();
-    let form;
-    let body = if content_type.starts_with("application/x-www-form-urlencoded") {
-        form = match trigger::form_payload(body) {
-            Ok(json) => json,
-            Err(e) => return (StatusCode::BAD_REQUEST, e),
-        };
-        &form[..]
-    } else if content_type.is_empty() || content_type.starts_with("application/json") {
-        body
-    } else {
-        return (
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!(
-                "content type `{content_type}` is not supported: set the hook's content type to \
-                 application/json (or application/x-www-form-urlencoded)"
-            ),
-        );
-    };
-    if let Err(e) = trigger::verify_signature(secret.as_bytes(), body, &sent_refs) {
-        return (StatusCode::UNAUTHORIZED, format!("rejected: {e}"));
-    }
-    let Some(event) =
-        header(headers, "x-forgejo-event").or_else(|| header(headers, "x-gitea-event"))
-    else {
-        return (
-            StatusCode::BAD_REQUEST,
-            "missing X-Gitea-Event header".into(),
-        );
+    let content_type = header(headers, "content-type");
+    let event = header(headers, "x-forgejo-event").or_else(|| header(headers, "x-gitea-event"));
+    let signatures: Vec<&str> = webhook::SIGNATURE_HEADERS
+        .iter()
+        .filter_map(|h| headers.get(*h).and_then(|v| v.to_str().ok()))
+        .collect();
+    let hook = webhook::Hook {
+        content_type: content_type.as_deref(),
+        event: event.as_deref(),
+        signatures,
+        body,
     };
     let own = shared.own_login();
-    let delivery_kind = match trigger::classify(&event, body, own.as_deref()) {
-        Ok(d) => d,
-        Err(e) => return (StatusCode::BAD_REQUEST, e),
+    let forge = &shared.settings.config.forge;
+    let policy = webhook::Policy {
+        secret: shared.settings.secrets.webhook_secret.as_deref(),
+        own_login: own.as_deref(),
+        repo_allowlist: &forge.repo_allowlist,
+        user_allowlist: &forge.user_allowlist,
+        has_org_allowlist: !forge.org_allowlist.is_empty(),
     };
-    // Only what is really wrong gets a 4xx (Gitea marks any other answer as a failed delivery,
-    // and never retries): a well-formed delivery cc-ci has no use for is acknowledged.
-    match delivery_kind {
-        Delivery::Unhandled(reason) | Delivery::Ignored(reason) => {
-            (StatusCode::OK, format!("ignored: {reason}"))
-        }
-        Delivery::PullUpdate { repo, pr, .. } => {
-            if !trigger::repo_allowed(&shared.config.forge.repo_allowlist, &repo) {
-                return (
-                    StatusCode::FORBIDDEN,
-                    format!("repository {repo} is not on the allowlist"),
-                );
+    match webhook::decide(&hook, &policy) {
+        Action::Answer(status, msg) => (status, msg),
+        Action::CheckPull { repo, pr } => {
+            let fresh = match delivery.map(|d| shared.store.record_delivery(d)) {
+                None => true,
+                Some(Ok(fresh)) => fresh,
+                Some(Err(e)) => return internal(e),
+            };
+            if fresh {
+                // The payload may be stale (out of order, or a replay): the API's current
+                // head decides, read after this answer.
+                tokio::spawn(verify_pull_update(shared.clone(), repo, pr));
             }
-            if let Some(d) = delivery {
-                match shared.store.record_delivery(d) {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        return (StatusCode::OK, "ignored: delivery already processed".into());
-                    }
-                    Err(e) => return internal(e),
-                }
-            }
-            // The payload may be stale (out of order, or a replay): the API's current head
-            // decides, read after this answer.
-            tokio::spawn(verify_pull_update(shared.clone(), repo, pr));
-            (
-                StatusCode::ACCEPTED,
-                "accepted: the pull request's current head is read from the forge; runs of \
-                 other heads are superseded"
-                    .into(),
-            )
+            webhook::answer_pull_update(fresh)
         }
-        Delivery::Trigger(t) => match ingest(shared, "webhook", delivery, &t) {
+        Action::Store(t) => match ingest(shared, "webhook", delivery, &t) {
             Err(e) => internal(e),
             Ok(IngestOutcome::RepoNotAllowed) => (
                 StatusCode::FORBIDDEN,
@@ -626,27 +617,13 @@ async fn decide(
             ),
             Ok(IngestOutcome::Duplicate(why)) => (StatusCode::OK, format!("ignored: {why}")),
             Ok(IngestOutcome::Stored(id)) => {
-                // The trigger is durable now. Everything that needs the forge (authorisation,
-                // the pull request's head, the pending status) happens after this answer:
-                // Gitea gives up on a delivery after 5 s and never retries it.
-                shared.wake_intake.notify_one();
-                let f = &shared.config.forge;
-                if f.org_allowlist.is_empty() && !trigger::user_allowed(&f.user_allowlist, &t.user)
-                {
-                    (
-                        StatusCode::FORBIDDEN,
-                        format!("{} may not start runs", t.user),
-                    )
-                } else {
-                    (
-                        StatusCode::ACCEPTED,
-                        format!(
-                            "accepted: trigger #{id} stored; the run appears at {}/runs once \
-                             authorised",
-                            shared.config.daemon.public_url.trim_end_matches('/')
-                        ),
-                    )
-                }
+                shared.wake.intake.notify_one();
+                webhook::answer_stored(
+                    id,
+                    &t.user,
+                    &policy,
+                    &shared.settings.config.daemon.public_url,
+                )
             }
         },
     }
@@ -658,4 +635,64 @@ fn internal(e: DaemonError) -> (StatusCode, String) {
         StatusCode::INTERNAL_SERVER_ERROR,
         "internal error: see the daemon log".into(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing;
+
+    /// The status and body of `method path` through the router.
+    async fn ask(router: &Router, method: &str, path: &str) -> (u16, String) {
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let r = answer(router.clone(), req).await;
+        let status = r.status().as_u16();
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn every_path_and_method_gets_the_answer_it_always_had() {
+        let (state, _fake, _dir) = testing::state(|_| {});
+        let router = router(state);
+        for (method, path, status) in [
+            ("GET", "/healthz", 200),
+            ("GET", "/healthz/", 200),
+            ("GET", "//healthz", 200),
+            ("HEAD", "/healthz", 405),
+            ("POST", "/healthz", 405),
+            ("GET", "/hooks/gitea", 405),
+            ("PUT", "/runs", 405),
+            ("DELETE", "/runs/1", 405),
+            ("POST", "/runs/1/log", 405),
+            ("GET", "/runs", 200),
+            ("GET", "/runs/", 200),
+            ("GET", "/runs/1", 404),
+            ("GET", "/runs/abc", 404),
+            ("GET", "/runs/abc/log", 404),
+            ("GET", "/runs/1/other", 404),
+            ("GET", "/runs/1/summary.md", 404),
+            ("POST", "/runs/1/summary.md", 404),
+            ("POST", "/", 404),
+            ("HEAD", "/", 404),
+            ("GET", "/", 200),
+            ("GET", "/board", 200),
+            ("GET", "/metrics", 200),
+            ("GET", "/assets/style.css", 200),
+            ("GET", "/nothing/here", 404),
+        ] {
+            let (got, body) = ask(&router, method, path).await;
+            assert_eq!(got, status, "{method} {path}: {body}");
+        }
+        assert_eq!(
+            ask(&router, "POST", "/healthz").await.1,
+            "method not allowed\n"
+        );
+        assert_eq!(ask(&router, "GET", "/nothing").await.1, "not found\n");
+        assert_eq!(ask(&router, "GET", "/runs/abc").await.1, "no such run\n");
+    }
 }

@@ -3,24 +3,37 @@
 //! child process and reports commit statuses and one comment per run back to the forge.
 //! See docs/daemon.md.
 
+#![deny(unsafe_code)]
+
 mod cli;
-mod daemon;
 mod error;
 mod forge;
 mod http;
+#[cfg(test)]
+mod import_graph;
+mod intake;
 mod logging;
 mod metrics;
 mod pages;
 mod poll;
+mod reconcile;
 pub mod render;
+mod reporter;
 mod runner;
+mod scheduler;
 mod secrets;
+mod start;
+mod state;
 pub mod store;
 mod systemd;
+#[cfg(test)]
+mod testing;
 pub mod trigger;
+mod webhook;
 
 pub use cli::{cancel, config_warnings, logs, queue};
-pub use daemon::{Daemon, ServeOptions, Tuning, database_path, serve, state_dir};
 pub use error::DaemonError;
 pub use forge::ForgeError;
 pub use logging::init as init_logging;
+pub use start::{Daemon, ServeOptions, serve};
+pub use state::{Tuning, database_path, state_dir};

@@ -2,7 +2,6 @@
 //! human-readable lines on stderr. Filter with `CC_CI_LOG` (tracing `EnvFilter` syntax).
 
 use std::io::IsTerminal;
-use std::os::fd::AsRawFd;
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
@@ -20,12 +19,10 @@ fn stderr_is_journal() -> bool {
     let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else {
         return false;
     };
-    // SAFETY: fstat writes into the zeroed struct; fd 2 is valid or fstat fails.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    if unsafe { libc::fstat(std::io::stderr().as_raw_fd(), &mut st) } != 0 {
+    let Ok(st) = rustix::fs::fstat(std::io::stderr()) else {
         return false;
-    }
-    st.st_dev as u64 == dev && st.st_ino as u64 == ino
+    };
+    st.st_dev == dev && st.st_ino == ino
 }
 
 /// Install the global subscriber (once; later calls do nothing).

@@ -4,29 +4,30 @@
 //! intake (and the same dedup by comment id) as the webhook. A changed head supersedes older
 //! runs.
 
+use cc_ci_harness::contract::short_sha;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::daemon::{IngestOutcome, Shared, ingest, process_trigger};
 use crate::error::DaemonError;
+use crate::intake::{IngestOutcome, ingest, process_trigger};
+use crate::state::State;
 use crate::store::now;
 use crate::trigger::{self, CommentTrigger};
 
-pub(crate) async fn poll_loop(shared: Arc<Shared>) {
-    let every = Duration::from_secs(shared.config.daemon.poll_interval_secs.max(1));
-    let mut shutdown = shared.shutdown.subscribe();
+pub(crate) async fn poll_loop(shared: Arc<State>) {
+    let every = Duration::from_secs(shared.settings.config.daemon.poll_interval_secs.max(1));
     loop {
         if shared.shutting_down() {
             return;
         }
-        for repo in shared.config.forge.poll_repos.clone() {
+        for repo in shared.settings.config.forge.poll_repos.clone() {
             if let Err(e) = poll_repo(&shared, &repo).await {
                 tracing::warn!(repo = %repo, error = %e, "poll failed; trying again next interval");
             }
         }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
-            _ = shutdown.changed() => {}
+            _ = shared.shutdown.cancelled() => {}
         }
     }
 }
@@ -41,7 +42,7 @@ const SINCE_OVERLAP_SECS: i64 = 600;
 /// recorded as seen, whether it was a trigger or not, so a later edit cannot turn it into one.
 /// The window only advances when every pull request was read, so a failed read cannot skip a
 /// trigger.
-pub(crate) async fn poll_repo(shared: &Arc<Shared>, repo: &str) -> Result<(), DaemonError> {
+pub(crate) async fn poll_repo(shared: &Arc<State>, repo: &str) -> Result<(), DaemonError> {
     let started = now();
     let last = shared.store.poll_since(repo)?;
     let first = last.is_none();
@@ -56,16 +57,16 @@ pub(crate) async fn poll_repo(shared: &Arc<Shared>, repo: &str) -> Result<(), Da
         {
             let reason = format!(
                 "new commits were pushed (head {} → {})",
-                old.get(..10).unwrap_or(&old),
-                pr.head.sha.get(..10).unwrap_or(&pr.head.sha)
+                short_sha(&old),
+                short_sha(&pr.head.sha)
             );
             if shared
                 .store
                 .supersede_pr(repo, pr.number, Some(&pr.head.sha), &reason)?
                 > 0
             {
-                shared.wake_scheduler.notify_one();
-                shared.wake_reporter.notify_one();
+                shared.wake.scheduler.notify_one();
+                shared.wake.reporter.notify_one();
             }
         }
         let comments = shared

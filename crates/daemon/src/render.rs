@@ -7,6 +7,7 @@ use cc_ci_harness::report::{RunReport, TierReport, Verdict, excerpt};
 use crate::forge::StatusState;
 use crate::store::{RunRow, RunState, RunVerdict};
 use crate::trigger::STAGES;
+use cc_ci_harness::contract::short_sha;
 
 /// Where the forge should link to.
 #[derive(Debug, Clone)]
@@ -28,10 +29,6 @@ impl Links {
 /// The recipe a pull request tests is the repository's name.
 pub fn recipe_of(repo: &str) -> &str {
     repo.rsplit('/').next().unwrap_or(repo)
-}
-
-fn short(sha: &str) -> &str {
-    sha.get(..10).unwrap_or(sha)
 }
 
 fn requested_stages(run: &RunRow) -> Vec<String> {
@@ -158,7 +155,7 @@ pub fn comment(
         RunState::Queued => {
             let mut out = format!(
                 "### cc-ci: ⏳ queued — `{recipe}` at `{}`\n\nStages: {stages_text}.\n",
-                short(&run.head_sha)
+                short_sha(&run.head_sha)
             );
             if run.requeues > 0 {
                 out.push_str("\nRe-queued after the daemon was interrupted.\n");
@@ -170,7 +167,7 @@ pub fn comment(
             let done = progress.unwrap_or(&[]);
             format!(
                 "### cc-ci: ⏳ running — `{recipe}` at `{}`\n\n{}{}",
-                short(&run.head_sha),
+                short_sha(&run.head_sha),
                 tier_table(done, &requested, "⏸️ waiting", "⏳ running"),
                 footer(run, links, Some("live log"))
             )
@@ -191,7 +188,7 @@ pub fn comment(
             };
             let mut out = format!(
                 "### cc-ci: {headline} — `{recipe}` at `{}`\n\n",
-                short(&run.head_sha)
+                short_sha(&run.head_sha)
             );
             if let Some(reason) = &run.reason {
                 out.push_str(&format!("**Reason:** {}\n\n", excerpt(reason, 500)));

@@ -11,25 +11,16 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use cc_ci_harness::contract::{exit, files, short_sha};
 use cc_ci_harness::report::{RunReport, TierReport, Verdict};
+use rustix::process::{Pid, Signal};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
-use crate::daemon::Shared;
+use crate::state::{Cancel, State};
 use crate::store::{RunRow, RunVerdict, now};
 use crate::systemd::PRIVATE_ENV;
-
-/// Why a running run is being stopped.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Cancel {
-    /// Superseded, pull request closed, or `cc-ci cancel`: verdict `cancelled`.
-    Requested(String),
-    /// The run exceeded `run_timeout_secs`: verdict `error`.
-    Deadline,
-    /// The daemon is stopping: re-queued (or `error` once re-queued too often).
-    Shutdown,
-}
 
 /// Files of a run under `<state_dir>/runs/<id>`.
 pub fn run_dir(state_dir: &Path, id: i64) -> PathBuf {
@@ -37,7 +28,7 @@ pub fn run_dir(state_dir: &Path, id: i64) -> PathBuf {
 }
 
 pub fn read_report(dir: &Path) -> Option<RunReport> {
-    let text = std::fs::read(dir.join("run.json")).ok()?;
+    let text = std::fs::read(dir.join(files::RUN_JSON)).ok()?;
     serde_json::from_slice(&text).ok()
 }
 
@@ -47,7 +38,7 @@ pub fn read_progress(dir: &Path) -> Option<Vec<TierReport>> {
     struct Partial {
         tiers: Vec<TierReport>,
     }
-    let text = std::fs::read(dir.join("progress.json")).ok()?;
+    let text = std::fs::read(dir.join(files::PROGRESS_JSON)).ok()?;
     serde_json::from_slice::<Partial>(&text)
         .ok()
         .map(|p| p.tiers)
@@ -57,11 +48,11 @@ pub fn read_progress(dir: &Path) -> Option<Vec<TierReport>> {
 #[derive(Clone)]
 pub struct LogSink {
     file: Arc<Mutex<std::fs::File>>,
-    shared: Arc<Shared>,
+    shared: Arc<State>,
 }
 
 impl LogSink {
-    pub fn open(shared: Arc<Shared>, path: &Path) -> std::io::Result<Self> {
+    pub fn open(shared: Arc<State>, path: &Path) -> std::io::Result<Self> {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -73,7 +64,7 @@ impl LogSink {
     }
 
     pub fn line(&self, text: &str) {
-        let clean = self.shared.secrets.redact(text);
+        let clean = self.shared.settings.secrets.redact(text);
         crate::metrics::log_line(&clean);
         {
             let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
@@ -82,9 +73,7 @@ impl LogSink {
                 let _ = f.write_all(b"\n");
             }
         }
-        self.shared
-            .log_epoch
-            .send_modify(|e| *e = e.wrapping_add(1));
+        self.shared.wake.log_changed();
     }
 }
 
@@ -101,8 +90,8 @@ async fn pump(reader: impl AsyncRead + Unpin, sink: LogSink) {
     }
 }
 
-fn base_command(shared: &Shared) -> Command {
-    let mut cmd = Command::new(&shared.exe);
+fn base_command(shared: &State) -> Command {
+    let mut cmd = Command::new(&shared.settings.exe);
     for var in PRIVATE_ENV {
         cmd.env_remove(var);
     }
@@ -111,18 +100,21 @@ fn base_command(shared: &Shared) -> Command {
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(false);
-    let parent = std::process::id() as libc::pid_t;
-    // SAFETY: only async-signal-safe calls (prctl, getppid, _exit) between fork and exec.
+    let parent = rustix::process::getpid();
+    // SAFETY: the closure makes only async-signal-safe system calls (prctl, getppid) between
+    // fork and exec, and allocates nothing.
+    #[allow(unsafe_code)] // pre_exec is unsafe by definition; nothing safe replaces it
     unsafe {
         cmd.pre_exec(move || {
             // The signal fires when the thread that forked exits: runs are spawned from tokio
             // worker threads, which live as long as the daemon's runtime.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // The daemon may have died between fork and prctl.
-            if libc::getppid() != parent {
-                libc::_exit(137);
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+            // The daemon may have died between fork and prctl: do not start an orphan run
+            // (the error ends the child before exec).
+            if rustix::process::getppid() != Some(parent) {
+                return Err(std::io::Error::other(
+                    "the daemon died before the run started",
+                ));
             }
             Ok(())
         });
@@ -130,8 +122,8 @@ fn base_command(shared: &Shared) -> Command {
     cmd
 }
 
-fn config_args(shared: &Shared) -> Vec<String> {
-    match &shared.config_path {
+fn config_args(shared: &State) -> Vec<String> {
+    match &shared.settings.config_path {
         Some(p) => vec!["--config".into(), p.display().to_string()],
         None => vec![],
     }
@@ -139,7 +131,7 @@ fn config_args(shared: &Shared) -> Vec<String> {
 
 /// Spawn `<exe> <args>` with output into `sink`; returns the child and its output pumps.
 fn spawn_logged(
-    shared: &Arc<Shared>,
+    shared: &Arc<State>,
     args: &[String],
     sink: &LogSink,
 ) -> std::io::Result<(Child, Vec<tokio::task::JoinHandle<()>>)> {
@@ -148,7 +140,10 @@ fn spawn_logged(
     let secrets = secrets_pipe(shared)?;
     let raw = std::os::fd::AsRawFd::as_raw_fd(&secrets);
     cmd.env(cc_ci_harness::redact::SECRETS_FD_ENV, "3");
-    // SAFETY: only async-signal-safe calls (fcntl, dup2) between fork and exec.
+    // SAFETY: only async-signal-safe calls (fcntl, dup2) between fork and exec. fd 3 is not
+    // owned by anything in the child, so the safe wrappers (which want an `OwnedFd` for the
+    // target) do not apply: the raw calls stay.
+    #[allow(unsafe_code)] // pre_exec and the raw fd 3 have no safe replacement
     unsafe {
         cmd.pre_exec(move || {
             let ok = if raw == 3 {
@@ -178,13 +173,16 @@ fn spawn_logged(
 /// The forge token and webhook secret, one per line, in a pipe the child inherits as fd 3:
 /// the run never has them in its environment, arguments or files, yet can mask them in what it
 /// writes (a recipe that gets hold of one must not be able to publish it through a report).
-fn secrets_pipe(shared: &Shared) -> std::io::Result<std::os::fd::OwnedFd> {
+fn secrets_pipe(shared: &State) -> std::io::Result<std::os::fd::OwnedFd> {
     use std::io::Write;
     let (read, mut write) = std::io::pipe()?;
     let mut text = String::new();
-    for v in [&shared.secrets.token, &shared.secrets.webhook_secret]
-        .into_iter()
-        .flatten()
+    for v in [
+        &shared.settings.secrets.token,
+        &shared.settings.secrets.webhook_secret,
+    ]
+    .into_iter()
+    .flatten()
     {
         text.push_str(v);
         text.push('\n');
@@ -208,26 +206,28 @@ async fn drain(pumps: Vec<tokio::task::JoinHandle<()>>) {
     }
 }
 
-fn signal(pid: Option<u32>, group: bool, sig: libc::c_int) {
-    if let Some(pid) = pid {
-        let pid = pid as libc::pid_t;
-        // SAFETY: plain syscalls on a pid we spawned and have not reaped yet.
-        unsafe {
-            if group {
-                libc::killpg(pid, sig);
-            } else {
-                libc::kill(pid, sig);
-            }
-        }
-    }
+/// Send `sig` to a child we spawned (and have not reaped), or to its process group.
+fn signal(pid: Option<u32>, group: bool, sig: Signal) {
+    let Some(pid) = pid
+        .and_then(|p| i32::try_from(p).ok())
+        .and_then(Pid::from_raw)
+    else {
+        return;
+    };
+    // Already gone is fine: there is nothing left to stop.
+    let _ = if group {
+        rustix::process::kill_process_group(pid, sig)
+    } else {
+        rustix::process::kill_process(pid, sig)
+    };
 }
 
 /// `<exe> gc`: tear down what dead runs left. Output goes to `sink` when given, else the
 /// daemon log. Returns whether gc succeeded.
-pub async fn run_gc(shared: &Arc<Shared>, sink: Option<&LogSink>) -> bool {
+pub async fn run_gc(shared: &Arc<State>, sink: Option<&LogSink>) -> bool {
     let mut args = vec!["gc".to_string()];
     args.extend(config_args(shared));
-    let log_path = shared.state_dir.join("gc.log");
+    let log_path = shared.settings.state_dir.join("gc.log");
     let own_sink;
     let sink = match sink {
         Some(s) => s,
@@ -244,22 +244,22 @@ pub async fn run_gc(shared: &Arc<Shared>, sink: Option<&LogSink>) -> bool {
     };
     sink.line(&format!(
         "cc-ci: running `{} gc` at {}",
-        shared.exe.display(),
+        shared.settings.exe.display(),
         now()
     ));
     let (mut child, pumps) = match spawn_logged(shared, &args, sink) {
         Ok(c) => c,
         Err(e) => {
-            tracing::error!(exe = %shared.exe.display(), error = %e, "cannot start gc");
+            tracing::error!(exe = %shared.settings.exe.display(), error = %e, "cannot start gc");
             sink.line(&format!("cc-ci: cannot start gc: {e}"));
             return false;
         }
     };
     let pid = child.id();
-    let status = match tokio::time::timeout(shared.tuning.gc_timeout, child.wait()).await {
+    let status = match tokio::time::timeout(shared.settings.tuning.gc_timeout, child.wait()).await {
         Ok(s) => s.ok(),
         Err(_) => {
-            signal(pid, true, libc::SIGKILL);
+            signal(pid, true, Signal::KILL);
             let _ = child.wait().await;
             None
         }
@@ -293,7 +293,7 @@ pub fn outcome(
             .join(", ")
     };
     match (code, report) {
-        (Some(0), Some(r)) => match r.verdict {
+        (Some(exit::PASS), Some(r)) => match r.verdict {
             Verdict::Pass | Verdict::Skipped => (RunVerdict::Pass, None),
             Verdict::Fail => (RunVerdict::Fail, Some(format!("failed: {}", failing(r)))),
             Verdict::Error => (
@@ -301,23 +301,23 @@ pub fn outcome(
                 Some("the run reported an error but exited 0".into()),
             ),
         },
-        (Some(0), None) => (
+        (Some(exit::PASS), None) => (
             RunVerdict::Error,
             Some("the run exited 0 but wrote no run.json".into()),
         ),
-        (Some(1), Some(r)) if r.verdict == Verdict::Error => {
+        (Some(exit::FAIL), Some(r)) if r.verdict == Verdict::Error => {
             (RunVerdict::Error, Some(format!("error in: {}", failing(r))))
         }
-        (Some(1), Some(r)) => (RunVerdict::Fail, Some(format!("failed: {}", failing(r)))),
-        (Some(1), None) => (
+        (Some(exit::FAIL), Some(r)) => (RunVerdict::Fail, Some(format!("failed: {}", failing(r)))),
+        (Some(exit::FAIL), None) => (
             RunVerdict::Fail,
             Some("a tier failed (no run.json was written)".into()),
         ),
-        (Some(2), _) => (
+        (Some(exit::BAD_INPUT), _) => (
             RunVerdict::Error,
             Some("bad input or configuration (exit 2): nothing was deployed, see the log".into()),
         ),
-        (Some(3), _) => (
+        (Some(exit::INFRA), _) => (
             RunVerdict::Error,
             Some("infrastructure error (exit 3), see the log".into()),
         ),
@@ -337,33 +337,66 @@ pub fn outcome(
 
 /// Supervise one claimed run to its end and record the result. Never panics on outside input.
 pub async fn supervise(
-    shared: Arc<Shared>,
+    shared: Arc<State>,
     run: RunRow,
     mut cancel: watch::Receiver<Option<Cancel>>,
 ) {
-    let dir = run_dir(&shared.state_dir, run.id);
-    let recipe = crate::render::recipe_of(&run.repo).to_string();
-    if let Err(e) = prepare_dir(&dir) {
-        finish(
-            &shared,
-            &run,
-            RunVerdict::Error,
-            Some(format!("cannot prepare {}: {e}", dir.display())),
-            None,
-        );
+    let dir = run_dir(&shared.settings.state_dir, run.id);
+    let Some(sink) = open_run(&shared, &run, &dir) else {
         return;
+    };
+    if let Some(reason) = moved_on(&shared, &run).await {
+        sink.line(&format!("cc-ci: not started: {reason}"));
+        finish(&shared, &run, RunVerdict::Cancelled, Some(reason), None);
+        return;
+    }
+    let args = run_args(&shared, &run, &dir);
+    let (mut child, pumps) = match spawn_logged(&shared, &args, &sink) {
+        Ok(c) => c,
+        Err(e) => {
+            let reason = format!(
+                "cannot start the run process {}: {e}",
+                shared.settings.exe.display()
+            );
+            sink.line(&format!("cc-ci: {reason}"));
+            finish(&shared, &run, RunVerdict::Error, Some(reason), None);
+            return;
+        }
+    };
+    let pid = child.id();
+    tracing::info!(run_id = run.id, recipe = %crate::render::recipe_of(&run.repo), pr = run.pr, pid = ?pid, "run started");
+    let (status, cancelled) =
+        watch_child(&shared, &run, &dir, &mut child, &mut cancel, &sink).await;
+    drain(pumps).await;
+    let (code, sig) = match status {
+        Some(s) => {
+            use std::os::unix::process::ExitStatusExt;
+            (s.code(), s.signal())
+        }
+        None => (None, None),
+    };
+    // A run that died of a signal (SIGKILL after the grace period, the OOM killer, a crash)
+    // did not tear down: its deployment may still be up.
+    if sig.is_some() {
+        run_gc(&shared, Some(&sink)).await;
+    }
+    conclude(&shared, &run, &sink, cancelled, code, sig, &dir);
+}
+
+/// Prepare the run's directory and open its log with a first line saying what runs; on
+/// failure the run is finished as an error.
+fn open_run(shared: &Arc<State>, run: &RunRow, dir: &Path) -> Option<LogSink> {
+    if let Err(e) = prepare_dir(dir) {
+        let reason = format!("cannot prepare {}: {e}", dir.display());
+        finish(shared, run, RunVerdict::Error, Some(reason), None);
+        return None;
     }
     let sink = match LogSink::open(shared.clone(), &dir.join("log.txt")) {
         Ok(s) => s,
         Err(e) => {
-            finish(
-                &shared,
-                &run,
-                RunVerdict::Error,
-                Some(format!("cannot open the run log: {e}")),
-                None,
-            );
-            return;
+            let reason = format!("cannot open the run log: {e}");
+            finish(shared, run, RunVerdict::Error, Some(reason), None);
+            return None;
         }
     };
     sink.line(&format!(
@@ -383,35 +416,37 @@ pub async fn supervise(
             String::new()
         }
     ));
+    Some(sink)
+}
 
-    // The queued trigger was for a head commit; if the pull request moved on, this run would
-    // test (and report on) something nobody asked for.
-    if let Ok(Ok(pr)) = tokio::time::timeout(
+/// Why the run should not start any more: the queued trigger was for a head commit; if the
+/// pull request moved on (or closed), this run would test, and report on, something nobody
+/// asked for. A forge that does not answer in time does not stop the run.
+async fn moved_on(shared: &State, run: &RunRow) -> Option<String> {
+    let pr = tokio::time::timeout(
         Duration::from_secs(15),
         shared.forge.pull_request(&run.repo, run.pr),
     )
     .await
-    {
-        let reason = if pr.state != "open" {
-            Some("the pull request was closed before the run started".to_string())
-        } else if pr.head.sha != run.head_sha {
-            Some(format!(
-                "the pull request's head moved to {} before the run started: comment again to test it",
-                pr.head.sha.get(..10).unwrap_or(&pr.head.sha)
-            ))
-        } else {
-            None
-        };
-        if let Some(reason) = reason {
-            sink.line(&format!("cc-ci: not started: {reason}"));
-            finish(&shared, &run, RunVerdict::Cancelled, Some(reason), None);
-            return;
-        }
+    .ok()?
+    .ok()?;
+    if pr.state != "open" {
+        Some("the pull request was closed before the run started".to_string())
+    } else if pr.head.sha != run.head_sha {
+        Some(format!(
+            "the pull request's head moved to {} before the run started: comment again to test it",
+            short_sha(&pr.head.sha)
+        ))
+    } else {
+        None
     }
+}
 
-    // The exact commit the trigger was authorised for, never `refs/pull/N/head`: a commit
-    // pushed after the approval must not be what runs (nor get the approved commit's status).
-    // A commit the clone cannot fetch makes the run fail with exit 2 (an error).
+/// The arguments of `cc-ci run`. The exact commit the trigger was authorised for, never
+/// `refs/pull/N/head`: a commit pushed after the approval must not be what runs (nor get the
+/// approved commit's status). A commit the clone cannot fetch makes the run fail with exit 2
+/// (an error).
+fn run_args(shared: &State, run: &RunRow, dir: &Path) -> Vec<String> {
     let repo_now = shared
         .forge
         .current_name(run.forge_repo.as_deref().unwrap_or(&run.repo));
@@ -420,7 +455,7 @@ pub async fn supervise(
         "--recipe".into(),
         format!(
             "{}/{}.git",
-            shared.config.forge.url.trim_end_matches('/'),
+            shared.settings.config.forge.url.trim_end_matches('/'),
             repo_now
         ),
         "--ref".into(),
@@ -432,26 +467,26 @@ pub async fn supervise(
     }
     args.push("--report-dir".into());
     args.push(dir.display().to_string());
-    args.extend(config_args(&shared));
+    args.extend(config_args(shared));
+    args
+}
 
-    let (mut child, pumps) = match spawn_logged(&shared, &args, &sink) {
-        Ok(c) => c,
-        Err(e) => {
-            let reason = format!("cannot start the run process {}: {e}", shared.exe.display());
-            sink.line(&format!("cc-ci: {reason}"));
-            finish(&shared, &run, RunVerdict::Error, Some(reason), None);
-            return;
-        }
-    };
+/// Wait for the child while watching for a cancel, the deadline and progress; a cancel stops
+/// the child. Returns its exit status and why it was stopped, if it was.
+async fn watch_child(
+    shared: &Arc<State>,
+    run: &RunRow,
+    dir: &Path,
+    child: &mut Child,
+    cancel: &mut watch::Receiver<Option<Cancel>>,
+    sink: &LogSink,
+) -> (Option<std::process::ExitStatus>, Option<Cancel>) {
     let pid = child.id();
-    tracing::info!(run_id = run.id, recipe = %recipe, pr = run.pr, pid = ?pid, "run started");
-
-    let deadline =
-        tokio::time::Instant::now() + Duration::from_secs(shared.config.daemon.run_timeout_secs);
-    let mut progress_tick = tokio::time::interval(shared.tuning.progress_interval);
-    let mut last_progress = progress_stamp(&dir);
+    let deadline = tokio::time::Instant::now()
+        + Duration::from_secs(shared.settings.config.daemon.run_timeout_secs);
+    let mut progress_tick = tokio::time::interval(shared.settings.tuning.progress_interval);
+    let mut last_progress = progress_stamp(dir);
     let mut cancelled: Option<Cancel> = None;
-
     let status = loop {
         tokio::select! {
             s = child.wait() => break s.ok(),
@@ -465,35 +500,35 @@ pub async fn supervise(
                 cancelled = Some(Cancel::Deadline);
             }
             _ = progress_tick.tick() => {
-                let stamp = progress_stamp(&dir);
+                let stamp = progress_stamp(dir);
                 if stamp != last_progress {
                     last_progress = stamp;
                     let _ = shared.store.bump_version(run.id);
-                    shared.wake_reporter.notify_one();
+                    shared.wake.reporter.notify_one();
                 }
             }
         }
         if let Some(c) = &cancelled {
-            break stop_child(&shared, &mut child, pid, c, &sink).await;
+            break stop_child(shared, child, pid, c, sink).await;
         }
     };
+    (status, cancelled)
+}
 
-    drain(pumps).await;
-    let (code, sig) = match status {
-        Some(s) => {
-            use std::os::unix::process::ExitStatusExt;
-            (s.code(), s.signal())
-        }
-        None => (None, None),
-    };
-    // A run that died of a signal (SIGKILL after the grace period, the OOM killer, a crash)
-    // did not tear down: its deployment may still be up.
-    if sig.is_some() {
-        run_gc(&shared, Some(&sink)).await;
-    }
-    let report = read_report(&dir);
+/// Record how the run ended: its verdict from the exit code and report, or why it was
+/// stopped (a shutdown re-queues it while it may be).
+fn conclude(
+    shared: &Arc<State>,
+    run: &RunRow,
+    sink: &LogSink,
+    cancelled: Option<Cancel>,
+    code: Option<i32>,
+    sig: Option<i32>,
+    dir: &Path,
+) {
     match cancelled {
         None => {
+            let report = read_report(dir);
             let (mut verdict, mut reason) = outcome(code, sig, report.as_ref());
             // The status is posted on the approved commit: a report about any other commit
             // says nothing about it.
@@ -503,8 +538,8 @@ pub async fn supervise(
                 verdict = RunVerdict::Error;
                 reason = Some(format!(
                     "the run tested commit {} but was approved for {}",
-                    r.head_sha.get(..10).unwrap_or(&r.head_sha),
-                    run.head_sha.get(..10).unwrap_or(&run.head_sha)
+                    short_sha(&r.head_sha),
+                    short_sha(&run.head_sha)
                 ));
             }
             sink.line(&format!(
@@ -515,32 +550,32 @@ pub async fn supervise(
                     .map(|r| format!(" ({r})"))
                     .unwrap_or_default()
             ));
-            finish(&shared, &run, verdict, reason, code);
+            finish(shared, run, verdict, reason, code);
         }
         Some(Cancel::Requested(reason)) => {
             sink.line(&format!("cc-ci: run cancelled: {reason}"));
-            finish(&shared, &run, RunVerdict::Cancelled, Some(reason), code);
+            finish(shared, run, RunVerdict::Cancelled, Some(reason), code);
         }
         Some(Cancel::Deadline) => {
             let reason = format!(
                 "the run exceeded its deadline of {} s and was cancelled",
-                shared.config.daemon.run_timeout_secs
+                shared.settings.config.daemon.run_timeout_secs
             );
             sink.line(&format!("cc-ci: {reason}"));
-            finish(&shared, &run, RunVerdict::Error, Some(reason), code);
+            finish(shared, run, RunVerdict::Error, Some(reason), code);
         }
         Some(Cancel::Shutdown) => {
-            if run.requeues < shared.config.daemon.max_requeues {
+            if run.requeues < shared.settings.config.daemon.max_requeues {
                 sink.line("cc-ci: the daemon is stopping: run interrupted, re-queued");
                 if let Err(e) = shared.store.requeue_run(run.id) {
                     tracing::error!(run_id = run.id, error = %e, "cannot re-queue run");
                 }
-                shared.wake_reporter.notify_one();
+                shared.wake.reporter.notify_one();
             } else {
                 let reason =
                     "interrupted by a daemon shutdown (and re-queued too often)".to_string();
                 sink.line(&format!("cc-ci: {reason}"));
-                finish(&shared, &run, RunVerdict::Error, Some(reason), code);
+                finish(shared, run, RunVerdict::Error, Some(reason), code);
             }
         }
     }
@@ -548,19 +583,19 @@ pub async fn supervise(
 
 /// SIGTERM, wait the grace period, then SIGKILL the whole process group.
 async fn stop_child(
-    shared: &Arc<Shared>,
+    shared: &Arc<State>,
     child: &mut Child,
     pid: Option<u32>,
     why: &Cancel,
     sink: &LogSink,
 ) -> Option<std::process::ExitStatus> {
     sink.line(&format!("cc-ci: stopping the run ({why:?}): SIGTERM"));
-    signal(pid, false, libc::SIGTERM);
-    let grace = Duration::from_secs(shared.config.daemon.cancel_grace_secs);
+    signal(pid, false, Signal::TERM);
+    let grace = Duration::from_secs(shared.settings.config.daemon.cancel_grace_secs);
     match tokio::time::timeout(grace, child.wait()).await {
         Ok(s) => {
             // Helpers the run left in its group (abra, docker) go too.
-            signal(pid, true, libc::SIGKILL);
+            signal(pid, true, Signal::KILL);
             s.ok()
         }
         Err(_) => {
@@ -568,7 +603,7 @@ async fn stop_child(
                 "cc-ci: the run did not stop within {} s: SIGKILL",
                 grace.as_secs()
             ));
-            signal(pid, true, libc::SIGKILL);
+            signal(pid, true, Signal::KILL);
             child.wait().await.ok()
         }
     }
@@ -577,7 +612,7 @@ async fn stop_child(
 fn prepare_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     // A re-queued run starts afresh; its earlier log is kept (appended to).
-    for f in ["run.json", "progress.json", "summary.md", "junit.xml"] {
+    for f in files::RESULTS {
         match std::fs::remove_file(dir.join(f)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
             _ => {}
@@ -587,12 +622,12 @@ fn prepare_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 fn progress_stamp(dir: &Path) -> Option<(u64, std::time::SystemTime)> {
-    let m = std::fs::metadata(dir.join("progress.json")).ok()?;
+    let m = std::fs::metadata(dir.join(files::PROGRESS_JSON)).ok()?;
     Some((m.len(), m.modified().ok()?))
 }
 
 fn finish(
-    shared: &Arc<Shared>,
+    shared: &Arc<State>,
     run: &RunRow,
     verdict: RunVerdict,
     reason: Option<String>,
@@ -603,7 +638,7 @@ fn finish(
     crate::metrics::run_finished(
         run,
         verdict,
-        read_report(&run_dir(&shared.state_dir, run.id)).as_ref(),
+        read_report(&run_dir(&shared.settings.state_dir, run.id)).as_ref(),
     );
     if let Err(e) = shared
         .store
@@ -611,7 +646,7 @@ fn finish(
     {
         tracing::error!(run_id = run.id, error = %e, "cannot record the run's result");
     }
-    shared.wake_reporter.notify_one();
+    shared.wake.reporter.notify_one();
 }
 
 #[cfg(test)]
@@ -643,27 +678,30 @@ mod tests {
     #[test]
     fn exit_codes_and_reports() {
         assert_eq!(
-            outcome(Some(0), None, Some(&report(Verdict::Pass))).0,
+            outcome(Some(exit::PASS), None, Some(&report(Verdict::Pass))).0,
             RunVerdict::Pass
         );
-        assert_eq!(outcome(Some(0), None, None).0, RunVerdict::Error);
+        assert_eq!(outcome(Some(exit::PASS), None, None).0, RunVerdict::Error);
         assert_eq!(
-            outcome(Some(0), None, Some(&report(Verdict::Fail))).0,
+            outcome(Some(exit::PASS), None, Some(&report(Verdict::Fail))).0,
             RunVerdict::Fail
         );
-        let (v, r) = outcome(Some(1), None, Some(&report(Verdict::Fail)));
+        let (v, r) = outcome(Some(exit::FAIL), None, Some(&report(Verdict::Fail)));
         assert_eq!(v, RunVerdict::Fail);
         assert_eq!(r.as_deref(), Some("failed: upgrade"));
-        assert_eq!(outcome(Some(1), None, None).0, RunVerdict::Fail);
-        assert_eq!(outcome(Some(2), None, None).0, RunVerdict::Error);
+        assert_eq!(outcome(Some(exit::FAIL), None, None).0, RunVerdict::Fail);
+        assert_eq!(
+            outcome(Some(exit::BAD_INPUT), None, None).0,
+            RunVerdict::Error
+        );
         assert!(
-            outcome(Some(3), None, None)
+            outcome(Some(exit::INFRA), None, None)
                 .1
                 .unwrap()
                 .contains("infrastructure")
         );
         assert_eq!(
-            outcome(Some(3), None, Some(&report(Verdict::Pass))).0,
+            outcome(Some(exit::INFRA), None, Some(&report(Verdict::Pass))).0,
             RunVerdict::Error
         );
         assert!(outcome(None, Some(9), None).1.unwrap().contains("signal 9"));

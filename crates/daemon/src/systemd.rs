@@ -4,9 +4,10 @@
 //! modified (changing it in a multi-threaded process is unsound); the variables are instead
 //! removed from the environment of every child process (see `runner`).
 
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
+use rustix::net::{AddressFamily, SocketType};
 use sd_notify::NotifyState;
 
 use crate::error::DaemonError;
@@ -43,53 +44,39 @@ pub fn listener_from_systemd() -> Result<Option<StdListener>, DaemonError> {
 }
 
 fn from_fd(fd: RawFd) -> Result<StdListener, DaemonError> {
-    // SAFETY: storage is large enough for any address family and len says so.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    let rc = unsafe {
-        libc::getsockname(
-            fd,
-            &mut storage as *mut libc::sockaddr_storage as *mut libc::sockaddr,
-            &mut len,
-        )
+    // SAFETY: systemd passed this fd to this process for it to own (sd_notify checked
+    // LISTEN_PID); nothing else in the process holds it.
+    #[allow(unsafe_code)] // taking ownership of an inherited fd has no safe form
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let family = match rustix::net::getsockname(&owned) {
+        Ok(addr) => addr.address_family(),
+        Err(e) => {
+            // Not ours after all: leave the fd open, as it was found.
+            let _ = owned.into_raw_fd();
+            return Err(DaemonError::SocketActivation(format!(
+                "fd {fd} is not a socket: {e}"
+            )));
+        }
     };
-    if rc != 0 {
-        return Err(DaemonError::SocketActivation(format!(
-            "fd {fd} is not a socket: {}",
-            std::io::Error::last_os_error()
-        )));
-    }
-    let mut kind: libc::c_int = 0;
-    let mut klen = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_TYPE,
-            &mut kind as *mut libc::c_int as *mut libc::c_void,
-            &mut klen,
-        )
-    };
-    if rc != 0 || kind != libc::SOCK_STREAM {
+    if rustix::net::sockopt::socket_type(&owned).ok() != Some(SocketType::STREAM) {
+        let _ = owned.into_raw_fd();
         return Err(DaemonError::SocketActivation(format!(
             "fd {fd} is not a stream socket: use ListenStream= in the .socket unit"
         )));
     }
-    let listener = match storage.ss_family as libc::c_int {
-        // SAFETY: systemd hands this fd to us; nothing else in the process owns it.
-        libc::AF_INET | libc::AF_INET6 => {
-            StdListener::Tcp(unsafe { std::net::TcpListener::from_raw_fd(fd) })
-        }
-        libc::AF_UNIX => {
-            StdListener::Unix(unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) })
-        }
-        other => {
+    Ok(
+        if family == AddressFamily::INET || family == AddressFamily::INET6 {
+            StdListener::Tcp(std::net::TcpListener::from(owned))
+        } else if family == AddressFamily::UNIX {
+            StdListener::Unix(std::os::unix::net::UnixListener::from(owned))
+        } else {
+            let _ = owned.into_raw_fd();
             return Err(DaemonError::SocketActivation(format!(
-                "fd {fd} has address family {other}, expected TCP or a unix socket"
+                "fd {fd} has address family {}, expected TCP or a unix socket",
+                family.as_raw()
             )));
-        }
-    };
-    Ok(listener)
+        },
+    )
 }
 
 fn send(states: &[NotifyState<'_>]) {

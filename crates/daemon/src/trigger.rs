@@ -5,8 +5,9 @@ use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
 
-/// The stages a `!testme` line may name, in the order a run executes them.
-pub const STAGES: [&str; 4] = ["install", "upgrade", "backup", "restore"];
+/// The stages a `!testme` line may name, in the order a run executes them (the run
+/// contract's spelling).
+pub const STAGES: [&str; 4] = cc_ci_harness::contract::Stage::NAMES;
 
 /// The trigger word: a comment line must be exactly this, optionally followed by stage names.
 pub const TRIGGER: &str = "!testme";

@@ -504,6 +504,9 @@ async fn new_commits_cancel_the_running_run() {
         202
     );
     env.wait_comment(1, "⏳ running").await;
+    // The child must be running: a head moved before it starts stops the run with another
+    // reason (the runner's own check), which is not what this test is about.
+    env.wait_hanging(1).await;
     env.gitea.set_head("coop/web", 1, SHA2);
     let payload = pull_request_payload("synchronized", "coop/web", 1, SHA2);
     let (code, body) = deliver(

@@ -10,6 +10,7 @@ pub mod appconfig;
 pub mod backupbot_label;
 pub mod checks;
 pub mod config;
+pub mod contract;
 pub mod doctor;
 pub mod engine;
 pub mod lifecycle;

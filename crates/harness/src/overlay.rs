@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::lifecycle::Stage;
+use crate::contract::Stage;
 use crate::report::CheckSource;
 
 #[derive(Debug, thiserror::Error)]

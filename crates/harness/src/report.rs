@@ -144,7 +144,7 @@ impl RunReport {
             Verdict::Skipped => "⏭️ skipped",
             Verdict::Error => "⚠️ error",
         };
-        let short = self.head_sha.get(..10).unwrap_or(&self.head_sha);
+        let short = crate::contract::short_sha(&self.head_sha);
         out.push_str(&format!(
             "### cc-ci: {} — `{}` at `{}`\n\n",
             icon(self.verdict),

@@ -1,13 +1,14 @@
 //! The runs list (`/`, filterable by repository and state) and the recipe board (`/board`).
 
+use cc_ci_harness::contract::short_sha;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use hyper::StatusCode;
 
 use super::{Body, badge, enc, esc, html, layout, query_param, run_label, span, store_error, time};
-use crate::daemon::Shared;
 use crate::render::recipe_of;
+use crate::state::State;
 use crate::store::{RunRow, now};
 
 /// How many of the newest runs the list and the board look at.
@@ -44,7 +45,7 @@ fn duration(run: &RunRow) -> String {
     }
 }
 
-pub(super) fn runs_page(shared: &Arc<Shared>, query: &str) -> hyper::Response<Body> {
+pub(super) fn runs_page(shared: &Arc<State>, query: &str) -> hyper::Response<Body> {
     let runs = match shared.store.list_runs(HISTORY) {
         Ok(r) => r,
         Err(e) => return store_error(&e),
@@ -106,7 +107,7 @@ pub(super) fn runs_page(shared: &Arc<Shared>, query: &str) -> hyper::Response<Bo
                 qrepo = esc(&enc(&r.repo)),
                 repo = esc(&r.repo),
                 pr = r.pr,
-                sha = esc(r.head_sha.get(..10).unwrap_or(&r.head_sha)),
+                sha = esc(short_sha(&r.head_sha)),
                 user = esc(&r.user),
                 created = time(r.created_at),
                 dur = duration(r),
@@ -119,7 +120,7 @@ pub(super) fn runs_page(shared: &Arc<Shared>, query: &str) -> hyper::Response<Bo
 }
 
 /// The latest run of every pull request, grouped by recipe.
-pub(super) fn board_page(shared: &Arc<Shared>) -> hyper::Response<Body> {
+pub(super) fn board_page(shared: &Arc<State>) -> hyper::Response<Body> {
     let runs = match shared.store.list_runs(HISTORY) {
         Ok(r) => r,
         Err(e) => return store_error(&e),
@@ -153,18 +154,18 @@ pub(super) fn board_page(shared: &Arc<Shared>) -> hyper::Response<Body> {
                 head = match heads.get(&(repo.to_ascii_lowercase(), pr)) {
                     Some(h) if *h != r.head_sha => format!(
                         "stale: now <code>{}</code>",
-                        esc(h.get(..10).unwrap_or(h))
+                        esc(short_sha(h))
                     ),
                     Some(_) => "current".into(),
                     None => "–".into(),
                 },
                 recipe = esc(recipe_of(repo)),
-                forge = esc(shared.config.forge.url.trim_end_matches('/')),
+                forge = esc(shared.settings.config.forge.url.trim_end_matches('/')),
                 qrepo = esc(&enc(repo)),
                 repo = esc(repo),
                 badge = badge(run_label(r)),
                 id = r.id,
-                sha = esc(r.head_sha.get(..10).unwrap_or(&r.head_sha)),
+                sha = esc(short_sha(&r.head_sha)),
                 age = age(r),
             ));
         }

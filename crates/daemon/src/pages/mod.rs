@@ -13,15 +13,36 @@ mod run;
 use std::convert::Infallible;
 use std::sync::Arc;
 
+use axum::Router;
+use axum::extract::{Path, RawQuery, State as Shared};
+use axum::routing::get;
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
+use hyper::header::HeaderMap;
 use hyper::header::{CONTENT_TYPE, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Response, StatusCode};
 
-use crate::daemon::Shared;
+use crate::state::State;
+use cc_ci_harness::contract::files;
 
 pub(crate) type Body = BoxBody<Bytes, Infallible>;
+
+/// A response body fed by a channel: the live log and the live events.
+pub(crate) struct ChannelBody(pub(crate) tokio::sync::mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|o| o.map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+}
 
 const STYLE: &str = include_str!("../../assets/style.css");
 const LIVE_JS: &str = include_str!("../../assets/live.js");
@@ -31,44 +52,99 @@ const LIVE_JS: &str = include_str!("../../assets/live.js");
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
                    connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
 
-/// The answer for the pages' paths; `None` leaves the request to the API router.
-pub(crate) fn route<B>(shared: &Arc<Shared>, req: &Request<B>) -> Option<Response<Body>> {
-    if req.method() != Method::GET {
-        return None;
-    }
-    let path = req.uri().path();
-    let query = req.uri().query().unwrap_or("");
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    Some(match segments.as_slice() {
-        [""] => list::runs_page(shared, query),
-        ["board"] => list::board_page(shared),
-        ["metrics"] => match crate::metrics::render(&shared.store) {
-            Ok(text) => respond(
-                StatusCode::OK,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                text,
+/// The pages' routes (GET only; the API router in `http` adds its own and the fallbacks).
+/// `/runs/{id}` is shared with the API and lives there: [`run_page`] is its HTML side.
+pub(crate) fn routes() -> Router<Arc<State>> {
+    Router::new()
+        .route(
+            "/",
+            get(
+                |Shared(shared): Shared<Arc<State>>, RawQuery(query): RawQuery| async move {
+                    list::runs_page(&shared, query.as_deref().unwrap_or(""))
+                },
             ),
-            Err(e) => {
-                tracing::error!(error = %e, "metrics");
-                respond(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "text/plain; charset=utf-8",
-                    format!("{e}\n"),
-                )
-            }
-        },
-        ["assets", "style.css"] => asset("text/css; charset=utf-8", STYLE),
-        ["assets", "live.js"] => asset("text/javascript; charset=utf-8", LIVE_JS),
-        ["runs", id] if wants_html(req) => with_id(id, |id| run::page(shared, id)),
-        ["runs", id, "events"] => {
-            let from = last_event_id(req).or_else(|| query_param(query, "from")?.parse().ok());
-            with_id(id, |id| run::events(shared.clone(), id, from.unwrap_or(0)))
+        )
+        .route(
+            "/board",
+            get(|Shared(shared): Shared<Arc<State>>| async move { list::board_page(&shared) }),
+        )
+        .route(
+            "/metrics",
+            get(|Shared(shared): Shared<Arc<State>>| async move { metrics(&shared) }),
+        )
+        .route(
+            "/assets/style.css",
+            get(|| async { asset("text/css; charset=utf-8", STYLE) }),
+        )
+        .route(
+            "/assets/live.js",
+            get(|| async { asset("text/javascript; charset=utf-8", LIVE_JS) }),
+        )
+        .route(
+            "/runs/{id}/events",
+            get(
+                |Shared(shared): Shared<Arc<State>>,
+                 Path(id): Path<String>,
+                 RawQuery(query): RawQuery,
+                 headers: HeaderMap| async move {
+                    let from = last_event_id(&headers).or_else(|| {
+                        query_param(query.as_deref().unwrap_or(""), "from")?.parse().ok()
+                    });
+                    with_id(&id, |id| run::events(shared.clone(), id, from.unwrap_or(0)))
+                },
+            ),
+        )
+        .route(
+            "/runs/{id}/{file}",
+            get(
+                |Shared(shared): Shared<Arc<State>>, Path((id, file)): Path<(String, String)>| async move {
+                    match file.as_str() {
+                        f @ (files::SUMMARY_MD | files::RUN_JSON | files::JUNIT_XML) => {
+                            Some(with_id(&id, |id| run::download(&shared, id, f)))
+                        }
+                        _ => None,
+                    }
+                    .unwrap_or_else(|| plain(StatusCode::NOT_FOUND, "not found"))
+                },
+            ),
+        )
+}
+
+/// A plain-text answer (the API's answers, and paths no route serves): only a content type,
+/// none of the pages' headers.
+pub(crate) fn plain(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
+    let mut m = msg.into();
+    m.push('\n');
+    let mut r = Response::new(Full::new(Bytes::from(m)).boxed());
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// The HTML run page (`/runs/{id}` asked for by a browser).
+pub(crate) fn run_page(shared: &Arc<State>, id: &str) -> Response<Body> {
+    with_id(id, |id| run::page(shared, id))
+}
+
+fn metrics(shared: &State) -> Response<Body> {
+    match crate::metrics::render(&shared.store) {
+        Ok(text) => respond(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            text,
+        ),
+        Err(e) => {
+            tracing::error!(error = %e, "metrics");
+            respond(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain; charset=utf-8",
+                format!("{e}\n"),
+            )
         }
-        ["runs", id, file @ ("summary.md" | "run.json" | "junit.xml")] => {
-            with_id(id, |id| run::download(shared, id, file))
-        }
-        _ => return None,
-    })
+    }
 }
 
 fn with_id(id: &str, f: impl FnOnce(i64) -> Response<Body>) -> Response<Body> {
@@ -80,9 +156,8 @@ fn with_id(id: &str, f: impl FnOnce(i64) -> Response<Body>) -> Response<Body> {
 
 /// Browsers ask for text/html; API clients (curl, the CLI) do not. A range with `q=0` is a
 /// refusal, not a request.
-fn wants_html<B>(req: &Request<B>) -> bool {
-    let Some(accept) = req
-        .headers()
+pub(crate) fn wants_html(headers: &HeaderMap) -> bool {
+    let Some(accept) = headers
         .get(hyper::header::ACCEPT)
         .and_then(|v| v.to_str().ok())
     else {
@@ -100,8 +175,8 @@ fn wants_html<B>(req: &Request<B>) -> bool {
     })
 }
 
-fn last_event_id<B>(req: &Request<B>) -> Option<u64> {
-    req.headers()
+fn last_event_id(headers: &HeaderMap) -> Option<u64> {
+    headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|s| s.trim().parse().ok())
@@ -299,6 +374,7 @@ pub(crate) fn run_label(run: &crate::store::RunRow) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hyper::Request;
 
     #[test]
     fn html_only_when_asked_for() {
@@ -307,7 +383,7 @@ mod tests {
             if let Some(a) = a {
                 r = r.header("accept", a);
             }
-            wants_html(&r.body(()).unwrap())
+            wants_html(r.body(()).unwrap().headers())
         };
         assert!(ask(Some("text/html,application/xhtml+xml,*/*;q=0.8")));
         assert!(!ask(None));

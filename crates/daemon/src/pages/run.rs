@@ -1,43 +1,40 @@
 //! The run page, its live events and the report files to download.
 
-use std::convert::Infallible;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use cc_ci_harness::report::{CheckSource, RunReport, TierReport, Verdict};
 use http_body_util::combinators::BoxBody;
 use hyper::StatusCode;
-use hyper::body::Frame;
 use hyper::header::HeaderValue;
 use tokio::sync::mpsc;
 
 use super::{
     Body, badge, esc, html, layout, not_found, respond, run_label, span, store_error, time,
 };
-use crate::daemon::Shared;
 use crate::render::recipe_of;
 use crate::runner;
+use crate::state::State;
 use crate::store::{RunRow, RunState};
 use crate::trigger::STAGES;
+use cc_ci_harness::contract::files;
 
 /// The log on the page and each diagnostics file are cut to their last this many bytes.
 const LOG_TAIL: u64 = 512 * 1024;
 const DIAG_TAIL: u64 = 32 * 1024;
 
-pub(super) fn page(shared: &Arc<Shared>, id: i64) -> hyper::Response<Body> {
+pub(super) fn page(shared: &Arc<State>, id: i64) -> hyper::Response<Body> {
     let run = match shared.store.get_run(id) {
         Ok(Some(r)) => r,
         Ok(None) => return not_found(&format!("There is no run #{id}.")),
         Err(e) => return store_error(&e),
     };
-    let dir = runner::run_dir(&shared.state_dir, id);
+    let dir = runner::run_dir(&shared.settings.state_dir, id);
     let (log, log_end) = read_tail(&dir.join("log.txt"), LOG_TAIL);
-    let log = shared.secrets.redact(&log);
+    let log = shared.settings.secrets.redact(&log);
     let live = run.state != RunState::Done;
     let body = format!(
         "<div id=\"live\">{}</div>\
@@ -67,14 +64,13 @@ pub(super) fn page(shared: &Arc<Shared>, id: i64) -> hyper::Response<Body> {
 }
 
 /// Everything on the run page except the log: re-rendered and sent while the run is live.
-pub(super) fn live_html(shared: &Shared, run: &RunRow) -> String {
-    let dir = runner::run_dir(&shared.state_dir, run.id);
+pub(super) fn live_html(shared: &State, run: &RunRow) -> String {
+    let dir = runner::run_dir(&shared.settings.state_dir, run.id);
     let report = runner::read_report(&dir);
     let progress = runner::read_progress(&dir);
-    let forge = shared.config.forge.url.trim_end_matches('/');
+    let forge = shared.settings.config.forge.url.trim_end_matches('/');
     let repo_url = format!("{forge}/{}", run.repo);
     let pr_url = format!("{repo_url}/pulls/{}", run.pr);
-    let red = |s: &str| esc(&shared.secrets.redact(s));
     let mut out = String::new();
 
     out.push_str(&format!(
@@ -83,12 +79,52 @@ pub(super) fn live_html(shared: &Shared, run: &RunRow) -> String {
         run_label(run),
         badge(run_label(run))
     ));
+    out.push_str(&facts_table(
+        shared,
+        run,
+        report.as_ref(),
+        &repo_url,
+        &pr_url,
+    ));
+
+    let tiers: Vec<TierReport> = match (&report, &progress) {
+        (Some(r), _) => r.tiers.clone(),
+        (None, Some(p)) => p.clone(),
+        _ => Vec::new(),
+    };
+    out.push_str(&timeline(run, &tiers));
+    let (log, _) = read_tail(&dir.join("log.txt"), LOG_TAIL);
+    out.push_str(&steps_html(shared, run, &steps(&log)));
+    out.push_str(&checks(shared, &tiers));
+    if let Some(r) = &report {
+        out.push_str(&teardown_and_notes(shared, r));
+    }
+    out.push_str(&diagnostics(shared, &dir, run));
+    out.push_str(&downloads(run.id, &dir));
+    out.push_str(&format!(
+        "<section id=\"reproduce\"><h2>Reproduce</h2><p>On a machine set up as in the operator guide:</p>\
+         <pre><code>{}</code></pre></section>",
+        esc(&reproduce(forge, run))
+    ));
+    out
+}
+
+/// The run's facts (recipe, pull request, commit, trigger, stages, times, reason, exit code,
+/// upgrade base) as a table.
+fn facts_table(
+    shared: &State,
+    run: &RunRow,
+    report: Option<&RunReport>,
+    repo_url: &str,
+    pr_url: &str,
+) -> String {
+    let red = |s: &str| esc(&shared.settings.secrets.redact(s));
     let mut facts = vec![
         (
             "recipe",
             format!(
                 "<a href=\"{}\">{}</a>",
-                esc(&repo_url),
+                esc(repo_url),
                 red(recipe_of(&run.repo))
             ),
         ),
@@ -96,7 +132,7 @@ pub(super) fn live_html(shared: &Shared, run: &RunRow) -> String {
             "pull request",
             format!(
                 "<a href=\"{}\">{} #{}</a>",
-                esc(&pr_url),
+                esc(pr_url),
                 red(&run.repo),
                 run.pr
             ),
@@ -105,7 +141,7 @@ pub(super) fn live_html(shared: &Shared, run: &RunRow) -> String {
             "commit",
             format!(
                 "<a href=\"{}/commit/{}\"><code>{}</code></a>",
-                esc(&repo_url),
+                esc(repo_url),
                 esc(&run.head_sha),
                 esc(&run.head_sha)
             ),
@@ -115,7 +151,7 @@ pub(super) fn live_html(shared: &Shared, run: &RunRow) -> String {
             match run.trigger_comment_id {
                 Some(c) => format!(
                     "<a href=\"{}#issuecomment-{c}\">!testme comment</a> by {}",
-                    esc(&pr_url),
+                    esc(pr_url),
                     red(&run.user)
                 ),
                 None => format!("by {}", red(&run.user)),
@@ -141,37 +177,17 @@ pub(super) fn live_html(shared: &Shared, run: &RunRow) -> String {
     if let Some(c) = run.exit_code {
         facts.push(("exit code", c.to_string()));
     }
-    if let Some(r) = &report {
+    if let Some(r) = report {
         if let Some(b) = &r.base_version {
             facts.push(("upgraded from", red(b)));
         }
         facts.push(("deploys", r.deploy_count.to_string()));
     }
-    out.push_str("<table class=\"facts\">");
+    let mut out = String::from("<table class=\"facts\">");
     for (k, v) in facts {
         out.push_str(&format!("<tr><th>{k}</th><td>{v}</td></tr>"));
     }
     out.push_str("</table>");
-
-    let tiers: Vec<TierReport> = match (&report, &progress) {
-        (Some(r), _) => r.tiers.clone(),
-        (None, Some(p)) => p.clone(),
-        _ => Vec::new(),
-    };
-    out.push_str(&timeline(run, &tiers));
-    let (log, _) = read_tail(&dir.join("log.txt"), LOG_TAIL);
-    out.push_str(&steps_html(shared, run, &steps(&log)));
-    out.push_str(&checks(shared, &tiers));
-    if let Some(r) = &report {
-        out.push_str(&teardown_and_notes(shared, r));
-    }
-    out.push_str(&diagnostics(shared, &dir, run));
-    out.push_str(&downloads(run.id, &dir));
-    out.push_str(&format!(
-        "<section id=\"reproduce\"><h2>Reproduce</h2><p>On a machine set up as in the operator guide:</p>\
-         <pre><code>{}</code></pre></section>",
-        esc(&reproduce(forge, run))
-    ));
     out
 }
 
@@ -309,7 +325,7 @@ fn step_kind(msg: &str) -> &'static str {
 
 /// The steps on one time axis, each lasting until the next one starts (the last one until the
 /// run ended, or now).
-fn steps_html(shared: &Shared, run: &RunRow, steps: &[(f64, String)]) -> String {
+fn steps_html(shared: &State, run: &RunRow, steps: &[(f64, String)]) -> String {
     if steps.is_empty() {
         return String::new();
     }
@@ -330,7 +346,7 @@ fn steps_html(shared: &Shared, run: &RunRow, steps: &[(f64, String)]) -> String 
         let next = steps.get(i + 1).map(|s| s.0).unwrap_or(end);
         let took = (next - t).max(0.0);
         let kind = step_kind(msg);
-        let msg = esc(&shared.secrets.redact(msg));
+        let msg = esc(&shared.settings.secrets.redact(msg));
         let x = t / end * w;
         let len = (took / end * w).max(1.0);
         svg.push_str(&format!(
@@ -360,7 +376,7 @@ fn rank(v: Verdict) -> u8 {
 }
 
 /// Every check of every tier; failing first and open.
-fn checks(shared: &Shared, tiers: &[TierReport]) -> String {
+fn checks(shared: &State, tiers: &[TierReport]) -> String {
     let mut all: Vec<(&str, &cc_ci_harness::report::CheckResult)> = tiers
         .iter()
         .flat_map(|t| t.checks.iter().map(move |c| (t.name.as_str(), c)))
@@ -384,16 +400,16 @@ fn checks(shared: &Shared, tiers: &[TierReport]) -> String {
             c.verdict.as_str(),
             if rank(c.verdict) == 0 { " open" } else { "" },
             badge(c.verdict.as_str()),
-            esc(&shared.secrets.redact(&c.name)),
+            esc(&shared.settings.secrets.redact(&c.name)),
             esc(tier),
-            esc(&shared.secrets.redact(&c.detail)),
+            esc(&shared.settings.secrets.redact(&c.detail)),
         ));
     }
     out.push_str("</section>");
     out
 }
 
-fn teardown_and_notes(shared: &Shared, r: &RunReport) -> String {
+fn teardown_and_notes(shared: &State, r: &RunReport) -> String {
     let mut out = String::from("<section id=\"teardown\"><h2>Teardown</h2><p>");
     out.push_str(&match r.teardown.verdict {
         Some(v) => badge(v.as_str()),
@@ -405,7 +421,7 @@ fn teardown_and_notes(shared: &Shared, r: &RunReport) -> String {
         for l in &r.teardown.leftovers {
             out.push_str(&format!(
                 "<li><code>{}</code></li>",
-                esc(&shared.secrets.redact(l))
+                esc(&shared.settings.secrets.redact(l))
             ));
         }
         out.push_str("</ul>");
@@ -413,7 +429,10 @@ fn teardown_and_notes(shared: &Shared, r: &RunReport) -> String {
     if !r.notes.is_empty() {
         out.push_str("<h3>Notes</h3><ul>");
         for n in &r.notes {
-            out.push_str(&format!("<li>{}</li>", esc(&shared.secrets.redact(n))));
+            out.push_str(&format!(
+                "<li>{}</li>",
+                esc(&shared.settings.secrets.redact(n))
+            ));
         }
         out.push_str("</ul>");
     }
@@ -423,8 +442,8 @@ fn teardown_and_notes(shared: &Shared, r: &RunReport) -> String {
 
 /// The task table and service log tails the harness wrote for a failed deployment; open when
 /// the run did not pass.
-fn diagnostics(shared: &Shared, dir: &Path, run: &RunRow) -> String {
-    let diag = dir.join("diagnostics");
+fn diagnostics(shared: &State, dir: &Path, run: &RunRow) -> String {
+    let diag = dir.join(files::DIAGNOSTICS);
     let Ok(entries) = std::fs::read_dir(&diag) else {
         return String::new();
     };
@@ -451,18 +470,14 @@ fn diagnostics(shared: &Shared, dir: &Path, run: &RunRow) -> String {
         out.push_str(&format!(
             "<details class=\"diag\"{open}><summary>{}</summary><pre>{}</pre></details>",
             esc(&name),
-            esc(&shared.secrets.redact(&text))
+            esc(&shared.settings.secrets.redact(&text))
         ));
     }
     out.push_str("</section>");
     out
 }
 
-const FILES: [(&str, &str); 3] = [
-    ("summary.md", "text/markdown; charset=utf-8"),
-    ("run.json", "application/json"),
-    ("junit.xml", "application/xml"),
-];
+const FILES: [(&str, &str); 3] = files::SERVED;
 
 fn downloads(id: i64, dir: &Path) -> String {
     let present: Vec<&str> = FILES
@@ -487,13 +502,13 @@ fn regular_file(p: &Path) -> bool {
     std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file())
 }
 
-pub(super) fn download(shared: &Arc<Shared>, id: i64, file: &str) -> hyper::Response<Body> {
+pub(super) fn download(shared: &Arc<State>, id: i64, file: &str) -> hyper::Response<Body> {
     match shared.store.get_run(id) {
         Ok(Some(_)) => {}
         Ok(None) => return not_found(&format!("There is no run #{id}.")),
         Err(e) => return store_error(&e),
     }
-    let path = runner::run_dir(&shared.state_dir, id).join(file);
+    let path = runner::run_dir(&shared.settings.state_dir, id).join(file);
     let ct = FILES
         .iter()
         .find(|(f, _)| *f == file)
@@ -504,7 +519,10 @@ pub(super) fn download(shared: &Arc<Shared>, id: i64, file: &str) -> hyper::Resp
     }
     match std::fs::read(&path) {
         Ok(bytes) => {
-            let text = shared.secrets.redact(&String::from_utf8_lossy(&bytes));
+            let text = shared
+                .settings
+                .secrets
+                .redact(&String::from_utf8_lossy(&bytes));
             let mut r = respond(StatusCode::OK, ct, text);
             if let Ok(v) =
                 HeaderValue::from_str(&format!("attachment; filename=\"run-{id}-{file}\""))
@@ -560,19 +578,6 @@ fn read_lines_from(path: &Path, pos: u64, all: bool) -> Vec<u8> {
     buf
 }
 
-struct ChannelBody(mpsc::Receiver<Bytes>);
-
-impl hyper::body::Body for ChannelBody {
-    type Data = Bytes;
-    type Error = Infallible;
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.0.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
-    }
-}
-
 fn sse(event: &str, id: Option<u64>, data: &serde_json::Value) -> Bytes {
     let id = id.map(|i| format!("id: {i}\n")).unwrap_or_default();
     Bytes::from(format!("event: {event}\n{id}data: {data}\n\n"))
@@ -581,16 +586,16 @@ fn sse(event: &str, id: Option<u64>, data: &serde_json::Value) -> Bytes {
 /// Server-sent events for a run page: `log` (new log text from byte `from` on; the event id is
 /// the byte offset, so a reconnecting browser resumes where it was), `live` (the page's upper
 /// part re-rendered whenever it changed) and finally `done`.
-pub(super) fn events(shared: Arc<Shared>, id: i64, from: u64) -> hyper::Response<Body> {
+pub(super) fn events(shared: Arc<State>, id: i64, from: u64) -> hyper::Response<Body> {
     match shared.store.get_run(id) {
         Ok(Some(_)) => {}
         Ok(None) => return not_found(&format!("There is no run #{id}.")),
         Err(e) => return store_error(&e),
     }
-    let path = runner::run_dir(&shared.state_dir, id).join("log.txt");
+    let path = runner::run_dir(&shared.settings.state_dir, id).join("log.txt");
     let (tx, rx) = mpsc::channel::<Bytes>(16);
     tokio::spawn(async move {
-        let mut epoch = shared.log_epoch.subscribe();
+        let mut epoch = shared.wake.log_epoch.subscribe();
         let mut pos = from;
         let mut last_live = String::new();
         loop {
@@ -606,7 +611,10 @@ pub(super) fn events(shared: Arc<Shared>, id: i64, from: u64) -> hyper::Response
                     break;
                 }
                 pos += chunk.len() as u64;
-                let text = shared.secrets.redact(&String::from_utf8_lossy(&chunk));
+                let text = shared
+                    .settings
+                    .secrets
+                    .redact(&String::from_utf8_lossy(&chunk));
                 if tx.send(sse("log", Some(pos), &text.into())).await.is_err() {
                     return;
                 }
@@ -639,7 +647,7 @@ pub(super) fn events(shared: Arc<Shared>, id: i64, from: u64) -> hyper::Response
         }
     });
     let mut r = respond(StatusCode::OK, "text/event-stream", Bytes::new());
-    *r.body_mut() = BoxBody::new(ChannelBody(rx));
+    *r.body_mut() = BoxBody::new(super::ChannelBody(rx));
     r
 }
 

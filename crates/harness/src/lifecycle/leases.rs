@@ -46,7 +46,7 @@ impl Job {
                                 "waiting for host ports held by other cc-ci runs: {who}"
                             ));
                             let _ = write_json(
-                                &self.opts.report_dir.join("progress.json"),
+                                &self.opts.report_dir.join(files::PROGRESS_JSON),
                                 &partial,
                                 &self.redactor,
                             );

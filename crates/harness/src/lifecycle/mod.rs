@@ -8,11 +8,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
 use crate::abra::{Abra, AbraError};
 use crate::checks::{self, Convergence, Expected, StackSnapshot};
 use crate::config::Config;
+use crate::contract::{files, short_sha};
 use crate::engine::{Engine, EngineError};
 use crate::names;
 use crate::overlay::{self, CheckKind, Overlay};
@@ -32,56 +31,8 @@ mod tiers;
 use data::{CANARY_FILE, mount_of};
 use output::{print_table, write_json, write_reports};
 
+pub use crate::contract::{Stage, exit};
 pub use tiers::{backup_selection, unknown_backup_volumes};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Stage {
-    Install,
-    Upgrade,
-    Backup,
-    Restore,
-}
-
-impl Stage {
-    pub const ALL: [Stage; 4] = [
-        Stage::Install,
-        Stage::Upgrade,
-        Stage::Backup,
-        Stage::Restore,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Stage::Install => "install",
-            Stage::Upgrade => "upgrade",
-            Stage::Backup => "backup",
-            Stage::Restore => "restore",
-        }
-    }
-
-    /// Parses a comma-separated list; order and duplicates do not matter (tiers always run in
-    /// lifecycle order).
-    pub fn parse_list(s: &str) -> Result<Vec<Stage>, String> {
-        let mut out = Vec::new();
-        for part in s.split([',', ' ']).map(str::trim).filter(|p| !p.is_empty()) {
-            let stage = Stage::ALL
-                .into_iter()
-                .find(|st| st.name() == part)
-                .ok_or_else(|| {
-                    format!("unknown stage `{part}`: use install, upgrade, backup, restore")
-                })?;
-            if !out.contains(&stage) {
-                out.push(stage);
-            }
-        }
-        if out.is_empty() {
-            return Err("no stages given: use install, upgrade, backup, restore".into());
-        }
-        out.sort();
-        Ok(out)
-    }
-}
 
 /// Everything `cc-ci run` was asked to do.
 #[derive(Debug, Clone)]
@@ -97,14 +48,6 @@ pub struct RunOptions {
     pub base: Option<String>,
     /// The folder of overlays shipped with cc-ci (searched before the operator's).
     pub shipped_overlays: Option<PathBuf>,
-}
-
-/// Exit codes of `cc-ci run`.
-pub mod exit {
-    pub const PASS: i32 = 0;
-    pub const FAIL: i32 = 1;
-    pub const BAD_INPUT: i32 = 2;
-    pub const INFRA: i32 = 3;
 }
 
 #[derive(Debug)]
@@ -249,7 +192,7 @@ where
         Duration::from_secs(h.abra_timeout_secs),
         redactor.clone(),
     )
-    .with_log(opts.report_dir.join("abra.log"));
+    .with_log(opts.report_dir.join(files::ABRA_LOG));
     progress.step(&format!(
         "run of {recipe} at {git_ref} as {domain} (work dir {})",
         run_dir.path.display()
@@ -458,7 +401,7 @@ impl Job {
         let tree = recipe::validate_recipe_tree(&checkout).map_err(|e| {
             Stop::BadInput(format!(
                 "the recipe at {} is broken: {e}",
-                short(&self.head_sha)
+                short_sha(&self.head_sha)
             ))
         })?;
         self.recipe = tree.recipe.clone();
@@ -466,12 +409,12 @@ impl Job {
         checkout
             .rename(&recipes_dir.join(&self.recipe))
             .map_err(|e| Stop::Infra(e.to_string()))?;
-        self.compose_policy(&checkout, &format!("head {}", short(&self.head_sha)))?;
+        self.compose_policy(&checkout, &format!("head {}", short_sha(&self.head_sha)))?;
         self.load_overlay(&checkout)?;
         self.progress.step(&format!(
             "recipe {} head {}",
             self.recipe,
-            short(&self.head_sha)
+            short_sha(&self.head_sha)
         ));
 
         // --- Plan the single deploy.
@@ -565,7 +508,7 @@ impl Job {
             "install: deploying {}",
             match &target {
                 Target::Release(b) => format!("base release {b}"),
-                Target::Head => format!("head {}", short(&self.head_sha)),
+                Target::Head => format!("head {}", short_sha(&self.head_sha)),
             }
         ));
         let installed = if failed.is_empty() {
@@ -743,7 +686,7 @@ impl Job {
         let partial = self.report(TeardownReport::default());
         // Progress is a courtesy to the daemon; the final report files decide the exit code.
         let _ = write_json(
-            &self.opts.report_dir.join("progress.json"),
+            &self.opts.report_dir.join(files::PROGRESS_JSON),
             &partial,
             &self.redactor,
         );
@@ -1098,10 +1041,6 @@ impl Job {
             },
         }
     }
-}
-
-fn short(sha: &str) -> &str {
-    sha.get(..10).unwrap_or(sha)
 }
 
 fn first_line(s: &str) -> String {

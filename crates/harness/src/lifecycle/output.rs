@@ -7,7 +7,7 @@ impl Job {
     /// Writes `diagnostics/`; a file that cannot be written is an error (the caller makes the
     /// run exit 3). A engine that does not answer leaves nothing to write, which is no error.
     pub(super) async fn write_diagnostics(&self) -> Result<(), String> {
-        let dir = self.opts.report_dir.join("diagnostics");
+        let dir = self.opts.report_dir.join(files::DIAGNOSTICS);
         std::fs::create_dir_all(&dir).map_err(|e| cannot_write(&dir, &e))?;
         let Ok(snap) = self.engine.snapshot(&self.stack).await else {
             return Ok(());
@@ -144,16 +144,16 @@ pub(super) fn write_reports(
     redactor: &Redactor,
 ) -> Result<(), String> {
     let report = &redacted(report, redactor);
-    write_json(&dir.join("run.json"), report, redactor)?;
+    write_json(&dir.join(files::RUN_JSON), report, redactor)?;
     write_file(
-        &dir.join("summary.md"),
+        &dir.join(files::SUMMARY_MD),
         &redactor.redact(&report.summary_markdown(None)),
     )?;
     write_file(
-        &dir.join("junit.xml"),
+        &dir.join(files::JUNIT_XML),
         &redactor.redact(&report.junit_xml()),
     )?;
-    let _ = std::fs::remove_file(dir.join("progress.json"));
+    let _ = std::fs::remove_file(dir.join(files::PROGRESS_JSON));
     Ok(())
 }
 

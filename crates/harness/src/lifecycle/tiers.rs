@@ -41,7 +41,7 @@ impl Job {
         }
         self.progress.step(&format!(
             "upgrade: chaos deploy of head {}",
-            short(&self.head_sha)
+            short_sha(&self.head_sha)
         ));
         let converged = self.deploy_and_check(&Target::Head, "upgrade", out).await?;
         if converged && self.generic_enabled() {

@@ -1,62 +1,15 @@
-//! The Gitea/Forgejo REST API (`/api/v1`), only the calls cc-ci needs. Transient failures
-//! (transport errors, 5xx, 429) are retried with exponential backoff; the token travels only
-//! in the `Authorization` header and never appears in an error.
+//! The forge over HTTP: the Gitea/Forgejo REST API (`/api/v1`), only the calls cc-ci needs.
+//! Transient failures (transport errors, 5xx, 429) are retried with exponential backoff; the
+//! token travels only in the `Authorization` header and never appears in an error.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-#[derive(Debug, thiserror::Error)]
-pub enum ForgeError {
-    #[error("{what}: cannot reach the forge: {message}")]
-    Transport { what: String, message: String },
-    #[error("{what}: the forge answered HTTP {status}: {body}")]
-    Status {
-        what: String,
-        status: u16,
-        body: String,
-    },
-    #[error("{what}: unexpected answer: {message}")]
-    Decode { what: String, message: String },
-}
-
-impl ForgeError {
-    pub fn status(&self) -> Option<u16> {
-        match self {
-            ForgeError::Status { status, .. } => Some(*status),
-            _ => None,
-        }
-    }
-    fn transient(&self) -> bool {
-        match self {
-            ForgeError::Transport { .. } => true,
-            ForgeError::Status { status, .. } => *status >= 500 || *status == 429,
-            ForgeError::Decode { .. } => false,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct Head {
-    pub sha: String,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct PullRequest {
-    /// Absent in some minimal API answers; the single-PR call fills it from the request.
-    #[serde(default)]
-    pub number: i64,
-    /// `open` | `closed`; absent is taken as open.
-    #[serde(default = "open")]
-    pub state: String,
-    pub head: Head,
-}
-
-fn open() -> String {
-    "open".into()
-}
+use super::{ApiComment, ApiUser, CommitStatus, Forge, ForgeFuture, PullRequest};
+use crate::error::ForgeError;
 
 /// What identifies an item of a list endpoint (duplicates across pages are dropped).
 trait Keyed {
@@ -75,49 +28,8 @@ impl Keyed for ApiComment {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-pub struct ApiUser {
-    pub login: String,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct ApiComment {
-    pub id: i64,
-    #[serde(default)]
-    pub body: String,
-    pub user: ApiUser,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StatusState {
-    Pending,
-    Success,
-    Failure,
-    Error,
-}
-
-impl StatusState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StatusState::Pending => "pending",
-            StatusState::Success => "success",
-            StatusState::Failure => "failure",
-            StatusState::Error => "error",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct CommitStatus {
-    pub state: StatusState,
-    pub target_url: String,
-    pub description: String,
-    pub context: String,
-}
-
 #[derive(Clone)]
-pub struct Forge {
+pub struct GiteaClient {
     http: reqwest::Client,
     /// `scheme://host[:port]` of the forge: redirects are followed only within it, so the
     /// token never travels to another host.
@@ -131,9 +43,11 @@ pub struct Forge {
     moved: Arc<Mutex<HashMap<String, String>>>,
 }
 
-impl std::fmt::Debug for Forge {
+impl std::fmt::Debug for GiteaClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Forge").field("api", &self.api).finish()
+        f.debug_struct("GiteaClient")
+            .field("api", &self.api)
+            .finish()
     }
 }
 
@@ -178,7 +92,7 @@ fn repo_of_api_path(path: &str) -> Option<String> {
     (!o.is_empty() && !n.is_empty()).then(|| format!("{o}/{n}"))
 }
 
-impl Forge {
+impl GiteaClient {
     /// `url` is the forge's base URL; `attempts` tries per call, waiting `backoff`, 2×, 4×, …
     /// between them.
     pub fn new(
@@ -524,6 +438,52 @@ impl Forge {
     }
 }
 
+/// The trait is the inherent methods, boxed.
+impl Forge for GiteaClient {
+    fn pull_request<'a>(&'a self, repo: &'a str, pr: i64) -> ForgeFuture<'a, PullRequest> {
+        Box::pin(GiteaClient::pull_request(self, repo, pr))
+    }
+    fn open_pull_requests<'a>(&'a self, repo: &'a str) -> ForgeFuture<'a, Vec<PullRequest>> {
+        Box::pin(GiteaClient::open_pull_requests(self, repo))
+    }
+    fn comments<'a>(
+        &'a self,
+        repo: &'a str,
+        pr: i64,
+        since: Option<&'a str>,
+    ) -> ForgeFuture<'a, Vec<ApiComment>> {
+        Box::pin(GiteaClient::comments(self, repo, pr, since))
+    }
+    fn own_login(&self) -> ForgeFuture<'_, String> {
+        Box::pin(GiteaClient::own_login(self))
+    }
+    fn post_status<'a>(
+        &'a self,
+        repo: &'a str,
+        sha: &'a str,
+        status: &'a CommitStatus,
+    ) -> ForgeFuture<'a, ()> {
+        Box::pin(GiteaClient::post_status(self, repo, sha, status))
+    }
+    fn create_comment<'a>(&'a self, repo: &'a str, pr: i64, body: &'a str) -> ForgeFuture<'a, i64> {
+        Box::pin(GiteaClient::create_comment(self, repo, pr, body))
+    }
+    fn edit_comment<'a>(
+        &'a self,
+        repo: &'a str,
+        comment_id: i64,
+        body: &'a str,
+    ) -> ForgeFuture<'a, ()> {
+        Box::pin(GiteaClient::edit_comment(self, repo, comment_id, body))
+    }
+    fn is_org_member<'a>(&'a self, org: &'a str, user: &'a str) -> ForgeFuture<'a, bool> {
+        Box::pin(GiteaClient::is_org_member(self, org, user))
+    }
+    fn current_name(&self, repo: &str) -> String {
+        GiteaClient::current_name(self, repo)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -545,7 +505,7 @@ mod tests {
 
     #[test]
     fn redirects_stay_on_the_forge() {
-        let f = Forge::new("https://git.example.org/sub/", "t", 1, Duration::ZERO).unwrap();
+        let f = GiteaClient::new("https://git.example.org/sub/", "t", 1, Duration::ZERO).unwrap();
         assert_eq!(
             f.follow_target("/api/v1/repos/a/b").as_deref(),
             Some("https://git.example.org/api/v1/repos/a/b")
