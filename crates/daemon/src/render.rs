@@ -314,6 +314,7 @@ mod tests {
             },
             notes: vec![],
             abra_version: None,
+            inputs: None,
         }
     }
 

@@ -637,6 +637,7 @@ mod tests {
             teardown: TeardownReport::default(),
             notes: vec![],
             abra_version: None,
+            inputs: None,
         }
     }
 

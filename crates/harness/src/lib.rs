@@ -12,6 +12,8 @@ pub mod checks;
 pub mod config;
 pub mod doctor;
 pub mod engine;
+pub mod fresh;
+pub mod inputs;
 pub mod lifecycle;
 pub mod listen;
 pub mod names;

@@ -117,6 +117,10 @@ pub struct RunReport {
     /// What `abra --version` said (which abra ran the deploys).
     #[serde(default)]
     pub abra_version: Option<String>,
+    /// What the result was made of (crates/harness/src/inputs.rs); absent when the run stopped
+    /// before they were known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<crate::inputs::Inputs>,
 }
 
 impl RunReport {
@@ -377,6 +381,7 @@ mod tests {
             teardown: TeardownReport::default(),
             notes: vec!["note with @someone".into()],
             abra_version: None,
+            inputs: None,
         };
         let md = r.summary_markdown(None);
         assert!(
@@ -423,6 +428,7 @@ mod tests {
             teardown,
             notes: vec![],
             abra_version: None,
+            inputs: None,
         }
     }
 
