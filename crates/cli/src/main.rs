@@ -13,6 +13,7 @@ use cc_ci_harness::teardown;
 use clap::{Parser, Subcommand};
 
 mod daemon_cmds;
+mod fresh_cmds;
 
 #[derive(Parser)]
 #[command(
@@ -59,6 +60,8 @@ enum Command {
     },
     #[command(flatten)]
     Daemon(daemon_cmds::DaemonCommand),
+    #[command(flatten)]
+    Fresh(fresh_cmds::FreshCommand),
 }
 
 #[derive(clap::Args)]
@@ -105,16 +108,7 @@ fn load_config(path: Option<&Path>) -> Result<Config, ExitCode> {
 /// Overlays shipped with cc-ci: `CC_CI_OVERLAYS`, else `overlays/` beside the binary's share
 /// directory (packaged), else the source tree's `overlays/` (development).
 fn shipped_overlays() -> Option<PathBuf> {
-    if let Some(d) = std::env::var_os("CC_CI_OVERLAYS").filter(|d| !d.is_empty()) {
-        return Some(d.into());
-    }
-    let exe = std::env::current_exe().ok()?;
-    let packaged = exe.parent()?.parent()?.join("share/cc-ci/overlays");
-    if packaged.is_dir() {
-        return Some(packaged);
-    }
-    let dev = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../overlays");
-    dev.is_dir().then_some(dev)
+    cc_ci_harness::inputs::shipped_overlays()
 }
 
 /// Resolves on the first SIGINT or SIGTERM, naming it.
@@ -289,6 +283,7 @@ fn main() -> ExitCode {
             Command::Doctor { config, abra } => Ok(cmd_doctor(config, abra).await),
             Command::CheckConfig { file, keys } => Ok(cmd_check_config(&file, keys)),
             Command::Daemon(cmd) => daemon_cmds::run(cmd).await,
+            Command::Fresh(cmd) => Ok(fresh_cmds::run(cmd).await),
         }
     });
     match result {

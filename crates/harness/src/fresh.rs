@@ -374,7 +374,7 @@ mod tests {
             seal in any::<bool>(),
         ) -> Inputs {
             let i = Inputs {
-                recipe, head_commit, base_release, base_commit, stages, head_images, base_images,
+                source: "s".into(), recipe, head_commit, base_release, base_commit, stages, head_images, base_images,
                 abra_version, cc_ci_version, overlay_digest, config_digest, key: String::new(),
             };
             if seal { i.sealed() } else { i }

@@ -45,6 +45,8 @@ impl ServiceImage {
 /// Everything a result depends on. `key` digests all other fields.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Inputs {
+    /// The recipe repository (credentials in a URL left out).
+    pub source: String,
     pub recipe: String,
     pub head_commit: String,
     pub base_release: Option<String>,
@@ -72,6 +74,7 @@ impl Inputs {
             h.update((value.len() as u64).to_be_bytes());
             h.update(value.as_bytes());
         };
+        part("source", &self.source);
         part("recipe", &self.recipe);
         part("head", &self.head_commit);
         part("base", self.base_release.as_deref().unwrap_or("\u{1}none"));
@@ -135,6 +138,51 @@ pub fn checked_config(config: &Config, recipe: &str, source: &str) -> String {
         "http_probe_image": h.http_probe_image,
     })
     .to_string()
+}
+
+/// `source` without the `user:password@` of a URL (it is recorded in run.json).
+pub fn public_source(source: &str) -> String {
+    match source.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+            if path.is_empty() && !rest.contains('/') {
+                format!("{scheme}://{host}")
+            } else {
+                format!("{scheme}://{host}/{path}")
+            }
+        }
+        None => source.to_string(),
+    }
+}
+
+/// Overlays shipped with cc-ci: `CC_CI_OVERLAYS`, else `overlays/` beside the binary's share
+/// directory (packaged), else the source tree's `overlays/` (development). The one definition:
+/// a run and the daemon's reuse must read the same overlays.
+pub fn shipped_overlays() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("CC_CI_OVERLAYS").filter(|d| !d.is_empty()) {
+        return Some(d.into());
+    }
+    let exe = std::env::current_exe().ok()?;
+    let packaged = exe.parent()?.parent()?.join("share/cc-ci/overlays");
+    if packaged.is_dir() {
+        return Some(packaged);
+    }
+    let dev = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../overlays");
+    dev.is_dir().then_some(dev)
+}
+
+/// What `abra --version` says for the abra a run would use (`--abra`, `CC_CI_ABRA`,
+/// `harness.abra`, else `abra` on PATH); `None` when it cannot be run.
+pub async fn abra_version(flag: Option<&str>, config: &Config, scratch: &Path) -> Option<String> {
+    let bin = crate::abra::resolve_binary(flag, config.harness.abra.as_deref()).ok()?;
+    let abra = crate::abra::Abra::new(
+        bin,
+        scratch.join("abra-version"),
+        std::time::Duration::from_secs(config.harness.abra_timeout_secs.min(60)),
+        crate::redact::Redactor::new(),
+    );
+    abra.version().await.ok().filter(|v| !v.is_empty())
 }
 
 fn sha256(text: &str) -> String {
@@ -251,6 +299,7 @@ pub async fn resolve_at(
     let overlay_digest = overlay_digest(checkout, &tree.recipe, req)?;
     Ok(Inputs {
         config_digest: sha256(&checked_config(req.config, &tree.recipe, req.source)),
+        source: public_source(req.source),
         recipe: tree.recipe,
         head_commit: req.head.to_string(),
         base_release,
@@ -334,6 +383,7 @@ mod tests {
 
     fn sample() -> Inputs {
         Inputs {
+            source: "https://git.example/r/web.git".into(),
             recipe: "web".into(),
             head_commit: "a".repeat(40),
             base_release: Some("1.0.0+1.27".into()),
@@ -369,6 +419,16 @@ mod tests {
         d.base_images = std::mem::take(&mut d.head_images);
         assert_ne!(a.key, d.sealed().key);
         assert_eq!(a.key, a.clone().sealed().key);
+    }
+
+    #[test]
+    fn source_loses_credentials() {
+        assert_eq!(
+            public_source("https://bot:tok@git.example/r/web.git"),
+            "https://git.example/r/web.git"
+        );
+        assert_eq!(public_source("/srv/web"), "/srv/web");
+        assert_eq!(public_source("https://h"), "https://h");
     }
 
     #[test]

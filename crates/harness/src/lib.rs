@@ -11,6 +11,7 @@ pub mod backupbot_label;
 pub mod checks;
 pub mod config;
 pub mod doctor;
+pub mod drift;
 pub mod engine;
 pub mod fresh;
 pub mod inputs;
