@@ -325,6 +325,10 @@ impl Daemon {
                 }
             }
         }));
+        tasks.push(tokio::spawn(crate::fresh::drift_loop(
+            shared.clone(),
+            shared.shutdown.subscribe(),
+        )));
         let gc_shared = shared.clone();
         tasks.push(tokio::spawn(async move {
             runner::run_gc(&gc_shared, None).await;

@@ -7,6 +7,8 @@ mod cli;
 mod daemon;
 mod error;
 mod forge;
+/// Reuse of results whose inputs still hold, and the drift sweep (issue 15).
+pub mod fresh;
 mod http;
 mod logging;
 mod metrics;

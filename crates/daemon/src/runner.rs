@@ -412,23 +412,22 @@ pub async fn supervise(
     // The exact commit the trigger was authorised for, never `refs/pull/N/head`: a commit
     // pushed after the approval must not be what runs (nor get the approved commit's status).
     // A commit the clone cannot fetch makes the run fail with exit 2 (an error).
-    let repo_now = shared
-        .forge
-        .current_name(run.forge_repo.as_deref().unwrap_or(&run.repo));
+    // An earlier result whose inputs all still hold is reported again instead (crate::fresh).
+    if let Some((verdict, reason)) = crate::fresh::try_reuse(&shared, &run, &dir, &sink).await {
+        finish(&shared, &run, verdict, reason, None);
+        return;
+    }
     let mut args = vec![
         "run".to_string(),
         "--recipe".into(),
-        format!(
-            "{}/{}.git",
-            shared.config.forge.url.trim_end_matches('/'),
-            repo_now
-        ),
+        crate::fresh::recipe_source(&shared, &run),
         "--ref".into(),
         run.head_sha.clone(),
     ];
-    if !run.stages.is_empty() {
+    let stages = crate::fresh::run_stages(&run.stages);
+    if !stages.is_empty() {
         args.push("--stages".into());
-        args.push(run.stages.join(","));
+        args.push(stages.join(","));
     }
     args.push("--report-dir".into());
     args.push(dir.display().to_string());
@@ -638,6 +637,7 @@ mod tests {
             notes: vec![],
             abra_version: None,
             inputs: None,
+            reused: None,
         }
     }
 

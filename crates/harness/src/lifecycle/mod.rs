@@ -1047,6 +1047,7 @@ impl Job {
             notes: self.notes.clone(),
             abra_version: self.abra_version.clone(),
             inputs: self.inputs.clone(),
+            reused: None,
         }
     }
 }
@@ -1164,6 +1165,7 @@ mod tests {
                 notes: vec![],
                 abra_version: None,
                 inputs: None,
+                reused: None,
             }
         };
         let passed = vec![
