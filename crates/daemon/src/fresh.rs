@@ -30,7 +30,11 @@ pub const DRIFT_SOURCE: &str = "drift";
 
 /// The stages of a run without the force word.
 pub fn run_stages(stages: &[String]) -> Vec<String> {
-    stages.iter().filter(|s| *s != FORCE_WORD).cloned().collect()
+    stages
+        .iter()
+        .filter(|s| *s != FORCE_WORD)
+        .cloned()
+        .collect()
 }
 
 /// Was the run asked for with `!testme fresh`?
@@ -72,7 +76,9 @@ async fn current_inputs(shared: &Shared, run: &RunRow) -> Result<Inputs, String>
     };
     let engine = cc_ci_harness::engine::Engine::from_env()
         .map_err(|e| e.to_string())?
-        .with_timeout(Duration::from_secs(shared.config.harness.engine_timeout_secs));
+        .with_timeout(Duration::from_secs(
+            shared.config.harness.engine_timeout_secs,
+        ));
     inputs::resolve(&want, &scratch, &engine)
         .await
         .map_err(|e| e.to_string())
@@ -124,7 +130,12 @@ pub(crate) async fn try_reuse(
         prev.finished_at.unwrap_or(0).max(0) as u64,
         now().max(0) as u64,
     );
-    let verdict = fresh::freshness(&tracked.inputs, &current, age, drift::max_age(&shared.config));
+    let verdict = fresh::freshness(
+        &tracked.inputs,
+        &current,
+        age,
+        drift::max_age(&shared.config),
+    );
     if let Freshness::Stale(_) = &verdict {
         sink.line(&format!(
             "cc-ci: the result of run #{} does not hold any more ({}): running",
@@ -156,7 +167,9 @@ pub(crate) async fn try_reuse(
             std::fs::write(dir.join("junit.xml"), report.junit_xml()).map_err(|e| e.to_string())
         });
     if let Err(e) = written {
-        sink.line(&format!("cc-ci: cannot copy the earlier result ({e}): running"));
+        sink.line(&format!(
+            "cc-ci: cannot copy the earlier result ({e}): running"
+        ));
         for f in ["run.json", "summary.md", "junit.xml"] {
             let _ = std::fs::remove_file(dir.join(f));
         }
@@ -166,7 +179,9 @@ pub(crate) async fn try_reuse(
         "unchanged since run #{} ({}): same commit, images, abra and cc-ci",
         origin.run, origin.finished
     );
-    sink.line(&format!("cc-ci: {reason}: reported again without deploying"));
+    sink.line(&format!(
+        "cc-ci: {reason}: reported again without deploying"
+    ));
     Some((prev.verdict.unwrap_or(RunVerdict::Pass), Some(reason)))
 }
 
@@ -179,6 +194,9 @@ pub(crate) async fn drift_loop(
     if every == 0 {
         return;
     }
+    // Results already re-queued by this daemon: the queued trigger becomes a run a moment later,
+    // and a sweep in between must not queue a second one.
+    let mut requeued = std::collections::HashSet::new();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(every)) => {}
@@ -187,13 +205,16 @@ pub(crate) async fn drift_loop(
         if *shutdown.borrow() {
             return;
         }
-        sweep_once(&shared).await;
+        sweep_once(&shared, &mut requeued).await;
     }
 }
 
 /// One sweep: the latest result of each open pull request (as the store knows them) judged
 /// again; a moved image digest queues a re-run, announced on the pull request with what moved.
-pub(crate) async fn sweep_once(shared: &Arc<Shared>) -> Vec<(String, i64, Freshness)> {
+pub(crate) async fn sweep_once(
+    shared: &Arc<Shared>,
+    requeued: &mut std::collections::HashSet<i64>,
+) -> Vec<(String, i64, Freshness)> {
     let mut out = Vec::new();
     let Ok(heads) = shared.store.pr_heads() else {
         return out;
@@ -204,9 +225,10 @@ pub(crate) async fn sweep_once(shared: &Arc<Shared>) -> Vec<(String, i64, Freshn
             continue;
         };
         // Something queued or running for it already answers the question.
-        if runs.iter().any(|r| {
-            r.repo.eq_ignore_ascii_case(&repo) && r.pr == pr && r.state != RunState::Done
-        }) {
+        if runs
+            .iter()
+            .any(|r| r.repo.eq_ignore_ascii_case(&repo) && r.pr == pr && r.state != RunState::Done)
+        {
             continue;
         }
         let Some(latest) = runs.into_iter().find(|r| {
@@ -218,6 +240,9 @@ pub(crate) async fn sweep_once(shared: &Arc<Shared>) -> Vec<(String, i64, Freshn
         }) else {
             continue;
         };
+        if requeued.contains(&latest.id) {
+            continue;
+        }
         let Some(tracked) = drift::read_result(&run_dir(&shared.state_dir, latest.id)) else {
             continue;
         };
@@ -232,9 +257,15 @@ pub(crate) async fn sweep_once(shared: &Arc<Shared>) -> Vec<(String, i64, Freshn
             latest.finished_at.unwrap_or(0).max(0) as u64,
             now().max(0) as u64,
         );
-        let f = fresh::freshness(&tracked.inputs, &current, age, drift::max_age(&shared.config));
+        let f = fresh::freshness(
+            &tracked.inputs,
+            &current,
+            age,
+            drift::max_age(&shared.config),
+        );
         let moved = f.moved_images();
         if !moved.is_empty() {
+            requeued.insert(latest.id);
             requeue(shared, &latest, &moved).await;
         }
         out.push((repo, pr, f));

@@ -23,6 +23,11 @@ pub enum Side {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "reason", rename_all = "kebab-case")]
 pub enum Stale {
+    /// Another repository.
+    SourceChanged {
+        old: String,
+        new: String,
+    },
     RecipeChanged {
         old: String,
         new: String,
@@ -127,6 +132,9 @@ impl fmt::Display for Stale {
             Side::Base => " (base release)",
         };
         match self {
+            Stale::SourceChanged { old, new } => {
+                write!(f, "repository changed from {old} to {new}")
+            }
             Stale::RecipeChanged { old, new } => write!(f, "recipe changed from {old} to {new}"),
             Stale::HeadMoved { old, new } => write!(f, "head moved from {old} to {new}"),
             Stale::BaseReleaseChanged { old, new } => {
@@ -232,6 +240,12 @@ pub fn freshness(
     max_age: Option<Duration>,
 ) -> Freshness {
     let mut out = Vec::new();
+    if recorded.source != current.source {
+        out.push(Stale::SourceChanged {
+            old: recorded.source.clone(),
+            new: current.source.clone(),
+        });
+    }
     if recorded.recipe != current.recipe {
         out.push(Stale::RecipeChanged {
             old: recorded.recipe.clone(),
@@ -360,6 +374,7 @@ mod tests {
 
     prop_compose! {
         fn inputs()(
+            source in small(),
             recipe in small(),
             head_commit in small(),
             base_release in proptest::option::of(small()),
@@ -374,7 +389,7 @@ mod tests {
             seal in any::<bool>(),
         ) -> Inputs {
             let i = Inputs {
-                source: "s".into(), recipe, head_commit, base_release, base_commit, stages, head_images, base_images,
+                source, recipe, head_commit, base_release, base_commit, stages, head_images, base_images,
                 abra_version, cc_ci_version, overlay_digest, config_digest, key: String::new(),
             };
             if seal { i.sealed() } else { i }
