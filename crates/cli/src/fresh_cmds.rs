@@ -221,3 +221,57 @@ pub async fn run(cmd: FreshCommand) -> ExitCode {
         }
     }
 }
+
+/// `cc-ci run` into a report folder that already holds a result of the same recipe, ref and
+/// stages: when every input still holds, that result stands (nothing deployed) and its exit code
+/// is returned. `None`: run. `--no-reuse` skips this.
+pub async fn reuse_for_run(
+    recipe: &str,
+    git_ref: Option<&str>,
+    stages: &[Stage],
+    base: Option<&str>,
+    abra: Option<&str>,
+    config: &Config,
+    report_dir: &Path,
+) -> Option<ExitCode> {
+    use cc_ci_harness::report::Verdict;
+    let t = drift::read_result(report_dir)?;
+    let code = match t.report.verdict {
+        Verdict::Pass => exit::PASS,
+        Verdict::Fail => exit::FAIL,
+        // Errors are never reused: the next run may not meet the same trouble.
+        _ => return None,
+    };
+    let engine = engine(config).ok()?;
+    let scratch = work_dir(config).join("inputs");
+    let want = inputs::Want {
+        source: recipe.to_string(),
+        git_ref: git_ref.unwrap_or("HEAD").to_string(),
+        base: base.map(String::from),
+        stages: stages.to_vec(),
+        shipped_overlays: inputs::shipped_overlays(),
+        abra_version: inputs::abra_version(abra, config, &scratch).await,
+        config: config.clone(),
+    };
+    let now = inputs::resolve(&want, &scratch, &engine).await.ok()?;
+    let f = fresh::freshness(
+        &t.inputs,
+        &now,
+        drift::age(t.written_secs, drift::now_secs()),
+        drift::max_age(config),
+    );
+    if !f.is_fresh() {
+        eprintln!(
+            "cc-ci: the result in {} does not hold any more ({}): running",
+            report_dir.display(),
+            f.describe()
+        );
+        return None;
+    }
+    eprintln!(
+        "cc-ci: unchanged since the result in {} ({}): same commit, images, abra and cc-ci; nothing deployed (--no-reuse runs anyway)",
+        report_dir.display(),
+        t.report.verdict.as_str()
+    );
+    Some(ExitCode::from(code as u8))
+}

@@ -87,6 +87,10 @@ struct RunArgs {
     /// Keep a failed deployment for debugging; prints the command that removes it.
     #[arg(long)]
     keep_on_failure: bool,
+    /// Run even when the report folder holds a result whose inputs all still hold (same commit,
+    /// image digests, abra, cc-ci, overlay and config); without it that result stands.
+    #[arg(long)]
+    no_reuse: bool,
     /// Skip the generic checks (shown in the report); overlays still run.
     #[arg(long)]
     skip_generic: bool,
@@ -139,6 +143,21 @@ async fn cmd_run(args: RunArgs) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
+    // A result in the report folder whose inputs all still hold stands (issue 15).
+    if !args.no_reuse
+        && let Some(code) = fresh_cmds::reuse_for_run(
+            &args.recipe,
+            args.git_ref.as_deref(),
+            &stages,
+            args.base.as_deref(),
+            args.abra.as_deref(),
+            &config,
+            &args.report_dir,
+        )
+        .await
+    {
+        return code;
+    }
     let opts = RunOptions {
         recipe_source: args.recipe,
         git_ref: args.git_ref,

@@ -487,3 +487,77 @@ async fn unchanged_pr_is_answered_from_the_result_and_a_repushed_image_makes_it_
     );
     assert!(rerun_report.get("reused").is_none(), "{rerun_report:#}");
 }
+
+/// `cc-ci run` into a report folder holding a result whose inputs still hold: that result stands,
+/// nothing is deployed; `--no-reuse` runs anyway.
+#[test]
+fn cc_ci_run_reuses_a_fresh_result_unless_told_not_to() {
+    let standin = cc_ci().with_file_name("abra-standin");
+    assert!(standin.is_file(), "{} is missing", standin.display());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo = dir.path().join("web");
+    run(
+        Command::new(repo_root().join("scripts/make-fixture-repo"))
+            .arg(repo_root().join("tests/fixtures/recipes/web"))
+            .arg(&repo),
+        "make-fixture-repo web",
+    );
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[harness]\ndomain_suffix = \"r{}.ci.local\"\nwork_dir = \"{}\"\nstability_window_secs = 3\n",
+            random_hex(),
+            dir.path().join("work").display()
+        ),
+    )
+    .expect("config");
+    let report = dir.path().join("report");
+    let cc_ci_run = |extra: &[&str]| {
+        let out = Command::new(cc_ci())
+            .arg("run")
+            .arg("--recipe")
+            .arg(&repo)
+            .arg("--abra")
+            .arg(&standin)
+            .arg("--report-dir")
+            .arg(&report)
+            .arg("--config")
+            .arg(&config)
+            .args(["--stages", "install"])
+            .args(extra)
+            .env_remove("CC_CI_ABRA")
+            .output()
+            .expect("run cc-ci");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = cc_ci_run(&[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("deploy"), "{stderr}");
+    let written = std::fs::metadata(report.join("run.json"))
+        .and_then(|m| m.modified())
+        .expect("run.json");
+    let (code, stderr) = cc_ci_run(&[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("nothing deployed"), "{stderr}");
+    assert_eq!(
+        std::fs::metadata(report.join("run.json"))
+            .and_then(|m| m.modified())
+            .expect("run.json"),
+        written,
+        "a reused result was rewritten"
+    );
+    let (code, stderr) = cc_ci_run(&["--no-reuse"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!stderr.contains("nothing deployed"), "{stderr}");
+    assert_ne!(
+        std::fs::metadata(report.join("run.json"))
+            .and_then(|m| m.modified())
+            .expect("run.json"),
+        written,
+        "--no-reuse did not run"
+    );
+}
