@@ -327,4 +327,18 @@ mod tests {
         assert_eq!(stage_list(&[FORCE_WORD.to_string()]), Stage::ALL.to_vec());
         assert!(!forced(&run_stages(&s)));
     }
+
+    #[test]
+    fn testme_fresh_is_a_trigger_that_forces() {
+        use crate::trigger::{Command, parse_command};
+        let Some(Command::Run { stages }) = parse_command("!testme install fresh") else {
+            panic!("`!testme install fresh` is not a run");
+        };
+        assert!(forced(&stages));
+        assert_eq!(run_stages(&stages), vec!["install".to_string()]);
+        assert!(matches!(
+            parse_command("!testme freshly"),
+            Some(Command::BadStages { .. })
+        ));
+    }
 }
