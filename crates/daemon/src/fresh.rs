@@ -209,8 +209,9 @@ pub(crate) async fn drift_loop(
     }
 }
 
-/// One sweep: the latest result of each open pull request (as the store knows them) judged
-/// again; a moved image digest queues a re-run, announced on the pull request with what moved.
+/// One sweep: the latest result of each pull request the store knows, at its last known head,
+/// judged again; a moved image digest of an open pull request queues a re-run, announced on the
+/// pull request with what moved.
 pub(crate) async fn sweep_once(
     shared: &Arc<Shared>,
     requeued: &mut std::collections::HashSet<i64>,
@@ -265,8 +266,20 @@ pub(crate) async fn sweep_once(
         );
         let moved = f.moved_images();
         if !moved.is_empty() {
-            requeued.insert(latest.id);
-            requeue(shared, &latest, &moved).await;
+            // The store knows every pull request it ever saw: only an open one still at the
+            // tested head is re-run (a closed one, or one that moved on, is not ours to test).
+            match shared.forge.pull_request(&latest.repo, latest.pr).await {
+                Ok(pr) if pr.state == "open" && pr.head.sha.eq_ignore_ascii_case(&head) => {
+                    requeued.insert(latest.id);
+                    requeue(shared, &latest, &moved).await;
+                }
+                Ok(_) => {
+                    requeued.insert(latest.id);
+                }
+                Err(e) => {
+                    tracing::warn!(repo = %repo, pr, error = %e, "drift: cannot read the pull request; next sweep");
+                }
+            }
         }
         out.push((repo, pr, f));
     }
