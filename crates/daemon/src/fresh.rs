@@ -182,7 +182,22 @@ pub(crate) async fn try_reuse(
     sink.line(&format!(
         "cc-ci: {reason}: reported again without deploying"
     ));
-    Some((prev.verdict.unwrap_or(RunVerdict::Pass), Some(reason)))
+    let verdict = prev.verdict.unwrap_or(RunVerdict::Pass);
+    // A failure's status keeps saying what failed (it is cut to one line).
+    let reason = match (verdict, &prev.reason) {
+        (RunVerdict::Fail, Some(failed)) => format!(
+            "{}; unchanged since run #{} ({})",
+            // A reused failure's reason already says since when.
+            failed
+                .split("; unchanged since run #")
+                .next()
+                .unwrap_or(failed),
+            origin.run,
+            origin.finished
+        ),
+        _ => reason,
+    };
+    Some((verdict, Some(reason)))
 }
 
 /// The periodic drift sweep (`daemon.drift_interval_secs`; 0 = off).
