@@ -422,6 +422,43 @@ mod tests {
     }
 
     #[test]
+    fn service_images_follow_compose_file_and_interpolate() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let w = |name: &str, text: &str| std::fs::write(d.path().join(name), text).expect("write");
+        w(
+            ".env.sample",
+            "TYPE=web\nCOMPOSE_FILE=\"compose.yml:compose.extra.yml\"\nTAG=1.27\n",
+        );
+        w("abra.sh", "export DB_TAG=16\n");
+        w(
+            "compose.yml",
+            "services:\n  app:\n    image: nginx:${TAG}\n  db:\n    image: postgres:${DB_TAG}\n  built:\n    build: .\n",
+        );
+        // A later file overrides an earlier one's image, as compose does.
+        w(
+            "compose.extra.yml",
+            "services:\n  db:\n    image: postgres:${DB_TAG}-alpine\n  cache:\n    image: redis:7\n",
+        );
+        let checkout = Checkout {
+            dir: d.path().to_path_buf(),
+            source: "/x".into(),
+        };
+        let images = service_images(&checkout).expect("images");
+        let got: Vec<(&str, &str)> = images
+            .iter()
+            .map(|(s, i)| (s.as_str(), i.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("app", "nginx:1.27"),
+                ("cache", "redis:7"),
+                ("db", "postgres:16-alpine")
+            ]
+        );
+    }
+
+    #[test]
     fn source_loses_credentials() {
         assert_eq!(
             public_source("https://bot:tok@git.example/r/web.git"),
