@@ -241,6 +241,18 @@ let
       builtinDefault = "1";
       description = "How often a run interrupted by a daemon crash is re-queued before it is reported as an error.";
     };
+    "daemon.drift_interval_secs" = mkOption {
+      type = types.ints.unsigned;
+      default = 21600;
+      example = 3600;
+      description = "Interval of the drift sweep, in seconds: the inputs of the latest result of each tracked recipe and pull request are resolved again (one registry request per image, no deploy), and a result whose image digest moved is re-run. On here (every 6 hours); `0` turns it off, as is cc-ci's own default for a daemon started by hand.";
+    };
+    "daemon.reuse_max_age_secs" = builtin {
+      type = types.ints.unsigned;
+      builtinDefault = "0 (no age limit)";
+      example = 604800;
+      description = "A result older than this is neither reused for a repeated `!testme` nor counted fresh by the drift sweep, in seconds.";
+    };
 
     "forge.url" = builtin {
       type = types.str;

@@ -30,6 +30,11 @@ rustPlatform.buildRustPackage {
 
   cargoLock.lockFile = ../Cargo.lock;
 
+  # Which source this build is (the hash part of its store path): recorded in every result's
+  # inputs as part of cc-ci's version, so a new build of the same version makes results stale
+  # (crates/harness/src/inputs.rs, `cc_ci_version`).
+  CC_CI_REVISION = "src-" + builtins.substring 11 12 (toString src);
+
   # `-p cc-ci` builds the binary and the two libraries it links; the install hook copies every
   # executable of the build directory, so abra-standin must not be built at all.
   cargoBuildFlags = [

@@ -14,6 +14,7 @@ use cc_ci_harness::teardown;
 use clap::{Parser, Subcommand};
 
 mod daemon_cmds;
+mod fresh_cmds;
 
 #[derive(Parser)]
 #[command(
@@ -60,6 +61,8 @@ enum Command {
     },
     #[command(flatten)]
     Daemon(daemon_cmds::DaemonCommand),
+    #[command(flatten)]
+    Fresh(fresh_cmds::FreshCommand),
 }
 
 #[derive(clap::Args)]
@@ -85,6 +88,10 @@ struct RunArgs {
     /// Keep a failed deployment for debugging; prints the command that removes it.
     #[arg(long)]
     keep_on_failure: bool,
+    /// Run even when the report folder holds a result whose inputs all still hold (same commit,
+    /// image digests, abra, cc-ci, overlay and config); without it that result stands.
+    #[arg(long)]
+    no_reuse: bool,
     /// Skip the generic checks (shown in the report); overlays still run.
     #[arg(long)]
     skip_generic: bool,
@@ -106,16 +113,7 @@ fn load_config(path: Option<&Path>) -> Result<Config, ExitCode> {
 /// Overlays shipped with cc-ci: `CC_CI_OVERLAYS`, else `overlays/` beside the binary's share
 /// directory (packaged), else the source tree's `overlays/` (development).
 fn shipped_overlays() -> Option<PathBuf> {
-    if let Some(d) = std::env::var_os("CC_CI_OVERLAYS").filter(|d| !d.is_empty()) {
-        return Some(d.into());
-    }
-    let exe = std::env::current_exe().ok()?;
-    let packaged = exe.parent()?.parent()?.join("share/cc-ci/overlays");
-    if packaged.is_dir() {
-        return Some(packaged);
-    }
-    let dev = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../overlays");
-    dev.is_dir().then_some(dev)
+    cc_ci_harness::inputs::shipped_overlays()
 }
 
 /// Resolves on the first SIGINT or SIGTERM, naming it.
@@ -146,6 +144,21 @@ async fn cmd_run(args: RunArgs) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
+    // A result in the report folder whose inputs all still hold stands (issue 15).
+    if !args.no_reuse
+        && let Some(code) = fresh_cmds::reuse_for_run(
+            &args.recipe,
+            args.git_ref.as_deref(),
+            &stages,
+            args.base.as_deref(),
+            args.abra.as_deref(),
+            &config,
+            &args.report_dir,
+        )
+        .await
+    {
+        return code;
+    }
     let opts = RunOptions {
         recipe_source: args.recipe,
         git_ref: args.git_ref,
@@ -293,6 +306,7 @@ fn main() -> ExitCode {
             Command::Doctor { config, abra } => Ok(cmd_doctor(config, abra).await),
             Command::CheckConfig { file, keys } => Ok(cmd_check_config(&file, keys)),
             Command::Daemon(cmd) => daemon_cmds::run(cmd).await,
+            Command::Fresh(cmd) => Ok(fresh_cmds::run(cmd).await),
         }
     });
     match result {

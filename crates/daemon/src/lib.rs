@@ -8,6 +8,8 @@
 mod cli;
 mod error;
 mod forge;
+/// Reuse of results whose inputs still hold, and the drift sweep (issue 15).
+pub mod fresh;
 mod http;
 #[cfg(test)]
 mod import_graph;

@@ -32,10 +32,11 @@ pub fn recipe_of(repo: &str) -> &str {
 }
 
 fn requested_stages(run: &RunRow) -> Vec<String> {
-    if run.stages.is_empty() {
+    let stages = crate::fresh::run_stages(&run.stages);
+    if stages.is_empty() {
         STAGES.iter().map(|s| s.to_string()).collect()
     } else {
-        run.stages.clone()
+        stages
     }
 }
 
@@ -44,9 +45,14 @@ pub fn status(run: &RunRow) -> (StatusState, String) {
     let (state, text) = match (run.state, run.verdict) {
         (RunState::Queued, _) => (StatusState::Pending, format!("queued (run #{})", run.id)),
         (RunState::Running, _) => (StatusState::Pending, format!("running (run #{})", run.id)),
-        (RunState::Done, Some(RunVerdict::Pass)) => {
-            (StatusState::Success, format!("passed (run #{})", run.id))
-        }
+        (RunState::Done, Some(RunVerdict::Pass)) => (
+            StatusState::Success,
+            match &run.reason {
+                // A reused result says so (crate::fresh).
+                Some(r) => format!("passed: {r} (run #{})", run.id),
+                None => format!("passed (run #{})", run.id),
+            },
+        ),
         (RunState::Done, Some(RunVerdict::Fail)) => (
             StatusState::Failure,
             format!(
@@ -146,10 +152,10 @@ pub fn comment(
 ) -> String {
     let recipe = recipe_of(&run.repo);
     let requested = requested_stages(run);
-    let stages_text = if run.stages.is_empty() {
+    let stages_text = if crate::fresh::run_stages(&run.stages).is_empty() {
         "all stages".to_string()
     } else {
-        run.stages.join(", ")
+        crate::fresh::run_stages(&run.stages).join(", ")
     };
     match run.state {
         RunState::Queued => {
@@ -311,6 +317,8 @@ mod tests {
             },
             notes: vec![],
             abra_version: None,
+            inputs: None,
+            reused: None,
         }
     }
 

@@ -350,6 +350,11 @@ pub async fn supervise(
         finish(&shared, &run, RunVerdict::Cancelled, Some(reason), None);
         return;
     }
+    // An earlier result whose inputs all still hold is reported again instead (crate::fresh).
+    if let Some((verdict, reason)) = crate::fresh::try_reuse(&shared, &run, &dir, &sink).await {
+        finish(&shared, &run, verdict, reason, None);
+        return;
+    }
     let args = run_args(&shared, &run, &dir);
     let (mut child, pumps) = match spawn_logged(&shared, &args, &sink) {
         Ok(c) => c,
@@ -447,23 +452,17 @@ async fn moved_on(shared: &State, run: &RunRow) -> Option<String> {
 /// approved commit's status). A commit the clone cannot fetch makes the run fail with exit 2
 /// (an error).
 fn run_args(shared: &State, run: &RunRow, dir: &Path) -> Vec<String> {
-    let repo_now = shared
-        .forge
-        .current_name(run.forge_repo.as_deref().unwrap_or(&run.repo));
     let mut args = vec![
         "run".to_string(),
         "--recipe".into(),
-        format!(
-            "{}/{}.git",
-            shared.settings.config.forge.url.trim_end_matches('/'),
-            repo_now
-        ),
+        crate::fresh::recipe_source(shared, run),
         "--ref".into(),
         run.head_sha.clone(),
     ];
-    if !run.stages.is_empty() {
+    let stages = crate::fresh::run_stages(&run.stages);
+    if !stages.is_empty() {
         args.push("--stages".into());
-        args.push(run.stages.join(","));
+        args.push(stages.join(","));
     }
     args.push("--report-dir".into());
     args.push(dir.display().to_string());
@@ -672,6 +671,8 @@ mod tests {
             teardown: TeardownReport::default(),
             notes: vec![],
             abra_version: None,
+            inputs: None,
+            reused: None,
         }
     }
 

@@ -143,6 +143,7 @@ impl Daemon {
             spawn_until(&tasks, &stopped, poll::poll_loop(state.clone()));
         }
         spawn_until(&tasks, &stopped, learn_own_login(state.clone()));
+        spawn_until(&tasks, &stopped, crate::fresh::drift_loop(state.clone()));
         if let Some(every) = systemd::watchdog_interval() {
             spawn_until(&tasks, &stopped, watchdog_loop(state.clone(), every));
         }

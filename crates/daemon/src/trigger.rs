@@ -83,7 +83,8 @@ pub fn parse_command(body: &str) -> Option<Command> {
         let mut stages: Vec<String> = Vec::new();
         let mut unknown = Vec::new();
         for w in words.flat_map(|w| w.split(',')).filter(|w| !w.is_empty()) {
-            if STAGES.contains(&w) {
+            // `!testme fresh`: run even when the last result still holds (crate::fresh).
+            if STAGES.contains(&w) || w == crate::fresh::FORCE_WORD {
                 if !stages.iter().any(|s| s == w) {
                     stages.push(w.to_string());
                 }

@@ -129,6 +129,11 @@ pub struct DaemonConfig {
     pub request_timeout_secs: u64,
     /// How often a run interrupted by a daemon crash is re-queued before it is reported as an error.
     pub max_requeues: u32,
+    /// Interval of the drift sweep (re-resolving the inputs of tracked results; a moved image
+    /// digest queues a re-run), in seconds; 0 disables it.
+    pub drift_interval_secs: u64,
+    /// A result older than this is never reused nor counted fresh, in seconds; 0 = no age limit.
+    pub reuse_max_age_secs: u64,
 }
 
 impl Default for DaemonConfig {
@@ -147,6 +152,8 @@ impl Default for DaemonConfig {
             max_log_followers: 32,
             request_timeout_secs: 10,
             max_requeues: 1,
+            drift_interval_secs: 0,
+            reuse_max_age_secs: 0,
         }
     }
 }

@@ -24,6 +24,8 @@ pub use images::{PullError, registry_of};
 pub const NAMESPACE_LABEL: &str = "com.docker.stack.namespace";
 
 mod extra;
+// The digest a registry serves (inputs of a result, crates/harness/src/inputs.rs).
+mod distribution;
 pub use extra::PortHolder;
 
 #[derive(Debug, thiserror::Error)]

@@ -117,6 +117,22 @@ pub struct RunReport {
     /// What `abra --version` said (which abra ran the deploys).
     #[serde(default)]
     pub abra_version: Option<String>,
+    /// What the result was made of (crates/harness/src/inputs.rs); absent when the run stopped
+    /// before they were known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<crate::inputs::Inputs>,
+    /// Set when this report is an earlier result reported again (its inputs unchanged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reused: Option<Reused>,
+}
+
+/// An earlier result reported again: which run made it, when, and where it is shown.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reused {
+    pub run: i64,
+    /// When that run finished, as shown (`2026-11-30 12:05:09 UTC`).
+    pub finished: String,
+    pub url: String,
 }
 
 impl RunReport {
@@ -151,6 +167,13 @@ impl RunReport {
             self.recipe,
             short
         ));
+        if let Some(r) = &self.reused {
+            out.push_str(&format!(
+                "♻️ unchanged since [run #{}]({}) ({}): same commit, images, abra and cc-ci — \
+                 reported again without deploying (`!testme fresh` runs anyway)\n\n",
+                r.run, r.url, r.finished
+            ));
+        }
         if let Some(base) = &self.base_version {
             out.push_str(&format!("Upgrade base: `{base}` · "));
         }
@@ -377,6 +400,8 @@ mod tests {
             teardown: TeardownReport::default(),
             notes: vec!["note with @someone".into()],
             abra_version: None,
+            inputs: None,
+            reused: None,
         };
         let md = r.summary_markdown(None);
         assert!(
@@ -423,6 +448,8 @@ mod tests {
             teardown,
             notes: vec![],
             abra_version: None,
+            inputs: None,
+            reused: None,
         }
     }
 

@@ -26,6 +26,7 @@ mod data;
 mod guard;
 mod leases;
 mod output;
+mod record;
 mod tiers;
 
 use data::{CANARY_FILE, mount_of};
@@ -217,6 +218,7 @@ where
         backed_up: BTreeMap::new(),
         port_lease: None,
         abra_version: None,
+        inputs: None,
         head_pull: None,
     };
 
@@ -366,6 +368,8 @@ struct Job {
     port_lease: Option<crate::ports::PortLease>,
     /// What `abra --version` said.
     abra_version: Option<String>,
+    /// What the result is made of (recorded in run.json).
+    inputs: Option<crate::inputs::Inputs>,
     /// The pull of the head's images, started while the install tier runs.
     head_pull: Option<tokio::task::JoinHandle<Vec<crate::engine::PullError>>>,
 }
@@ -449,6 +453,7 @@ impl Job {
 
         // --- abra app.
         self.abra_version = self.abra.version().await.ok().filter(|v| !v.is_empty());
+        self.inputs = self.record_inputs(&checkout).await;
         self.abra.server_add_local().await.map_err(abra_infra)?;
         let server = self.opts.config.harness.server.clone();
         if let Err(e) = self.abra.app_new(&self.recipe, &server, &self.domain).await {
@@ -984,6 +989,8 @@ impl Job {
             teardown,
             notes: self.notes.clone(),
             abra_version: self.abra_version.clone(),
+            inputs: self.inputs.clone(),
+            reused: None,
         }
     }
 }
@@ -1096,6 +1103,8 @@ mod tests {
                 teardown,
                 notes: vec![],
                 abra_version: None,
+                inputs: None,
+                reused: None,
             }
         };
         let passed = vec![
