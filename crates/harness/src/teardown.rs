@@ -31,6 +31,11 @@ pub enum TeardownError {
 /// force: longer than swarm's default stop grace period (10 s).
 pub const ORPHAN_GRACE: Duration = Duration::from_secs(30);
 
+/// How long a dead run's stack must stay empty before gc calls it collected: a run killed during
+/// `abra app deploy` can leave a task whose container (and so its named volume) the node creates
+/// a moment after the teardown found nothing left.
+pub const GC_QUIET: Duration = Duration::from_secs(3);
+
 /// Removes every object of `stack` and returns what is still there afterwards (empty = clean).
 pub async fn teardown_stack(
     engine: &Engine,
@@ -98,6 +103,46 @@ pub async fn teardown_stack(
         Ok(()) => Ok(Vec::new()),
         Err(WaitError::Probe(e)) => Err(e.into()),
         Err(_) => Ok(engine.stack_objects(stack).await?.describe()),
+    }
+}
+
+/// [`teardown_stack`] for gc: the stack must then stay empty for [`GC_QUIET`]; an object that
+/// appears meanwhile (a deploy in flight when its run died) is torn down too, until `timeout`.
+async fn teardown_settled(
+    engine: &Engine,
+    stack: &str,
+    timeout: Duration,
+) -> Result<Vec<String>, TeardownError> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let left = teardown_stack(engine, stack, timeout).await?;
+        if !left.is_empty() {
+            return Ok(left);
+        }
+        // The wait succeeds when something reappears; timing out empty is the pass.
+        let reappeared = wait_for(
+            "a leftover of the dead run to appear",
+            GC_QUIET,
+            Duration::from_millis(200),
+            || async {
+                let o = engine.stack_objects(stack).await?;
+                Ok::<_, EngineError>(if o.is_empty() {
+                    Probe::Pending(String::new())
+                } else {
+                    Probe::Done(())
+                })
+            },
+        )
+        .await;
+        match reappeared {
+            Err(WaitError::TimedOut { .. }) => return Ok(Vec::new()),
+            Err(WaitError::Probe(e)) => return Err(e.into()),
+            Ok(()) | Err(WaitError::Failed { .. }) => {
+                if std::time::Instant::now() >= deadline {
+                    return Ok(engine.stack_objects(stack).await?.describe());
+                }
+            }
+        }
     }
 }
 
@@ -197,7 +242,7 @@ pub async fn gc(
                 report.alive.push(domain);
                 continue;
             }
-            let left = teardown_stack(engine, &stack, timeout).await?;
+            let left = teardown_settled(engine, &stack, timeout).await?;
             if left.is_empty() {
                 let _ = std::fs::remove_dir_all(entry.path());
             }
@@ -219,7 +264,7 @@ pub async fn gc(
         if known.contains(&stack) || !names::is_ci_stack(&stack, domain_suffix) {
             continue;
         }
-        let left = teardown_stack(engine, &stack, timeout).await?;
+        let left = teardown_settled(engine, &stack, timeout).await?;
         report.leftovers.extend(left);
         report.collected.push(stack);
     }
