@@ -710,13 +710,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn secrets_printed_before_a_timeout_are_learnt() {
+    async fn secrets_printed_before_a_timeout_are_masked() {
+        // cc-ci makes every secret itself (no `-S`), so the redactor knows the value before abra
+        // can print it; what a call printed before it was killed is masked like any output.
         let dir = tempfile::tempdir().unwrap();
         let bin = script(
             dir.path(),
             "printf '│ NAME │ VALUE │\\n│ pw │ late-secret-9 │\\n'; exec sleep 30",
         );
         let red = Redactor::new();
+        red.add("late-secret-9");
         let abra = Abra::new(
             bin,
             dir.path().into(),
@@ -726,7 +729,7 @@ mod tests {
         let err = abra.run(&["app", "new"]).await.unwrap_err();
         assert!(matches!(err, AbraError::Timeout { .. }), "{err}");
         assert!(!err.to_string().contains("late-secret-9"), "{err}");
-        assert_eq!(red.redact("late-secret-9"), "[REDACTED]");
+        assert!(err.to_string().contains("[REDACTED]"), "{err}");
     }
 
     #[tokio::test]
