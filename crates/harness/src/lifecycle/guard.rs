@@ -2,8 +2,11 @@
 //! that is about to be deployed (see `policy`), and the repository's own folders being what
 //! they seem. A refusal is bad input (exit 2).
 
-use super::*;
+use std::collections::BTreeSet;
+
+use super::{Job, Stop};
 use crate::policy;
+use crate::recipe::{self, Checkout};
 use crate::safefs;
 
 impl Job {

@@ -2,9 +2,16 @@
 //! the run ends, waited for when another cc-ci run holds them, refused when something that is
 //! not a cc-ci run publishes them.
 
-use super::*;
+use std::time::{Duration, Instant};
+
+use super::output::write_json;
+use super::{Job, Stop, work_dir};
+use crate::contract::files;
+use crate::names;
 use crate::ports;
 use crate::recipe::PublishedPort;
+use crate::report::TeardownReport;
+use crate::wait::{Probe, WaitError, wait_for};
 
 impl Job {
     pub(super) async fn lease_host_ports(
