@@ -681,20 +681,16 @@ fn sigterm_mid_run_tears_everything_down() {
         );
         std::thread::sleep(std::time::Duration::from_millis(200));
     };
-    // SAFETY: plain kill(2) on our own child.
-    unsafe {
-        libc_kill(child.id() as i32, 15);
-    }
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&child),
+        rustix::process::Signal::TERM,
+    )
+    .expect("SIGTERM to our own child");
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("SIGTERM received"), "{stderr}");
     assert_ne!(out.status.code(), Some(0));
     assert_no_leftovers(&domain, false);
-}
-
-unsafe extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
 }
 
 // --- Shapes of real recipes (issue 9): one fixture per shape, see tests/fixtures/README.md.

@@ -16,6 +16,8 @@
 //! abra-standin`. Each test has its own `harness.domain_suffix` and directories; a guard runs
 //! `cc-ci gc` with the test's config when it ends.
 
+// The daemon's test helpers still call libc directly (crates/daemon is not under the lint yet).
+#[allow(unsafe_code)]
 #[path = "../../daemon/tests/common/mod.rs"]
 mod common;
 
@@ -659,10 +661,11 @@ async fn a_hung_engine_is_an_infrastructure_error_within_the_engine_deadline() {
 async fn sigterm_during_a_hung_engine_still_ends_the_run() {
     let s = Sandbox::new("hnt-", hung_config);
     let (mut child, proxy, stderr) = run_into_a_hung_engine(&s).await;
-    // SAFETY: plain syscall on our own child.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&child),
+        rustix::process::Signal::TERM,
+    )
+    .expect("SIGTERM to our own child");
     let status = eventually(
         "the run to end after SIGTERM",
         60,

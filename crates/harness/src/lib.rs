@@ -19,6 +19,7 @@ pub mod names;
 pub mod overlay;
 pub mod policy;
 pub mod ports;
+mod pty;
 pub mod recipe;
 pub mod redact;
 pub mod report;

@@ -137,58 +137,90 @@ where
     redactor.learn_forge_secrets(&opts.config.forge);
     redactor.learn_from_fd(std::env::var(crate::redact::SECRETS_FD_ENV).ok().as_deref());
     let progress = Progress::new(redactor.clone());
-    // --- Inputs: everything checked before anything is created (exit 2 changes nothing).
-    // The recipe's name is `TYPE=` of its `.env.sample`, known once it is cloned; until then the
-    // repository's name stands in (it only prefixes the app domain).
-    let recipe = names::recipe_name_from_source(&opts.recipe_source).to_ascii_lowercase();
-    if let Err(e) = recipe::validate_source(&opts.recipe_source) {
-        return RunOutcome::refused(exit::BAD_INPUT, e.to_string());
-    }
-    let git_ref = opts.git_ref.clone().unwrap_or_else(|| "HEAD".into());
-    if let Err(e) = names::validate_ref(&git_ref) {
-        return RunOutcome::refused(exit::BAD_INPUT, e.to_string());
-    }
-    if let Some(b) = &opts.base
-        && let Err(e) = names::validate_ref(b)
-    {
-        return RunOutcome::refused(exit::BAD_INPUT, format!("--base: {e}"));
-    }
-    // --- Infrastructure.
-    let engine = match Engine::from_env() {
-        Ok(e) => e.with_timeout(Duration::from_secs(opts.config.harness.engine_timeout_secs)),
-        Err(e) => return RunOutcome::refused(exit::INFRA, e.to_string()),
+    // Everything checked before anything is created (exit 2 changes nothing).
+    let git_ref = match check_inputs(&opts) {
+        Ok(r) => r,
+        Err((code, msg)) => return RunOutcome::refused(code, msg),
     };
+    let (mut job, run_dir) = match set_up(&opts, &redactor, &progress).await {
+        Ok(v) => v,
+        Err((code, msg)) => return RunOutcome::refused(code, msg),
+    };
+    progress.step(&format!(
+        "run of {} at {git_ref} as {} (work dir {})",
+        job.recipe,
+        job.domain,
+        run_dir.path.display()
+    ));
+    let outcome = tokio::select! {
+        r = job.execute() => r,
+        sig = cancel => {
+            progress.step(&format!("{sig} received: stopping and tearing down"));
+            Err(Stop::Infra(format!("interrupted by {sig}")))
+        }
+    };
+    let refusal = match outcome {
+        Ok(()) => None,
+        Err(Stop::BadInput(msg)) => Some((exit::BAD_INPUT, msg)),
+        Err(Stop::Infra(msg)) => {
+            job.record_infra_error(&msg);
+            None
+        }
+    };
+    job.finish(run_dir, refusal).await
+}
+
+/// A run refused before it started: the exit code and why.
+type Refusal = (i32, String);
+
+/// The ref to test, once the inputs are known to be sound; a refusal (exit 2) otherwise.
+fn check_inputs(opts: &RunOptions) -> Result<String, Refusal> {
+    let bad = |msg: String| (exit::BAD_INPUT, msg);
+    recipe::validate_source(&opts.recipe_source).map_err(|e| bad(e.to_string()))?;
+    let git_ref = opts.git_ref.clone().unwrap_or_else(|| "HEAD".into());
+    names::validate_ref(&git_ref).map_err(|e| bad(e.to_string()))?;
+    if let Some(b) = &opts.base {
+        names::validate_ref(b).map_err(|e| bad(format!("--base: {e}")))?;
+    }
+    Ok(git_ref)
+}
+
+/// The engine, abra, the report and run directories, and the job over them; a refusal (exit 3,
+/// or 2 for a report directory that cannot be made) when the host is not ready.
+async fn set_up(
+    opts: &RunOptions,
+    redactor: &Redactor,
+    progress: &Progress,
+) -> Result<(Job, RunDir), Refusal> {
+    let infra = |msg: String| (exit::INFRA, msg);
+    let engine = Engine::from_env()
+        .map_err(|e| infra(e.to_string()))?
+        .with_timeout(Duration::from_secs(opts.config.harness.engine_timeout_secs));
     match engine.check_swarm().await {
         Ok(Ok(())) => {}
-        Ok(Err(msg)) => return RunOutcome::refused(exit::INFRA, msg),
-        Err(e) => return RunOutcome::refused(exit::INFRA, e.to_string()),
+        Ok(Err(msg)) => return Err(infra(msg)),
+        Err(e) => return Err(infra(e.to_string())),
     }
-    let abra_bin = match crate::abra::resolve_binary(
-        opts.abra.as_deref(),
-        opts.config.harness.abra.as_deref(),
-    ) {
-        Ok(b) => b,
-        Err(e) => return RunOutcome::refused(exit::INFRA, e.to_string()),
-    };
-    if let Err(e) = std::fs::create_dir_all(&opts.report_dir) {
-        return RunOutcome::refused(
+    let abra_bin =
+        crate::abra::resolve_binary(opts.abra.as_deref(), opts.config.harness.abra.as_deref())
+            .map_err(|e| infra(e.to_string()))?;
+    std::fs::create_dir_all(&opts.report_dir).map_err(|e| {
+        (
             exit::BAD_INPUT,
             format!(
                 "cannot create report dir {}: {e}",
                 opts.report_dir.display()
             ),
-        );
-    }
-    if let Err(e) = output::check_writable(&opts.report_dir) {
-        return RunOutcome::refused(exit::INFRA, e);
-    }
+        )
+    })?;
+    output::check_writable(&opts.report_dir).map_err(infra)?;
     let h = &opts.config.harness;
+    // The recipe's name is `TYPE=` of its `.env.sample`, known once it is cloned; until then the
+    // repository's name stands in (it only prefixes the app domain).
+    let recipe = names::recipe_name_from_source(&opts.recipe_source).to_ascii_lowercase();
     let domain = names::app_domain(&recipe, &h.domain_suffix, rand::random::<u32>());
-    let work = work_dir(&opts.config);
-    let run_dir = match RunDir::create(&work, &domain) {
-        Ok(d) => d,
-        Err(e) => return RunOutcome::refused(exit::INFRA, e.to_string()),
-    };
+    let run_dir =
+        RunDir::create(&work_dir(&opts.config), &domain).map_err(|e| infra(e.to_string()))?;
     let abra = Abra::new(
         abra_bin,
         run_dir.abra_dir(),
@@ -196,17 +228,12 @@ where
         redactor.clone(),
     )
     .with_log(opts.report_dir.join(files::ABRA_LOG));
-    progress.step(&format!(
-        "run of {recipe} at {git_ref} as {domain} (work dir {})",
-        run_dir.path.display()
-    ));
-
-    let mut job = Job {
+    let job = Job {
         stack: names::stack_name(&domain),
-        domain: domain.clone(),
-        recipe: recipe.clone(),
+        domain,
+        recipe,
         opts: opts.clone(),
-        engine: engine.clone(),
+        engine,
         abra,
         progress: progress.clone(),
         redactor: redactor.clone(),
@@ -222,77 +249,74 @@ where
         abra_version: None,
         head_pull: None,
     };
+    Ok((job, run_dir))
+}
 
-    let outcome = tokio::select! {
-        r = job.execute() => r,
-        sig = cancel => {
-            progress.step(&format!("{sig} received: stopping and tearing down"));
-            Err(Stop::Infra(format!("interrupted by {sig}")))
+impl Job {
+    /// An infrastructure error stops the run: it is a note, and the error of the tier it hit
+    /// (or of the next tier, when it came between tiers).
+    fn record_infra_error(&mut self, msg: &str) {
+        self.notes.push(format!("infrastructure error: {msg}"));
+        if self.tiers.len() < self.opts.stages.len()
+            || self.tiers.iter().all(|t| t.verdict != Verdict::Error)
+        {
+            self.tiers.push(TierReport {
+                name: next_tier_name(self),
+                verdict: Verdict::Error,
+                duration_ms: 0,
+                checks: vec![CheckResult::generic("infrastructure", Verdict::Error, msg)],
+            });
         }
-    };
-    let refusal = match outcome {
-        Ok(()) => None,
-        Err(Stop::BadInput(msg)) => Some((exit::BAD_INPUT, msg)),
-        Err(Stop::Infra(msg)) => {
-            job.notes.push(format!("infrastructure error: {msg}"));
-            if job.tiers.len() < job.opts.stages.len()
-                || job.tiers.iter().all(|t| t.verdict != Verdict::Error)
-            {
-                job.tiers.push(TierReport {
-                    name: next_tier_name(&job),
-                    verdict: Verdict::Error,
-                    duration_ms: 0,
-                    checks: vec![CheckResult::generic("infrastructure", Verdict::Error, &msg)],
-                });
+    }
+
+    /// Teardown (always, unless a failed deployment is kept on request), then the reports and
+    /// the outcome. `refusal` is a run stopped by bad input: no report, its exit code.
+    async fn finish(mut self, run_dir: RunDir, refusal: Option<(i32, String)>) -> RunOutcome {
+        let provisional = RunReport::overall(&self.tiers, &TeardownReport::default());
+        let failed = refusal.is_none() && provisional != Verdict::Pass;
+        let mut write_errors = Vec::new();
+        if failed && let Err(e) = self.write_diagnostics().await {
+            write_errors.push(e);
+        }
+        let teardown = if failed && self.opts.keep_on_failure {
+            self.progress.step(&format!(
+                "keeping the failed deployment; remove it later with: cc-ci teardown {}",
+                self.domain
+            ));
+            std::mem::forget(run_dir);
+            TeardownReport {
+                verdict: None,
+                leftovers: vec![],
             }
-            None
-        }
-    };
-
-    // --- Teardown: always, unless a failed deployment is kept on request.
-    let provisional = RunReport::overall(&job.tiers, &TeardownReport::default());
-    let failed = refusal.is_none() && provisional != Verdict::Pass;
-    let mut write_errors = Vec::new();
-    if failed && let Err(e) = job.write_diagnostics().await {
-        write_errors.push(e);
-    }
-    let teardown = if failed && opts.keep_on_failure {
-        progress.step(&format!(
-            "keeping the failed deployment; remove it later with: cc-ci teardown {domain}"
-        ));
-        std::mem::forget(run_dir);
-        TeardownReport {
-            verdict: None,
-            leftovers: vec![],
-        }
-    } else {
-        progress.step("teardown");
-        job.teardown(run_dir).await
-    };
-    if let Some((code, msg)) = refusal {
-        return RunOutcome {
-            exit_code: code,
-            report: None,
-            message: Some(redactor.redact(&msg)),
+        } else {
+            self.progress.step("teardown");
+            self.teardown(run_dir).await
         };
-    }
-    let report = job.report(teardown);
-    print_table(&report, &redactor);
-    let written = write_reports(&opts.report_dir, &report, &redactor)
-        .and_then(|()| job.abra.log_error().map_or(Ok(()), Err));
-    if let Err(e) = written.and_then(|()| write_errors.into_iter().next().map_or(Ok(()), Err)) {
-        // A run whose report is missing must not look like a run that passed.
-        return RunOutcome {
-            exit_code: exit::INFRA,
-            report: None,
-            message: Some(redactor.redact(&e)),
-        };
-    }
-    let exit_code = exit_code(&report);
-    RunOutcome {
-        exit_code,
-        report: Some(report),
-        message: None,
+        let redactor = self.redactor.clone();
+        if let Some((code, msg)) = refusal {
+            return RunOutcome {
+                exit_code: code,
+                report: None,
+                message: Some(redactor.redact(&msg)),
+            };
+        }
+        let report = self.report(teardown);
+        print_table(&report, &redactor);
+        let written = write_reports(&self.opts.report_dir, &report, &redactor)
+            .and_then(|()| self.abra.log_error().map_or(Ok(()), Err));
+        if let Err(e) = written.and_then(|()| write_errors.into_iter().next().map_or(Ok(()), Err)) {
+            // A run whose report is missing must not look like a run that passed.
+            return RunOutcome {
+                exit_code: exit::INFRA,
+                report: None,
+                message: Some(redactor.redact(&e)),
+            };
+        }
+        RunOutcome {
+            exit_code: exit_code(&report),
+            report: Some(report),
+            message: None,
+        }
     }
 }
 
