@@ -259,7 +259,7 @@ fn compose_files(env_text: &str, checkout: &Path) -> Result<Vec<PathBuf>> {
 /// Service names a compose file declares; a file that is not valid YAML is an error naming it.
 fn service_names(file: &Path) -> Result<Vec<String>> {
     let text = state::read(file)?;
-    let doc: serde_yaml::Value = serde_yaml::from_str(&text)
+    let doc: serde_norway::Value = serde_norway::from_str(&text)
         .with_context(|| format!("{} is not valid YAML", file.display()))?;
     Ok(doc
         .get("services")
@@ -293,11 +293,11 @@ fn interpolation_env(
 /// declares the same, so the files merge as the recipe's own do.
 fn compose_version(file: &Path) -> Result<Option<String>> {
     let text = state::read(file)?;
-    let doc: serde_yaml::Value = serde_yaml::from_str(&text)
+    let doc: serde_norway::Value = serde_norway::from_str(&text)
         .with_context(|| format!("{} is not valid YAML", file.display()))?;
     Ok(match doc.get("version") {
-        Some(serde_yaml::Value::String(v)) => Some(v.clone()),
-        Some(serde_yaml::Value::Number(n)) => Some(n.to_string()),
+        Some(serde_norway::Value::String(v)) => Some(v.clone()),
+        Some(serde_norway::Value::Number(n)) => Some(n.to_string()),
         _ => None,
     })
 }
@@ -333,7 +333,7 @@ fn check_domain(domain: &str) -> Result<()> {
 fn labels_yaml(compose_version: Option<&str>, labels: &BTreeMap<String, String>) -> Result<String> {
     let scalar = |s: &str| -> Result<String> {
         Ok(
-            serde_yaml::to_string(&serde_yaml::Value::String(s.to_string()))
+            serde_norway::to_string(&serde_norway::Value::String(s.to_string()))
                 .context("cannot render the labels file")?
                 .trim_end()
                 .to_string(),
@@ -558,13 +558,13 @@ mod tests {
         l.insert("coop-cloud.s.version".to_string(), "1.0.0+1.0".to_string());
         l.insert("coop-cloud.s.chaos".to_string(), "false".to_string());
         let y = labels_yaml(Some("3.13"), &l).unwrap();
-        let doc: serde_yaml::Value = serde_yaml::from_str(&y).unwrap();
+        let doc: serde_norway::Value = serde_norway::from_str(&y).unwrap();
         let labels = &doc["services"]["app"]["deploy"]["labels"];
         assert_eq!(labels["coop-cloud.s.version"].as_str(), Some("1.0.0+1.0"));
         assert_eq!(labels["coop-cloud.s.chaos"].as_str(), Some("false"));
         assert_eq!(doc["version"].as_str(), Some("3.13"));
-        let none: serde_yaml::Value =
-            serde_yaml::from_str(&labels_yaml(None, &l).unwrap()).unwrap();
+        let none: serde_norway::Value =
+            serde_norway::from_str(&labels_yaml(None, &l).unwrap()).unwrap();
         assert!(none.get("version").is_none());
     }
 

@@ -207,7 +207,8 @@ impl Suite {
         tweak(&mut config);
         let config_path = dir.path().join("config.toml");
         std::fs::write(&config_path, toml::to_string(&config).unwrap()).unwrap();
-        let engine = Engine::from_env().expect("the Docker engine (run scripts/setup-swarm)");
+        let engine = Engine::connect(std::env::var("DOCKER_HOST").ok().as_deref())
+            .expect("the Docker engine (run scripts/setup-swarm)");
         Suite {
             dir,
             suffix,

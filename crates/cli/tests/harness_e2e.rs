@@ -5,27 +5,19 @@
 //! `.ci/run` and the README's test command do both. The cases are independent and mostly wait
 //! on the swarm, so run them with many test threads (`-- --test-threads 16`).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 
 use serde_json::Value;
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+use cc_ci_testkit::repo_root;
 
 fn cc_ci() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_cc-ci"))
 }
 
 fn standin() -> PathBuf {
-    let p = cc_ci().with_file_name("abra-standin");
-    assert!(
-        p.is_file(),
-        "{} is missing: run `cargo build -p abra-standin` first (the README's test command does)",
-        p.display()
-    );
-    p
+    cc_ci_testkit::standin_beside(&cc_ci())
 }
 
 /// A fixture recipe built as a git repository in a temporary directory.

@@ -28,22 +28,14 @@ use std::time::{Duration, Instant};
 use cc_ci_harness::config::Config;
 use common::{Env, SECRET, SHA, TOKEN, comment, eventually, read};
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+use cc_ci_testkit::repo_root;
 
 fn cc_ci() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_cc-ci"))
 }
 
 fn standin() -> PathBuf {
-    let p = cc_ci().with_file_name("abra-standin");
-    assert!(
-        p.is_file(),
-        "{} is missing: run `cargo build -p abra-standin` first (the README's test command does)",
-        p.display()
-    );
-    p
+    cc_ci_testkit::standin_beside(&cc_ci())
 }
 
 fn sh(script: &str) -> String {

@@ -319,7 +319,13 @@ impl Daemon {
         // The host checks of `cc-ci doctor`, logged when they fail (the daemon starts anyway).
         let doctor_config = shared.config.clone();
         tasks.push(tokio::spawn(async move {
-            for c in cc_ci_harness::doctor::run(&doctor_config, None).await {
+            for c in cc_ci_harness::doctor::run(
+                &doctor_config,
+                None,
+                &cc_ci_harness::hostenv::HostEnv::from_process(),
+            )
+            .await
+            {
                 if !c.ok {
                     tracing::warn!(check = %c.name, "host check failed: {}", c.line());
                 }

@@ -17,9 +17,6 @@ pub mod spelling {
     pub const NO_DOMAIN_CHECKS: &str = "--no-domain-checks";
     pub const NO_CONVERGE_CHECKS: &str = "--no-converge-checks";
     pub const SECRET_INSERT: &[&str] = &["app", "secret", "insert"];
-    pub const SECRET_RM_ALL: &[&str] = &["app", "secret", "rm", "--all"];
-    pub const VOLUME_RM: &[&str] = &["app", "volume", "rm", "--force"];
-    pub const APP_RM: &[&str] = &["app", "rm", "--force"];
     pub const BACKUP_CREATE: &[&str] = &["app", "backup", "create"];
     pub const BACKUP_LIST: &[&str] = &["app", "backup", "list"];
     pub const BACKUP_LS: &[&str] = &["app", "backup", "ls"];
@@ -95,11 +92,14 @@ pub struct Abra {
 }
 
 /// Resolves which abra to run: the flag, then `CC_CI_ABRA`, then the config, then `abra` on PATH.
-pub fn resolve_binary(flag: Option<&str>, config: Option<&str>) -> Result<PathBuf, AbraError> {
-    let env = std::env::var("CC_CI_ABRA").ok().filter(|s| !s.is_empty());
+pub fn resolve_binary(
+    flag: Option<&str>,
+    config: Option<&str>,
+    host: &crate::hostenv::HostEnv,
+) -> Result<PathBuf, AbraError> {
     let chosen = flag
         .map(String::from)
-        .or(env)
+        .or_else(|| host.abra.clone())
         .or_else(|| config.map(String::from))
         .unwrap_or_else(|| "abra".into());
     if chosen.contains('/') {
@@ -110,7 +110,7 @@ pub fn resolve_binary(flag: Option<&str>, config: Option<&str>) -> Result<PathBu
             Err(AbraError::NotFound(chosen))
         };
     }
-    std::env::var_os("PATH")
+    host.path
         .iter()
         .flat_map(std::env::split_paths)
         .map(|dir| dir.join(&chosen))
@@ -329,15 +329,6 @@ impl Abra {
         self.run(&args).await
     }
 
-    pub async fn secret_rm_all(&self, domain: &str) -> Result<AbraOutput, AbraError> {
-        self.run_spelled(spelling::SECRET_RM_ALL, &[domain]).await
-    }
-    pub async fn volume_rm(&self, domain: &str) -> Result<AbraOutput, AbraError> {
-        self.run_spelled(spelling::VOLUME_RM, &[domain]).await
-    }
-    pub async fn app_rm(&self, domain: &str) -> Result<AbraOutput, AbraError> {
-        self.run_spelled(spelling::APP_RM, &[domain]).await
-    }
     pub async fn backup_create(&self, domain: &str) -> Result<AbraOutput, AbraError> {
         self.run_spelled(spelling::BACKUP_CREATE, &[domain]).await
     }
@@ -542,10 +533,10 @@ mod tests {
     #[test]
     fn resolves_binary_from_flag_or_fails_clearly() {
         assert_eq!(
-            resolve_binary(Some("/bin/sh"), None).unwrap(),
+            resolve_binary(Some("/bin/sh"), None, &Default::default()).unwrap(),
             PathBuf::from("/bin/sh")
         );
-        let err = resolve_binary(Some("/nonexistent/abra"), None)
+        let err = resolve_binary(Some("/nonexistent/abra"), None, &Default::default())
             .unwrap_err()
             .to_string();
         assert!(err.contains("--abra"), "{err}");

@@ -8,7 +8,7 @@ use crate::abra::{self, Abra, spelling};
 use crate::backupbot_label::{BACKUPBOT_HOW_TO, backupbot_label};
 use crate::config::Config;
 use crate::engine::{Engine, registry_of};
-use crate::lifecycle::work_dir;
+use crate::hostenv::{HostEnv, work_dir};
 use crate::redact::Redactor;
 
 /// One check's outcome.
@@ -66,18 +66,6 @@ pub fn spellings_in_use() -> Vec<(Vec<&'static str>, Vec<&'static str>)> {
         ),
         (vec!["app", "undeploy"], vec![]),
         (spelling::SECRET_INSERT.to_vec(), vec![]),
-        (
-            spelling::SECRET_RM_ALL[..3].to_vec(),
-            spelling::SECRET_RM_ALL[3..].to_vec(),
-        ),
-        (
-            spelling::VOLUME_RM[..3].to_vec(),
-            spelling::VOLUME_RM[3..].to_vec(),
-        ),
-        (
-            spelling::APP_RM[..2].to_vec(),
-            spelling::APP_RM[2..].to_vec(),
-        ),
         (spelling::BACKUP_CREATE.to_vec(), vec![]),
         (spelling::BACKUP_LIST.to_vec(), vec![]),
         (
@@ -89,10 +77,10 @@ pub fn spellings_in_use() -> Vec<(Vec<&'static str>, Vec<&'static str>)> {
 }
 
 /// Runs every check. `abra_flag` is `--abra` (it wins over `CC_CI_ABRA` and the config).
-pub async fn run(config: &Config, abra_flag: Option<&str>) -> Vec<Check> {
-    let (engine, mut out) = engine_check().await;
+pub async fn run(config: &Config, abra_flag: Option<&str>, host: &HostEnv) -> Vec<Check> {
+    let (engine, mut out) = engine_check(host).await;
     match &engine {
-        Some(e) => out.extend(swarm_checks(e).await),
+        Some(e) => out.extend(swarm_checks(e, host).await),
         None => out.push(Check::fail(
             "proxy network, backup-bot-two, registries",
             "not checked: the engine does not answer",
@@ -110,7 +98,7 @@ pub async fn run(config: &Config, abra_flag: Option<&str>) -> Vec<Check> {
             "mount devpts (/dev/pts) and allow /dev/ptmx, e.g. PrivateDevices=no",
         ),
     });
-    let work = work_dir(config);
+    let work = work_dir(config, host);
     out.push(match writable(&work) {
         Ok(()) => Check::pass("work directory", format!("{} is writable", work.display())),
         Err(why) => Check::fail(
@@ -119,13 +107,13 @@ pub async fn run(config: &Config, abra_flag: Option<&str>) -> Vec<Check> {
             "create it writable for cc-ci's user, or set harness.work_dir",
         ),
     });
-    out.extend(abra_checks(config, abra_flag, &work).await);
+    out.extend(abra_checks(config, abra_flag, &work, host).await);
     out
 }
 
 /// The engine answers and is a swarm manager: the engine when it is, and the check.
-async fn engine_check() -> (Option<Engine>, Vec<Check>) {
-    let e = match Engine::from_env() {
+async fn engine_check(host: &HostEnv) -> (Option<Engine>, Vec<Check>) {
+    let e = match Engine::connect(host.docker_host.as_deref()) {
         Ok(e) => e,
         Err(err) => {
             let check = Check::fail(
@@ -164,7 +152,7 @@ async fn engine_check() -> (Option<Engine>, Vec<Check>) {
 }
 
 /// What the swarm must provide: the `proxy` network, backup-bot-two, reachable registries.
-async fn swarm_checks(e: &Engine) -> Vec<Check> {
+async fn swarm_checks(e: &Engine, host: &HostEnv) -> Vec<Check> {
     let mut out = Vec::new();
     out.push(match e.network_driver("proxy").await {
         Ok(Some((driver, scope))) if driver == "overlay" && scope == "swarm" => {
@@ -182,7 +170,7 @@ async fn swarm_checks(e: &Engine) -> Vec<Check> {
         ),
         Err(err) => Check::fail("proxy network", err.to_string(), "check dockerd"),
     });
-    let (key, value) = backupbot_label();
+    let (key, value) = backupbot_label(host.backupbot_label.as_deref());
     out.push(match e.running_services_labelled(&key, &value).await {
         Ok(s) if !s.is_empty() => {
             Check::pass("backup-bot-two", format!("running: {}", s.join(", ")))
@@ -219,9 +207,14 @@ async fn swarm_checks(e: &Engine) -> Vec<Check> {
     out
 }
 
-async fn abra_checks(config: &Config, flag: Option<&str>, work: &Path) -> Vec<Check> {
+async fn abra_checks(
+    config: &Config,
+    flag: Option<&str>,
+    work: &Path,
+    host: &HostEnv,
+) -> Vec<Check> {
     let mut out = Vec::new();
-    let bin = match abra::resolve_binary(flag, config.harness.abra.as_deref()) {
+    let bin = match abra::resolve_binary(flag, config.harness.abra.as_deref(), host) {
         Ok(b) => b,
         Err(e) => {
             out.push(Check::fail(

@@ -13,6 +13,7 @@ pub mod config;
 pub mod contract;
 pub mod doctor;
 pub mod engine;
+pub mod hostenv;
 pub mod lifecycle;
 pub mod listen;
 pub mod names;

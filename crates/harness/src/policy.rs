@@ -12,7 +12,7 @@
 
 use std::collections::BTreeSet;
 
-use serde_yaml::Value;
+use serde_norway::Value;
 
 /// Every rule the policy enforces, with what it protects against. Names are what operators
 /// list in `harness.compose_allow`.
@@ -135,7 +135,7 @@ pub fn check_compose(
 type Push<'a> = dyn FnMut(String, String, &'static str, String) + 'a;
 
 fn check_services(
-    services: &serde_yaml::Mapping,
+    services: &serde_norway::Mapping,
     push: &mut Push,
     file_check: &dyn Fn(&str) -> Result<(), String>,
 ) {
@@ -157,7 +157,7 @@ fn check_services(
     }
 }
 
-fn check_volumes(vols: &serde_yaml::Mapping, push: &mut Push) {
+fn check_volumes(vols: &serde_norway::Mapping, push: &mut Push) {
     for (name, v) in vols {
         let name = scalar(name);
         let place = format!("volumes `{name}`");
@@ -189,7 +189,7 @@ fn check_volumes(vols: &serde_yaml::Mapping, push: &mut Push) {
     }
 }
 
-fn check_networks(nets: &serde_yaml::Mapping, push: &mut Push) {
+fn check_networks(nets: &serde_norway::Mapping, push: &mut Push) {
     for (name, v) in nets {
         let key_name = scalar(name);
         let Some(v) = v.as_mapping() else { continue };
@@ -219,7 +219,7 @@ fn check_networks(nets: &serde_yaml::Mapping, push: &mut Push) {
 
 fn check_objects(
     section: &str,
-    objs: &serde_yaml::Mapping,
+    objs: &serde_norway::Mapping,
     push: &mut Push,
     file_check: &dyn Fn(&str) -> Result<(), String>,
 ) {
@@ -248,7 +248,7 @@ fn check_objects(
 /// stack's name, or `external` without one (its real name is then the key itself).
 fn foreign(
     place: &str,
-    v: &serde_yaml::Mapping,
+    v: &serde_norway::Mapping,
     external_ok_with_stack_name: bool,
     push: &mut Push,
 ) {
@@ -470,7 +470,7 @@ fn scalar(v: &Value) -> String {
         Value::Bool(b) => b.to_string(),
         Value::Number(n) => n.to_string(),
         Value::Null => String::new(),
-        other => serde_yaml::to_string(other)
+        other => serde_norway::to_string(other)
             .unwrap_or_default()
             .trim()
             .to_string(),
@@ -540,7 +540,7 @@ mod tests {
     }
 
     fn judge_allowing(yaml: &str, allow: &[&str]) -> Verdict {
-        let doc: Value = serde_yaml::from_str(yaml).unwrap();
+        let doc: Value = serde_norway::from_str(yaml).unwrap();
         let allowed = allow.iter().map(|s| s.to_string()).collect();
         let check = |p: &str| {
             if p.starts_with('/') || p.contains("..") {

@@ -60,8 +60,12 @@ impl Redactor {
     /// files the config names. A run never needs them, but a recipe can echo whatever reaches
     /// it, and every file a run writes is served to the pull request. Unreadable files teach
     /// nothing (the daemon refuses to start without them; a run by hand may not have them).
-    pub fn learn_forge_secrets(&self, forge: &crate::config::ForgeConfig) {
-        let creds = std::env::var_os("CREDENTIALS_DIRECTORY").map(std::path::PathBuf::from);
+    pub fn learn_forge_secrets(
+        &self,
+        forge: &crate::config::ForgeConfig,
+        credentials_directory: Option<&std::path::Path>,
+    ) {
+        let creds = credentials_directory;
         let mut files: Vec<std::path::PathBuf> = Vec::new();
         if let Some(d) = &creds {
             files.push(d.join(FORGE_TOKEN_CREDENTIAL));
@@ -181,17 +185,20 @@ mod tests {
             ..Default::default()
         };
         let r = Redactor::new();
-        r.learn_forge_secrets(&forge);
+        r.learn_forge_secrets(&forge, None);
         assert_eq!(
             r.redact("a tok-3f9a8b7c6d b hook-secret-xyz"),
             format!("a {MASK} b {MASK}")
         );
         // Missing files teach nothing and do not fail.
         let r = Redactor::new();
-        r.learn_forge_secrets(&crate::config::ForgeConfig {
-            token_file: Some(d.path().join("missing")),
-            ..Default::default()
-        });
+        r.learn_forge_secrets(
+            &crate::config::ForgeConfig {
+                token_file: Some(d.path().join("missing")),
+                ..Default::default()
+            },
+            None,
+        );
         assert!(r.is_empty());
     }
 

@@ -177,7 +177,7 @@ impl Job {
     /// Is a backup-bot-two service running on the swarm? `Err` carries the message for the
     /// backup and restore tiers.
     pub(super) async fn backupbot_present(&self) -> Result<Result<(), String>, Stop> {
-        let (key, value) = backupbot_label();
+        let (key, value) = backupbot_label(self.opts.host.backupbot_label.as_deref());
         let found = self.engine.running_services_labelled(&key, &value).await?;
         Ok(if found.is_empty() {
             Err(format!(
@@ -189,13 +189,10 @@ impl Job {
     }
 }
 
-/// `CC_CI_NO_PREPULL=1` turns the pre-pull off, only so that bench/prepull can measure what it
-/// saves; a run without it lets the convergence wait include the swarm's own pull.
-const NO_PREPULL_ENV: &str = "CC_CI_NO_PREPULL";
-
-/// Pulls every image, all at once; the failures, each naming image and registry.
-pub(super) async fn pull_all(engine: Engine, images: Vec<String>) -> Vec<PullError> {
-    if std::env::var_os(NO_PREPULL_ENV).is_some_and(|v| v == "1") {
+/// Pulls every image, all at once; the failures, each naming image and registry. Nothing when
+/// the pre-pull is turned off (`CC_CI_NO_PREPULL=1`, for bench/prepull only).
+pub(super) async fn pull_all(engine: Engine, images: Vec<String>, off: bool) -> Vec<PullError> {
+    if off {
         return Vec::new();
     }
     let pulls = images.into_iter().map(|i| {

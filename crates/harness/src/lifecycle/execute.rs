@@ -240,12 +240,14 @@ impl Job {
         let images = self.images_of(checkout);
         self.progress
             .step(&format!("install: pulling {} image(s)", images.len()));
-        let failed = super::appcfg::pull_all(self.engine.clone(), images).await;
+        let failed =
+            super::appcfg::pull_all(self.engine.clone(), images, self.opts.host.no_prepull).await;
         // The head's pull runs while the install tier does.
         if !head_images.is_empty() {
             self.head_pull = Some(tokio::spawn(super::appcfg::pull_all(
                 self.engine.clone(),
                 head_images,
+                self.opts.host.no_prepull,
             )));
         }
         self.progress.step(&format!(

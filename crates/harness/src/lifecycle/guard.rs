@@ -85,7 +85,7 @@ impl Job {
             let Some(text) = checkout.read_file(&file).map_err(|e| bad(e.to_string()))? else {
                 continue;
             };
-            let doc: serde_yaml::Value = serde_yaml::from_str(&text)
+            let doc: serde_norway::Value = serde_norway::from_str(&text)
                 .map_err(|e| bad(format!("{file}: not valid YAML: {e}")))?;
             let verdict = policy::check_compose(&file, &doc, &allowed, &file_check);
             if let Some(v) = verdict.refused.first() {

@@ -22,7 +22,7 @@ impl Job {
         if keys.is_empty() {
             return Ok(());
         }
-        let work = work_dir(&self.opts.config);
+        let work = work_dir(&self.opts.config, &self.opts.host);
         let h = &self.opts.config.harness;
         let wanted = keys
             .iter()

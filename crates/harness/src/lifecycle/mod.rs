@@ -12,6 +12,7 @@ use crate::abra::{Abra, AbraError};
 use crate::config::Config;
 use crate::contract::files;
 use crate::engine::{Engine, EngineError};
+use crate::hostenv::HostEnv;
 use crate::names;
 use crate::overlay::Overlay;
 use crate::recipe;
@@ -35,6 +36,7 @@ mod upgrade;
 use output::{print_table, write_reports};
 
 pub use crate::contract::{Stage, exit};
+pub use crate::hostenv::work_dir;
 pub use backup_labels::{backup_selection, unknown_backup_volumes};
 
 /// Everything `cc-ci run` was asked to do.
@@ -51,6 +53,8 @@ pub struct RunOptions {
     pub base: Option<String>,
     /// The folder of overlays shipped with cc-ci (searched before the operator's).
     pub shipped_overlays: Option<PathBuf>,
+    /// The process environment, read by the caller.
+    pub host: HostEnv,
 }
 
 #[derive(Debug)]
@@ -69,31 +73,6 @@ impl RunOutcome {
             message: Some(message.into()),
         }
     }
-}
-
-/// Where per-run state lives: config, then `CC_CI_WORK_DIR`, then systemd's state directory,
-/// then the user's cache.
-pub fn work_dir(config: &Config) -> PathBuf {
-    if let Some(d) = &config.harness.work_dir {
-        return d.clone();
-    }
-    if let Some(d) = std::env::var_os("CC_CI_WORK_DIR").filter(|d| !d.is_empty()) {
-        return d.into();
-    }
-    if let Some(d) = std::env::var_os("STATE_DIRECTORY").filter(|d| !d.is_empty()) {
-        // systemd may pass several, colon-separated; the first is ours.
-        let first = d
-            .to_string_lossy()
-            .split(':')
-            .next()
-            .unwrap_or_default()
-            .to_string();
-        return PathBuf::from(first).join("work");
-    }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| "/tmp".into());
-    home.join(".cache/cc-ci")
 }
 
 /// Progress lines on stderr: one per step, with the time since the run started.
@@ -134,8 +113,11 @@ where
     C: std::future::Future<Output = &'static str>,
 {
     let redactor = Redactor::new();
-    redactor.learn_forge_secrets(&opts.config.forge);
-    redactor.learn_from_fd(std::env::var(crate::redact::SECRETS_FD_ENV).ok().as_deref());
+    redactor.learn_forge_secrets(
+        &opts.config.forge,
+        opts.host.credentials_directory.as_deref(),
+    );
+    redactor.learn_from_fd(opts.host.secrets_fd.as_deref());
     let progress = Progress::new(redactor.clone());
     // Everything checked before anything is created (exit 2 changes nothing).
     let git_ref = match check_inputs(&opts) {
@@ -193,7 +175,7 @@ async fn set_up(
     progress: &Progress,
 ) -> Result<(Job, RunDir), Refusal> {
     let infra = |msg: String| (exit::INFRA, msg);
-    let engine = Engine::from_env()
+    let engine = Engine::connect(opts.host.docker_host.as_deref())
         .map_err(|e| infra(e.to_string()))?
         .with_timeout(Duration::from_secs(opts.config.harness.engine_timeout_secs));
     match engine.check_swarm().await {
@@ -201,9 +183,12 @@ async fn set_up(
         Ok(Err(msg)) => return Err(infra(msg)),
         Err(e) => return Err(infra(e.to_string())),
     }
-    let abra_bin =
-        crate::abra::resolve_binary(opts.abra.as_deref(), opts.config.harness.abra.as_deref())
-            .map_err(|e| infra(e.to_string()))?;
+    let abra_bin = crate::abra::resolve_binary(
+        opts.abra.as_deref(),
+        opts.config.harness.abra.as_deref(),
+        &opts.host,
+    )
+    .map_err(|e| infra(e.to_string()))?;
     std::fs::create_dir_all(&opts.report_dir).map_err(|e| {
         (
             exit::BAD_INPUT,
@@ -219,8 +204,8 @@ async fn set_up(
     // repository's name stands in (it only prefixes the app domain).
     let recipe = names::recipe_name_from_source(&opts.recipe_source).to_ascii_lowercase();
     let domain = names::app_domain(&recipe, &h.domain_suffix, rand::random::<u32>());
-    let run_dir =
-        RunDir::create(&work_dir(&opts.config), &domain).map_err(|e| infra(e.to_string()))?;
+    let run_dir = RunDir::create(&work_dir(&opts.config, &opts.host), &domain)
+        .map_err(|e| infra(e.to_string()))?;
     let abra = Abra::new(
         abra_bin,
         run_dir.abra_dir(),
