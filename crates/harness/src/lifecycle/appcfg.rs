@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{Job, Stop, abra_infra, first_line};
+use super::job::{Job, Stop, abra_infra, first_line};
 use crate::abra::AbraError;
 use crate::appconfig::parse_env;
 use crate::appconfig::{self, SecretSpec};

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::backup_labels::{backup_labels_review, backup_selection, unknown_backup_volumes};
 use super::data::{CANARY_FILE, mount_of};
-use super::{Job, Stop, tail};
+use super::job::{Job, Stop, tail};
 use crate::checks::StackSnapshot;
 use crate::contract::Stage;
 use crate::report::{CheckResult, Verdict};

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::backup_labels::backup_selection;
-use super::{Job, Stop};
+use super::job::{Job, Stop};
 use crate::checks::StackSnapshot;
 use crate::contract::Stage;
 use crate::overlay::{self, CheckKind};

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use super::{Job, Stop, Target, abra_failure, abra_infra};
+use super::job::{Job, Stop, Target, abra_failure, abra_infra};
 use crate::abra::{AbraError, AbraOutput};
 use crate::checks::{self, Convergence, Expected};
 use crate::engine::EngineError;

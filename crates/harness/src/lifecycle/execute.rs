@@ -4,9 +4,9 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use super::job::{Job, Stop, Target, abra_infra, pull_failed};
 use super::output::write_json;
 use super::plan::{self, Decision, Facts};
-use super::{Job, Stop, Target, abra_infra, pull_failed};
 use crate::contract::{Stage, files, short_sha};
 use crate::overlay;
 use crate::recipe::{self, Checkout, PublishedPort};

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use super::{Job, Stop};
+use super::job::{Job, Stop};
 use crate::policy;
 use crate::recipe::{self, Checkout};
 use crate::safefs;

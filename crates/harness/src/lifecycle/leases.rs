@@ -4,9 +4,10 @@
 
 use std::time::{Duration, Instant};
 
+use super::job::{Job, Stop};
 use super::output::write_json;
-use super::{Job, Stop, work_dir};
 use crate::contract::files;
+use crate::hostenv::work_dir;
 use crate::names;
 use crate::ports;
 use crate::recipe::PublishedPort;

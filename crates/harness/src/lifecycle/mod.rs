@@ -5,20 +5,17 @@
 //! backup and restore then run on the head. Without `upgrade` the fresh deploy is the head.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::abra::{Abra, AbraError};
-use crate::config::Config;
+use crate::abra::Abra;
 use crate::contract::files;
-use crate::engine::{Engine, EngineError};
-use crate::hostenv::HostEnv;
+use crate::engine::Engine;
 use crate::names;
 use crate::overlay::Overlay;
 use crate::recipe;
 use crate::redact::Redactor;
 use crate::report::{CheckResult, RunReport, TeardownReport, TierReport, Verdict};
-use crate::teardown::{self, RunDir};
+use crate::teardown::RunDir;
 
 mod appcfg;
 mod backup;
@@ -27,35 +24,20 @@ mod data;
 mod deploy;
 mod execute;
 mod guard;
+mod job;
 mod leases;
 mod output;
 pub mod plan;
 mod restore;
 mod upgrade;
 
+use job::{Job, Stop};
 use output::{print_table, write_reports};
 
 pub use crate::contract::{Stage, exit};
 pub use crate::hostenv::work_dir;
 pub use backup_labels::{backup_selection, unknown_backup_volumes};
-
-/// Everything `cc-ci run` was asked to do.
-#[derive(Debug, Clone)]
-pub struct RunOptions {
-    pub recipe_source: String,
-    pub git_ref: Option<String>,
-    pub stages: Vec<Stage>,
-    pub report_dir: PathBuf,
-    pub abra: Option<String>,
-    pub config: Config,
-    pub keep_on_failure: bool,
-    pub skip_generic: bool,
-    pub base: Option<String>,
-    /// The folder of overlays shipped with cc-ci (searched before the operator's).
-    pub shipped_overlays: Option<PathBuf>,
-    /// The process environment, read by the caller.
-    pub host: HostEnv,
-}
+pub use job::{Progress, RunOptions};
 
 #[derive(Debug)]
 pub struct RunOutcome {
@@ -71,37 +53,6 @@ impl RunOutcome {
             exit_code: code,
             report: None,
             message: Some(message.into()),
-        }
-    }
-}
-
-/// Progress lines on stderr: one per step, with the time since the run started.
-#[derive(Clone)]
-pub struct Progress {
-    start: Instant,
-    redactor: Redactor,
-    quiet: bool,
-}
-
-impl Progress {
-    pub fn new(redactor: Redactor) -> Self {
-        Self {
-            start: Instant::now(),
-            redactor,
-            quiet: false,
-        }
-    }
-    pub fn quiet(mut self) -> Self {
-        self.quiet = true;
-        self
-    }
-    pub fn step(&self, msg: &str) {
-        if !self.quiet {
-            eprintln!(
-                "[{:>7.1}s] {}",
-                self.start.elapsed().as_secs_f64(),
-                self.redactor.redact(msg)
-            );
         }
     }
 }
@@ -341,202 +292,11 @@ fn next_tier_name(job: &Job) -> String {
         .unwrap_or_else(|| "run".into())
 }
 
-/// Why a run stopped early.
-enum Stop {
-    /// Exit 2: nothing was deployed.
-    BadInput(String),
-    /// Exit 3: the engine, abra or git went away.
-    Infra(String),
-}
-
-impl From<EngineError> for Stop {
-    fn from(e: EngineError) -> Self {
-        Stop::Infra(e.to_string())
-    }
-}
-
-struct Job {
-    stack: String,
-    domain: String,
-    recipe: String,
-    opts: RunOptions,
-    engine: Engine,
-    abra: Abra,
-    progress: Progress,
-    redactor: Redactor,
-    head_sha: String,
-    base: Option<String>,
-    deploy_count: u32,
-    tiers: Vec<TierReport>,
-    notes: Vec<String>,
-    /// Canary values per volume (full volume name → value) last written.
-    canaries: BTreeMap<String, String>,
-    overlay: Overlay,
-    /// Canary values as they were at backup time.
-    backed_up: BTreeMap<String, String>,
-    /// Host ports this run's deployment publishes, leased until the run ends (after teardown).
-    port_lease: Option<crate::ports::PortLease>,
-    /// What `abra --version` said.
-    abra_version: Option<String>,
-    /// The pull of the head's images, started while the install tier runs.
-    head_pull: Option<tokio::task::JoinHandle<Vec<crate::engine::PullError>>>,
-}
-
-impl Job {
-    fn wants(&self, s: Stage) -> bool {
-        self.opts.stages.contains(&s)
-    }
-
-    fn generic_enabled(&self) -> bool {
-        !(self.opts.skip_generic || self.opts.config.harness.skip_generic.contains(&self.recipe))
-    }
-
-    async fn teardown(&mut self, run_dir: RunDir) -> TeardownReport {
-        // abra first (it may clean more than the engine knows about), then the engine makes sure.
-        // An engine that does not answer would only make abra wait for its own deadline, and
-        // every removal wait for the engine's.
-        let result = match self.engine.check_swarm().await {
-            Err(e) if e.is_hung() => Err(teardown::TeardownError::Engine(e)),
-            answered => {
-                if answered.is_ok() {
-                    let _ = self.abra.undeploy(&self.domain).await;
-                }
-                let timeout =
-                    Duration::from_secs(self.opts.config.harness.converge_timeout_secs.max(60));
-                teardown::teardown_stack(&self.engine, &self.stack, timeout).await
-            }
-        };
-        let report = match result {
-            Ok(left) if left.is_empty() => TeardownReport {
-                verdict: Some(Verdict::Pass),
-                leftovers: vec![],
-            },
-            Ok(left) => TeardownReport {
-                verdict: Some(Verdict::Error),
-                leftovers: left,
-            },
-            Err(e) => TeardownReport {
-                verdict: Some(Verdict::Error),
-                leftovers: vec![format!(
-                    "teardown failed: {e} (run `cc-ci gc` once the engine is back)"
-                )],
-            },
-        };
-        if report.leftovers.is_empty() {
-            let path = run_dir.path.clone();
-            drop(run_dir);
-            let _ = std::fs::remove_dir_all(&path);
-        }
-        self.progress.step(&format!(
-            "teardown: {}",
-            if report.leftovers.is_empty() {
-                "nothing left".to_string()
-            } else {
-                format!("left {}", report.leftovers.join(", "))
-            }
-        ));
-        report
-    }
-
-    fn report(&self, teardown: TeardownReport) -> RunReport {
-        RunReport {
-            recipe: self.recipe.clone(),
-            git_ref: self.opts.git_ref.clone().unwrap_or_else(|| "HEAD".into()),
-            head_sha: self.head_sha.clone(),
-            base_version: self.base.clone(),
-            app_domain: self.domain.clone(),
-            verdict: RunReport::overall(&self.tiers, &teardown),
-            deploy_count: self.deploy_count,
-            tiers: self.tiers.clone(),
-            teardown,
-            notes: self.notes.clone(),
-            abra_version: self.abra_version.clone(),
-        }
-    }
-}
-
-enum Target {
-    Release(String),
-    Head,
-}
-
-/// The check for pulls that failed, each naming image and registry.
-fn pull_failed(failed: &[crate::engine::PullError]) -> CheckResult {
-    CheckResult::generic(
-        "pull",
-        Verdict::Fail,
-        failed
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("; "),
-    )
-}
-
-fn abra_infra(e: AbraError) -> Stop {
-    Stop::Infra(e.to_string())
-}
-
-impl Job {
-    /// After abra failed: when the engine does not answer now, the failure is the
-    /// infrastructure's (dockerd restarting, bench/drill-dockerd-restart), not the recipe's.
-    async fn engine_lost(&self, e: &AbraError) -> Option<Stop> {
-        match self.engine.check_swarm().await {
-            Err(err) if err.is_unreachable() => Some(Stop::Infra(format!(
-                "{} while the Docker engine was unreachable: {err}",
-                first_line(&e.to_string())
-            ))),
-            _ => None,
-        }
-    }
-
-    /// The check for one abra step of a tier: pass (with `detail` of abra's output) or fail
-    /// with abra's last lines. abra missing, or the engine gone, stops the run instead: that is
-    /// the infrastructure's fault, not the recipe's.
-    async fn abra_step(
-        &self,
-        name: &str,
-        result: Result<crate::abra::AbraOutput, AbraError>,
-        detail: impl FnOnce(&crate::abra::AbraOutput) -> String,
-    ) -> Result<CheckResult, Stop> {
-        match result {
-            Ok(o) => Ok(CheckResult::generic(name, Verdict::Pass, detail(&o))),
-            Err(e @ (AbraError::NotFound(_) | AbraError::Spawn { .. })) => Err(abra_infra(e)),
-            Err(e) => match self.engine_lost(&e).await {
-                Some(stop) => Err(stop),
-                None => Ok(CheckResult::generic(name, Verdict::Fail, abra_failure(&e))),
-            },
-        }
-    }
-}
-
-fn first_line(s: &str) -> String {
-    s.lines().next().unwrap_or_default().to_string()
-}
-
-/// One line for a failed abra call: what failed, then abra's last meaningful lines (where it
-/// prints the cause), without the `:` of the error's first line doubling up.
-fn abra_failure(e: &AbraError) -> String {
-    let headline = first_line(&e.to_string());
-    let headline = headline.trim_end().trim_end_matches(':');
-    match tail(e.output(), 6) {
-        t if t.is_empty() => format!("{headline} (abra printed nothing)"),
-        t => format!("{headline}; abra said: {t}"),
-    }
-}
-
-fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s
-        .lines()
-        .map(str::trim_end)
-        .filter(|l| !l.trim().is_empty())
-        .collect();
-    lines[lines.len().saturating_sub(n)..].join(" | ")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::abra::AbraError;
+    use job::{abra_failure, tail};
 
     #[test]
     fn a_teardown_that_could_not_finish_after_passing_tiers_is_an_infrastructure_error() {

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use super::Job;
+use super::job::Job;
 use crate::checks::{self, StackSnapshot};
 use crate::contract::files;
 use crate::redact::Redactor;

@@ -1,7 +1,7 @@
 //! The restore tier: change what was backed up, `abra app restore`, and see the backed-up data
 //! come back on a converged stack.
 
-use super::{Job, Stop};
+use super::job::{Job, Stop};
 use crate::contract::Stage;
 use crate::report::{CheckResult, Verdict};
 

@@ -1,6 +1,6 @@
 //! The upgrade tier: the head redeployed in place over the base with `--chaos`, its data kept.
 
-use super::{Job, Stop, Target, pull_failed};
+use super::job::{Job, Stop, Target, pull_failed};
 use crate::contract::{Stage, short_sha};
 use crate::recipe::Checkout;
 use crate::report::{CheckResult, Verdict};
