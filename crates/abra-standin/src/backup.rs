@@ -27,12 +27,13 @@ use crate::state::{AbraDir, stack_name};
 #[path = "../../harness/src/backupbot_label.rs"]
 #[allow(dead_code)]
 mod backupbot_label;
-use backupbot_label::backupbot_label;
+use backupbot_label::{BACKUPBOT_LABEL_ENV, backupbot_label};
 
 /// Like abra: backups go through backup-bot-two, found as a running service labelled
 /// `backupbot_label()`; without one there is nothing to back up with.
 fn require_backupbot() -> Result<()> {
-    let (key, value) = backupbot_label();
+    // Like abra, the stand-in inherits the override from cc-ci.
+    let (key, value) = backupbot_label(std::env::var(BACKUPBOT_LABEL_ENV).ok().as_deref());
     let ids = docker::lines(
         &docker([
             "service",

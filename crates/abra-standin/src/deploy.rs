@@ -77,47 +77,7 @@ pub fn deploy(dir: &AbraDir, a: &DeployArgs) -> Result<()> {
     }
 
     // What to deploy, and the version abra records.
-    let (version, type_version, chaos_version) = if a.chaos {
-        if let Some(v) = a.version {
-            bail!("--chaos deploys the current checkout; drop the version argument `{v}`");
-        }
-        let hash = git::head_short(&checkout)?;
-        let dirty = !git::dirty_files(&checkout)?.is_empty();
-        let type_version = if dirty {
-            format!("{hash}+U")
-        } else {
-            hash.clone()
-        };
-        println!(
-            "chaos deploy of the current checkout {hash}{}",
-            if dirty {
-                " (with uncommitted changes)"
-            } else {
-                ""
-            }
-        );
-        (None, type_version.clone(), Some(type_version))
-    } else {
-        let dirty = git::dirty_files(&checkout)?;
-        if !dirty.is_empty() {
-            bail!(
-                "the recipe checkout {} has untracked or modified files ({}): commit or remove them, or deploy with --chaos",
-                checkout.display(),
-                dirty.join(", ")
-            );
-        }
-        let version = match a.version.map(str::to_string).or(pinned) {
-            Some(v) => v,
-            None => git::latest_release(&checkout)?.with_context(|| {
-                format!(
-                    "recipe `{recipe}` has no release tags: name a version or deploy with --chaos"
-                )
-            })?,
-        };
-        git::checkout(&checkout, &version)?;
-        println!("deploying {recipe} {version}");
-        (Some(version.clone()), version, None)
-    };
+    let (version, type_version, chaos_version) = choose_version(a, &checkout, &recipe, pinned)?;
 
     let compose_files = compose_files(&env_text, &checkout)?;
     let has_app = compose_files
@@ -129,21 +89,14 @@ pub fn deploy(dir: &AbraDir, a: &DeployArgs) -> Result<()> {
 
     let env = interpolation_env(&env_text, &checkout, a.domain, &stack)?;
     let labels_file = if has_app {
-        let mut labels = BTreeMap::new();
-        // After --chaos the version label is whatever the deployed compose file declares.
-        if let Some(v) = &version {
-            labels.insert(format!("coop-cloud.{stack}.version"), v.clone());
-        }
-        labels.insert(format!("coop-cloud.{stack}.chaos"), a.chaos.to_string());
-        labels.insert(format!("coop-cloud.{stack}.recipe"), recipe.clone());
-        if let Some(h) = &chaos_version {
-            labels.insert(format!("coop-cloud.{stack}.chaos-version"), h.clone());
-        }
-        let compose_version = compose_version(&compose_files[0])?;
-        Some(TempFile::write(&labels_yaml(
-            compose_version.as_deref(),
-            &labels,
-        )?)?)
+        Some(labels_file(
+            &stack,
+            &recipe,
+            a.chaos,
+            version.as_deref(),
+            chaos_version.as_deref(),
+            &compose_files[0],
+        )?)
     } else {
         println!("the recipe has no `app` service: no version labels are written");
         None
@@ -151,21 +104,7 @@ pub fn deploy(dir: &AbraDir, a: &DeployArgs) -> Result<()> {
 
     let before = update_starts(&stack)?;
     let started = Instant::now();
-    let mut args: Vec<String> = vec![
-        "stack".into(),
-        "deploy".into(),
-        "--resolve-image".into(),
-        "always".into(),
-    ];
-    for f in &compose_files {
-        args.push("-c".into());
-        args.push(f.display().to_string());
-    }
-    if let Some(l) = &labels_file {
-        args.push("-c".into());
-        args.push(l.path.display().to_string());
-    }
-    args.push(stack.clone());
+    let args = stack_deploy_args(&stack, &compose_files, labels_file.as_ref());
     let out = docker(args).env(env).dir(&checkout).output()?;
     print!("{}", out.stdout);
     if !out.success {
@@ -202,6 +141,99 @@ pub fn deploy(dir: &AbraDir, a: &DeployArgs) -> Result<()> {
     Ok(())
 }
 
+/// What to deploy, and the version abra records: `(version, TYPE= version, chaos version)`.
+/// Checks out the version unless `--chaos` deploys the checkout as it is.
+fn choose_version(
+    a: &DeployArgs,
+    checkout: &Path,
+    recipe: &str,
+    pinned: Option<String>,
+) -> Result<(Option<String>, String, Option<String>)> {
+    Ok(if a.chaos {
+        if let Some(v) = a.version {
+            bail!("--chaos deploys the current checkout; drop the version argument `{v}`");
+        }
+        let hash = git::head_short(checkout)?;
+        let dirty = !git::dirty_files(checkout)?.is_empty();
+        let type_version = if dirty {
+            format!("{hash}+U")
+        } else {
+            hash.clone()
+        };
+        println!(
+            "chaos deploy of the current checkout {hash}{}",
+            if dirty {
+                " (with uncommitted changes)"
+            } else {
+                ""
+            }
+        );
+        (None, type_version.clone(), Some(type_version))
+    } else {
+        let dirty = git::dirty_files(checkout)?;
+        if !dirty.is_empty() {
+            bail!(
+                "the recipe checkout {} has untracked or modified files ({}): commit or remove them, or deploy with --chaos",
+                checkout.display(),
+                dirty.join(", ")
+            );
+        }
+        let version = match a.version.map(str::to_string).or(pinned) {
+            Some(v) => v,
+            None => git::latest_release(checkout)?.with_context(|| {
+                format!(
+                    "recipe `{recipe}` has no release tags: name a version or deploy with --chaos"
+                )
+            })?,
+        };
+        git::checkout(checkout, &version)?;
+        println!("deploying {recipe} {version}");
+        (Some(version.clone()), version, None)
+    })
+}
+/// The extra compose file with the `coop-cloud.<stack>.*` labels abra puts on the app service.
+fn labels_file(
+    stack: &str,
+    recipe: &str,
+    chaos: bool,
+    version: Option<&str>,
+    chaos_version: Option<&str>,
+    first_compose: &Path,
+) -> Result<TempFile> {
+    let mut labels = BTreeMap::new();
+    // After --chaos the version label is whatever the deployed compose file declares.
+    if let Some(v) = version {
+        labels.insert(format!("coop-cloud.{stack}.version"), v.to_string());
+    }
+    labels.insert(format!("coop-cloud.{stack}.chaos"), chaos.to_string());
+    labels.insert(format!("coop-cloud.{stack}.recipe"), recipe.to_string());
+    if let Some(h) = chaos_version {
+        labels.insert(format!("coop-cloud.{stack}.chaos-version"), h.to_string());
+    }
+    let compose_version = compose_version(first_compose)?;
+    TempFile::write(&labels_yaml(compose_version.as_deref(), &labels)?)
+}
+
+/// `docker stack deploy` of the compose files, the labels file last (it wins).
+fn stack_deploy_args(
+    stack: &str,
+    compose_files: &[PathBuf],
+    labels: Option<&TempFile>,
+) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "stack".into(),
+        "deploy".into(),
+        "--resolve-image".into(),
+        "always".into(),
+    ];
+    for f in compose_files.iter().chain(labels.map(|l| &l.path)) {
+        args.push("-c".into());
+        args.push(f.display().to_string());
+    }
+    args.push(stack.to_string());
+    args
+}
+
 /// Compose files named by `COMPOSE_FILE` (colon-separated) in the env file, default `compose.yml`.
 fn compose_files(env_text: &str, checkout: &Path) -> Result<Vec<PathBuf>> {
     let spec = envfile::EnvFile::parse(env_text)
@@ -227,7 +259,7 @@ fn compose_files(env_text: &str, checkout: &Path) -> Result<Vec<PathBuf>> {
 /// Service names a compose file declares; a file that is not valid YAML is an error naming it.
 fn service_names(file: &Path) -> Result<Vec<String>> {
     let text = state::read(file)?;
-    let doc: serde_yaml::Value = serde_yaml::from_str(&text)
+    let doc: serde_norway::Value = serde_norway::from_str(&text)
         .with_context(|| format!("{} is not valid YAML", file.display()))?;
     Ok(doc
         .get("services")
@@ -261,11 +293,11 @@ fn interpolation_env(
 /// declares the same, so the files merge as the recipe's own do.
 fn compose_version(file: &Path) -> Result<Option<String>> {
     let text = state::read(file)?;
-    let doc: serde_yaml::Value = serde_yaml::from_str(&text)
+    let doc: serde_norway::Value = serde_norway::from_str(&text)
         .with_context(|| format!("{} is not valid YAML", file.display()))?;
     Ok(match doc.get("version") {
-        Some(serde_yaml::Value::String(v)) => Some(v.clone()),
-        Some(serde_yaml::Value::Number(n)) => Some(n.to_string()),
+        Some(serde_norway::Value::String(v)) => Some(v.clone()),
+        Some(serde_norway::Value::Number(n)) => Some(n.to_string()),
         _ => None,
     })
 }
@@ -301,7 +333,7 @@ fn check_domain(domain: &str) -> Result<()> {
 fn labels_yaml(compose_version: Option<&str>, labels: &BTreeMap<String, String>) -> Result<String> {
     let scalar = |s: &str| -> Result<String> {
         Ok(
-            serde_yaml::to_string(&serde_yaml::Value::String(s.to_string()))
+            serde_norway::to_string(&serde_norway::Value::String(s.to_string()))
                 .context("cannot render the labels file")?
                 .trim_end()
                 .to_string(),
@@ -526,13 +558,13 @@ mod tests {
         l.insert("coop-cloud.s.version".to_string(), "1.0.0+1.0".to_string());
         l.insert("coop-cloud.s.chaos".to_string(), "false".to_string());
         let y = labels_yaml(Some("3.13"), &l).unwrap();
-        let doc: serde_yaml::Value = serde_yaml::from_str(&y).unwrap();
+        let doc: serde_norway::Value = serde_norway::from_str(&y).unwrap();
         let labels = &doc["services"]["app"]["deploy"]["labels"];
         assert_eq!(labels["coop-cloud.s.version"].as_str(), Some("1.0.0+1.0"));
         assert_eq!(labels["coop-cloud.s.chaos"].as_str(), Some("false"));
         assert_eq!(doc["version"].as_str(), Some("3.13"));
-        let none: serde_yaml::Value =
-            serde_yaml::from_str(&labels_yaml(None, &l).unwrap()).unwrap();
+        let none: serde_norway::Value =
+            serde_norway::from_str(&labels_yaml(None, &l).unwrap()).unwrap();
         assert!(none.get("version").is_none());
     }
 

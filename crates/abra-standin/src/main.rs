@@ -176,8 +176,7 @@ enum BackupCmd {
 fn main() {
     let cli = Cli::parse();
     // Real abra fails like this without a terminal, even with -n; cc-ci must give it one.
-    // SAFETY: isatty only inspects the descriptor.
-    if unsafe { libc::isatty(libc::STDOUT_FILENO) } != 1 {
+    if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
         eprintln!(
             "FATA abra-standin: inappropriate ioctl for device (stdout is not a terminal; run it under a pseudo-terminal, as abra needs)"
         );

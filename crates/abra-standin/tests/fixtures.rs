@@ -97,7 +97,7 @@ fn every_fixture_builds_with_its_steps_as_commits_and_tags() {
                 "compose.yml"
             };
             let compose = std::fs::read_to_string(fixture.join(dir).join(compose_name)).unwrap();
-            let parsed = serde_yaml::from_str::<serde_yaml::Value>(&compose);
+            let parsed = serde_norway::from_str::<serde_norway::Value>(&compose);
             assert_eq!(
                 parsed.is_err(),
                 name == "web-badcompose",

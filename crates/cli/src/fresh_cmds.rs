@@ -9,6 +9,7 @@ use std::time::Duration;
 use cc_ci_harness::config::Config;
 use cc_ci_harness::engine::Engine;
 use cc_ci_harness::fresh::Freshness;
+use cc_ci_harness::hostenv::HostEnv;
 use cc_ci_harness::lifecycle::{Stage, exit, work_dir};
 use cc_ci_harness::{drift, fresh, inputs};
 
@@ -68,7 +69,7 @@ fn load(path: Option<&Path>) -> Result<Config, ExitCode> {
 }
 
 fn engine(config: &Config) -> Result<Engine, ExitCode> {
-    Engine::from_env()
+    Engine::connect(HostEnv::from_process().docker_host.as_deref())
         .map(|e| e.with_timeout(Duration::from_secs(config.harness.engine_timeout_secs)))
         .map_err(|e| {
             eprintln!("cc-ci: {e}");
@@ -86,139 +87,165 @@ pub async fn run(cmd: FreshCommand) -> ExitCode {
             abra,
             config,
             against,
-        } => {
-            let stages = match Stage::parse_list(&stages) {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("cc-ci: --stages: {e}");
-                    return ExitCode::from(exit::BAD_INPUT as u8);
-                }
-            };
-            let config = match load(config.as_deref()) {
-                Ok(c) => c,
-                Err(code) => return code,
-            };
-            let recorded = match against.as_deref().map(|p| {
-                let dir = if p.ends_with("run.json") {
-                    p.parent().unwrap_or(p)
-                } else {
-                    p
-                };
-                drift::read_result(dir).ok_or_else(|| {
-                    format!(
-                        "--against {}: no run.json with recorded inputs there",
-                        p.display()
-                    )
-                })
-            }) {
-                None => None,
-                Some(Ok(t)) => Some(t),
-                Some(Err(e)) => {
-                    eprintln!("cc-ci: {e}");
-                    return ExitCode::from(exit::BAD_INPUT as u8);
-                }
-            };
-            let engine = match engine(&config) {
-                Ok(e) => e,
-                Err(code) => return code,
-            };
-            let scratch = work_dir(&config).join("inputs");
-            let want = inputs::Want {
-                source: recipe,
-                git_ref,
-                base,
-                stages,
-                shipped_overlays: inputs::shipped_overlays(),
-                abra_version: inputs::abra_version(abra.as_deref(), &config, &scratch).await,
-                config: config.clone(),
-            };
-            let now = match inputs::resolve(&want, &scratch, &engine).await {
-                Ok(i) => i,
-                Err(e) => {
-                    eprintln!("cc-ci: cannot resolve the inputs: {e}");
-                    return ExitCode::from(exit::BAD_INPUT as u8);
-                }
-            };
-            match recorded {
-                None => {
-                    println!("{}", serde_json::to_string_pretty(&now).unwrap_or_default());
-                    ExitCode::SUCCESS
-                }
-                Some(t) => {
-                    let f = fresh::freshness(
-                        &t.inputs,
-                        &now,
-                        drift::age(t.written_secs, drift::now_secs()),
-                        drift::max_age(&config),
-                    );
-                    println!("{}", f.describe());
-                    if f.is_fresh() {
-                        ExitCode::SUCCESS
-                    } else {
-                        ExitCode::from(exit::FAIL as u8)
-                    }
-                }
-            }
-        }
+        } => inputs_cmd(recipe, git_ref, stages, base, abra, config, against).await,
         FreshCommand::Drift {
             config,
             dirs,
             abra,
             json,
-        } => {
-            let config = match load(config.as_deref()) {
-                Ok(c) => c,
-                Err(code) => return code,
-            };
-            let engine = match engine(&config) {
-                Ok(e) => e,
-                Err(code) => return code,
-            };
-            let runs = cc_ci_daemon::state_dir(&config).join("runs");
-            let results = drift::tracked(&[runs], &dirs);
-            let scratch = work_dir(&config).join("inputs");
-            let abra_version = inputs::abra_version(abra.as_deref(), &config, &scratch).await;
-            let judged = drift::sweep(
-                &results,
-                &config,
-                &engine,
-                &scratch,
-                abra_version,
-                drift::now_secs(),
+        } => drift_cmd(config, dirs, abra, json).await,
+    }
+}
+
+/// `cc-ci inputs`: resolve without deploying; with `--against`, judge a recorded result.
+async fn inputs_cmd(
+    recipe: String,
+    git_ref: String,
+    stages: String,
+    base: Option<String>,
+    abra: Option<String>,
+    config: Option<PathBuf>,
+    against: Option<PathBuf>,
+) -> ExitCode {
+    let stages = match Stage::parse_list(&stages) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("cc-ci: --stages: {e}");
+            return ExitCode::from(exit::BAD_INPUT as u8);
+        }
+    };
+    let config = match load(config.as_deref()) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let recorded = match against.as_deref().map(|p| {
+        let dir = if p.ends_with("run.json") {
+            p.parent().unwrap_or(p)
+        } else {
+            p
+        };
+        drift::read_result(dir).ok_or_else(|| {
+            format!(
+                "--against {}: no run.json with recorded inputs there",
+                p.display()
             )
-            .await;
-            let all_fresh = judged
-                .iter()
-                .all(|j| matches!(j.freshness, Ok(Freshness::Fresh)));
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&judged).unwrap_or_default()
-                );
-            } else if judged.is_empty() {
-                println!("no tracked results (no run.json with recorded inputs)");
-            } else {
-                for j in &judged {
-                    let verdict = match &j.freshness {
-                        Ok(Freshness::Fresh) => "fresh".to_string(),
-                        Ok(f) => format!("stale: {}", f.describe()),
-                        Err(e) => format!("unknown: {e}"),
-                    };
-                    println!(
-                        "{}  {} @ {}  {}",
-                        j.dir.display(),
-                        j.recipe,
-                        j.git_ref.get(..10).unwrap_or(&j.git_ref),
-                        verdict
-                    );
-                }
-            }
-            if all_fresh {
+        })
+    }) {
+        None => None,
+        Some(Ok(t)) => Some(t),
+        Some(Err(e)) => {
+            eprintln!("cc-ci: {e}");
+            return ExitCode::from(exit::BAD_INPUT as u8);
+        }
+    };
+    let engine = match engine(&config) {
+        Ok(e) => e,
+        Err(code) => return code,
+    };
+    let scratch = work_dir(&config, &HostEnv::from_process()).join("inputs");
+    let want = inputs::Want {
+        source: recipe,
+        git_ref,
+        base,
+        stages,
+        shipped_overlays: inputs::shipped_overlays(),
+        abra_version: inputs::abra_version(
+            abra.as_deref(),
+            &config,
+            &scratch,
+            &HostEnv::from_process(),
+        )
+        .await,
+        config: config.clone(),
+    };
+    let now = match inputs::resolve(&want, &scratch, &engine).await {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("cc-ci: cannot resolve the inputs: {e}");
+            return ExitCode::from(exit::BAD_INPUT as u8);
+        }
+    };
+    match recorded {
+        None => {
+            println!("{}", serde_json::to_string_pretty(&now).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Some(t) => {
+            let f = fresh::freshness(
+                &t.inputs,
+                &now,
+                drift::age(t.written_secs, drift::now_secs()),
+                drift::max_age(&config),
+            );
+            println!("{}", f.describe());
+            if f.is_fresh() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(exit::FAIL as u8)
             }
         }
+    }
+}
+
+/// `cc-ci drift`: every tracked result, fresh or stale.
+async fn drift_cmd(
+    config: Option<PathBuf>,
+    dirs: Vec<PathBuf>,
+    abra: Option<String>,
+    json: bool,
+) -> ExitCode {
+    let config = match load(config.as_deref()) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let engine = match engine(&config) {
+        Ok(e) => e,
+        Err(code) => return code,
+    };
+    let runs = cc_ci_daemon::state_dir(&config).join("runs");
+    let results = drift::tracked(&[runs], &dirs);
+    let scratch = work_dir(&config, &HostEnv::from_process()).join("inputs");
+    let abra_version =
+        inputs::abra_version(abra.as_deref(), &config, &scratch, &HostEnv::from_process()).await;
+    let judged = drift::sweep(
+        &results,
+        &config,
+        &engine,
+        &scratch,
+        abra_version,
+        drift::now_secs(),
+    )
+    .await;
+    let all_fresh = judged
+        .iter()
+        .all(|j| matches!(j.freshness, Ok(Freshness::Fresh)));
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&judged).unwrap_or_default()
+        );
+    } else if judged.is_empty() {
+        println!("no tracked results (no run.json with recorded inputs)");
+    } else {
+        for j in &judged {
+            let verdict = match &j.freshness {
+                Ok(Freshness::Fresh) => "fresh".to_string(),
+                Ok(f) => format!("stale: {}", f.describe()),
+                Err(e) => format!("unknown: {e}"),
+            };
+            println!(
+                "{}  {} @ {}  {}",
+                j.dir.display(),
+                j.recipe,
+                j.git_ref.get(..10).unwrap_or(&j.git_ref),
+                verdict
+            );
+        }
+    }
+    if all_fresh {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(exit::FAIL as u8)
     }
 }
 
@@ -243,14 +270,14 @@ pub async fn reuse_for_run(
         _ => return None,
     };
     let engine = engine(config).ok()?;
-    let scratch = work_dir(config).join("inputs");
+    let scratch = work_dir(config, &HostEnv::from_process()).join("inputs");
     let want = inputs::Want {
         source: recipe.to_string(),
         git_ref: git_ref.unwrap_or("HEAD").to_string(),
         base: base.map(String::from),
         stages: stages.to_vec(),
         shipped_overlays: inputs::shipped_overlays(),
-        abra_version: inputs::abra_version(abra, config, &scratch).await,
+        abra_version: inputs::abra_version(abra, config, &scratch, &HostEnv::from_process()).await,
         config: config.clone(),
     };
     let now = inputs::resolve(&want, &scratch, &engine).await.ok()?;

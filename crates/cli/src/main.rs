@@ -9,6 +9,7 @@ use anyhow::Context;
 use cc_ci_harness::config::Config;
 use cc_ci_harness::contract::{Stage, exit, files};
 use cc_ci_harness::engine::Engine;
+use cc_ci_harness::hostenv::HostEnv;
 use cc_ci_harness::lifecycle::{self, RunOptions};
 use cc_ci_harness::teardown;
 use clap::{Parser, Subcommand};
@@ -132,7 +133,7 @@ async fn signalled() -> &'static str {
     }
 }
 
-async fn cmd_run(args: RunArgs) -> ExitCode {
+async fn cmd_run(args: RunArgs, host: HostEnv) -> ExitCode {
     let stages = match Stage::parse_list(&args.stages) {
         Ok(s) => s,
         Err(e) => {
@@ -170,6 +171,7 @@ async fn cmd_run(args: RunArgs) -> ExitCode {
         skip_generic: args.skip_generic,
         base: args.base,
         shipped_overlays: shipped_overlays(),
+        host,
     };
     let outcome = lifecycle::run(opts, signalled()).await;
     if let Some(msg) = &outcome.message {
@@ -184,16 +186,20 @@ async fn cmd_run(args: RunArgs) -> ExitCode {
     exit::process(outcome.exit_code)
 }
 
-async fn cmd_teardown(domain: String, config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+async fn cmd_teardown(
+    domain: String,
+    config: Option<PathBuf>,
+    host: &HostEnv,
+) -> anyhow::Result<ExitCode> {
     let config = match load_config(config.as_deref()) {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
-    let engine =
-        Engine::from_env()?.with_timeout(Duration::from_secs(config.harness.engine_timeout_secs));
+    let engine = Engine::connect(host.docker_host.as_deref())?
+        .with_timeout(Duration::from_secs(config.harness.engine_timeout_secs));
     let left = teardown::teardown_domain(
         &engine,
-        &lifecycle::work_dir(&config),
+        &lifecycle::work_dir(&config, host),
         &domain,
         &config.harness.domain_suffix,
         Duration::from_secs(config.harness.converge_timeout_secs.max(60)),
@@ -209,12 +215,12 @@ async fn cmd_teardown(domain: String, config: Option<PathBuf>) -> anyhow::Result
     }
 }
 
-async fn cmd_doctor(config: Option<PathBuf>, abra: Option<String>) -> ExitCode {
+async fn cmd_doctor(config: Option<PathBuf>, abra: Option<String>, host: &HostEnv) -> ExitCode {
     let config = match load_config(config.as_deref()) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let checks = cc_ci_harness::doctor::run(&config, abra.as_deref()).await;
+    let checks = cc_ci_harness::doctor::run(&config, abra.as_deref(), host).await;
     for c in &checks {
         println!("{}", c.line());
     }
@@ -228,14 +234,14 @@ async fn cmd_doctor(config: Option<PathBuf>, abra: Option<String>) -> ExitCode {
     }
 }
 
-async fn cmd_gc(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+async fn cmd_gc(config: Option<PathBuf>, host: &HostEnv) -> anyhow::Result<ExitCode> {
     let config = match load_config(config.as_deref()) {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
-    let engine =
-        Engine::from_env()?.with_timeout(Duration::from_secs(config.harness.engine_timeout_secs));
-    let work = lifecycle::work_dir(&config);
+    let engine = Engine::connect(host.docker_host.as_deref())?
+        .with_timeout(Duration::from_secs(config.harness.engine_timeout_secs));
+    let work = lifecycle::work_dir(&config, host);
     let report = teardown::gc(
         &engine,
         &work,
@@ -298,12 +304,14 @@ fn main() -> ExitCode {
             return exit::process(exit::INFRA);
         }
     };
+    // The one place the process environment is read; the libraries get it as values.
+    let host = HostEnv::from_process();
     let result = rt.block_on(async move {
         match cli.command {
-            Command::Run(args) => Ok(cmd_run(args).await),
-            Command::Teardown { domain, config } => cmd_teardown(domain, config).await,
-            Command::Gc { config } => cmd_gc(config).await,
-            Command::Doctor { config, abra } => Ok(cmd_doctor(config, abra).await),
+            Command::Run(args) => Ok(cmd_run(args, host).await),
+            Command::Teardown { domain, config } => cmd_teardown(domain, config, &host).await,
+            Command::Gc { config } => cmd_gc(config, &host).await,
+            Command::Doctor { config, abra } => Ok(cmd_doctor(config, abra, &host).await),
             Command::CheckConfig { file, keys } => Ok(cmd_check_config(&file, keys)),
             Command::Daemon(cmd) => daemon_cmds::run(cmd).await,
             Command::Fresh(cmd) => Ok(fresh_cmds::run(cmd).await),

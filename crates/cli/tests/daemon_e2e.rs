@@ -10,8 +10,12 @@
 //! suites on the same swarm; each removes what it deployed even when it fails (a guard that
 //! kills its daemon and runs `cc-ci gc` with its config).
 
+// The daemon's test helpers still call libc directly (crates/daemon is not under the lint yet).
+#[allow(unsafe_code)]
 #[path = "../../daemon/tests/browser/mod.rs"]
 mod browser;
+// The daemon's test helpers still call libc directly (crates/daemon is not under the lint yet).
+#[allow(unsafe_code)]
 #[path = "../../daemon/tests/common/mod.rs"]
 mod common;
 
@@ -203,7 +207,8 @@ impl Suite {
         tweak(&mut config);
         let config_path = dir.path().join("config.toml");
         std::fs::write(&config_path, toml::to_string(&config).unwrap()).unwrap();
-        let engine = Engine::from_env().expect("the Docker engine (run scripts/setup-swarm)");
+        let engine = Engine::connect(std::env::var("DOCKER_HOST").ok().as_deref())
+            .expect("the Docker engine (run scripts/setup-swarm)");
         Suite {
             dir,
             suffix,
@@ -300,8 +305,11 @@ impl Suite {
     /// SIGTERM, then wait for a clean exit.
     async fn stop(&mut self) {
         let mut d = self.daemon.take().expect("no daemon running");
-        // SAFETY: plain syscall on our own child.
-        unsafe { libc::kill(d.id() as i32, libc::SIGTERM) };
+        rustix::process::kill_process(
+            rustix::process::Pid::from_child(&d),
+            rustix::process::Signal::TERM,
+        )
+        .expect("SIGTERM to our own child");
         let status = eventually(
             "the daemon to exit after SIGTERM",
             60,

@@ -8,6 +8,8 @@
 //! drift` say which image moved between which digests, and the daemon's drift sweep queues a
 //! re-run and says the same on the pull request. The shared fixture tags are never re-pushed.
 
+// The daemon's test helpers still call libc directly (crates/daemon is not under the lint yet).
+#[allow(unsafe_code)]
 #[path = "../../daemon/tests/common/mod.rs"]
 mod common;
 
@@ -215,7 +217,8 @@ async fn unchanged_pr_is_answered_from_the_result_and_a_repushed_image_makes_it_
         standin.display()
     );
     let hex = random_hex();
-    let engine = Engine::from_env().expect("the Docker engine (run scripts/setup-swarm)");
+    let engine = Engine::connect(std::env::var("DOCKER_HOST").ok().as_deref())
+        .expect("the Docker engine (run scripts/setup-swarm)");
     // The test's own repository on the registry, from the fixture image.
     let image = format!("127.0.0.1:5000/cc-ci-fresh-{hex}/web:2");
     docker(&["pull", "--quiet", FIXTURE_IMAGE]);
@@ -453,8 +456,10 @@ async fn unchanged_pr_is_answered_from_the_result_and_a_repushed_image_makes_it_
 
     // 5. The daemon's sweep sees it too: a re-run is queued and the pull request told what moved.
     if let Some(mut d) = w.daemon.take() {
-        // SAFETY: a plain syscall on our own child.
-        unsafe { libc::kill(d.id() as i32, libc::SIGTERM) };
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_child(&d),
+            rustix::process::Signal::TERM,
+        );
         let _ = d.wait();
     }
     let mut config = Config::load(&w.config_path).expect("config");

@@ -5,27 +5,19 @@
 //! `.ci/run` and the README's test command do both. The cases are independent and mostly wait
 //! on the swarm, so run them with many test threads (`-- --test-threads 16`).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 
 use serde_json::Value;
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+use cc_ci_testkit::repo_root;
 
 fn cc_ci() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_cc-ci"))
 }
 
 fn standin() -> PathBuf {
-    let p = cc_ci().with_file_name("abra-standin");
-    assert!(
-        p.is_file(),
-        "{} is missing: run `cargo build -p abra-standin` first (the README's test command does)",
-        p.display()
-    );
-    p
+    cc_ci_testkit::standin_beside(&cc_ci())
 }
 
 /// A fixture recipe built as a git repository in a temporary directory.
@@ -681,20 +673,16 @@ fn sigterm_mid_run_tears_everything_down() {
         );
         std::thread::sleep(std::time::Duration::from_millis(200));
     };
-    // SAFETY: plain kill(2) on our own child.
-    unsafe {
-        libc_kill(child.id() as i32, 15);
-    }
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&child),
+        rustix::process::Signal::TERM,
+    )
+    .expect("SIGTERM to our own child");
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("SIGTERM received"), "{stderr}");
     assert_ne!(out.status.code(), Some(0));
     assert_no_leftovers(&domain, false);
-}
-
-unsafe extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
 }
 
 // --- Shapes of real recipes (issue 9): one fixture per shape, see tests/fixtures/README.md.

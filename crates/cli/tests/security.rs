@@ -16,6 +16,8 @@
 //! abra-standin`. Each test has its own `harness.domain_suffix` and directories; a guard runs
 //! `cc-ci gc` with the test's config when it ends.
 
+// The daemon's test helpers still call libc directly (crates/daemon is not under the lint yet).
+#[allow(unsafe_code)]
 #[path = "../../daemon/tests/common/mod.rs"]
 mod common;
 
@@ -26,22 +28,14 @@ use std::time::{Duration, Instant};
 use cc_ci_harness::config::Config;
 use common::{Env, SECRET, SHA, TOKEN, comment, eventually, read};
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+use cc_ci_testkit::repo_root;
 
 fn cc_ci() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_cc-ci"))
 }
 
 fn standin() -> PathBuf {
-    let p = cc_ci().with_file_name("abra-standin");
-    assert!(
-        p.is_file(),
-        "{} is missing: run `cargo build -p abra-standin` first (the README's test command does)",
-        p.display()
-    );
-    p
+    cc_ci_testkit::standin_beside(&cc_ci())
 }
 
 fn sh(script: &str) -> String {
@@ -659,10 +653,11 @@ async fn a_hung_engine_is_an_infrastructure_error_within_the_engine_deadline() {
 async fn sigterm_during_a_hung_engine_still_ends_the_run() {
     let s = Sandbox::new("hnt-", hung_config);
     let (mut child, proxy, stderr) = run_into_a_hung_engine(&s).await;
-    // SAFETY: plain syscall on our own child.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&child),
+        rustix::process::Signal::TERM,
+    )
+    .expect("SIGTERM to our own child");
     let status = eventually(
         "the run to end after SIGTERM",
         60,

@@ -17,30 +17,15 @@ use cc_ci_harness::inputs::{self, Inputs, Want};
 use cc_ci_harness::lifecycle::{Stage, work_dir};
 use cc_ci_harness::report::Reused;
 
-use crate::runner::{LogSink, run_dir};
-use crate::state::State;
+use crate::state::{State, run_dir};
 use crate::store::{NewTrigger, RunRow, RunState, RunVerdict, now};
-
-/// `!testme fresh`: run even when the last result still holds. Carried among the stage words of
-/// the trigger and the run (never passed on to `cc-ci run`).
-pub const FORCE_WORD: &str = "fresh";
 
 /// The trigger source of a re-run the drift sweep queued.
 pub const DRIFT_SOURCE: &str = "drift";
 
-/// The stages of a run without the force word.
-pub fn run_stages(stages: &[String]) -> Vec<String> {
-    stages
-        .iter()
-        .filter(|s| *s != FORCE_WORD)
-        .cloned()
-        .collect()
-}
-
-/// Was the run asked for with `!testme fresh`?
-pub fn forced(stages: &[String]) -> bool {
-    stages.iter().any(|s| s == FORCE_WORD)
-}
+// The force word and the stage list without it are trigger parsing (crate::trigger), so the
+// renderers need not import this module.
+pub use crate::trigger::{FORCE_WORD, forced, run_stages};
 
 /// The repository a run clones (the forge's current name of the pull request's repository).
 pub(crate) fn recipe_source(shared: &State, run: &RunRow) -> String {
@@ -64,7 +49,9 @@ fn stage_list(stages: &[String]) -> Vec<Stage> {
 
 /// What the run would be made of now.
 async fn current_inputs(shared: &State, run: &RunRow) -> Result<Inputs, String> {
-    let scratch = work_dir(&shared.settings.config).join("inputs");
+    // The daemon reads its environment as a run would (its runs inherit it).
+    let host = cc_ci_harness::hostenv::HostEnv::from_process();
+    let scratch = work_dir(&shared.settings.config, &host).join("inputs");
     let want = Want {
         source: recipe_source(shared, run),
         git_ref: run.head_sha.clone(),
@@ -72,9 +59,9 @@ async fn current_inputs(shared: &State, run: &RunRow) -> Result<Inputs, String> 
         stages: stage_list(&run.stages),
         config: shared.settings.config.clone(),
         shipped_overlays: inputs::shipped_overlays(),
-        abra_version: inputs::abra_version(None, &shared.settings.config, &scratch).await,
+        abra_version: inputs::abra_version(None, &shared.settings.config, &scratch, &host).await,
     };
-    let engine = cc_ci_harness::engine::Engine::from_env()
+    let engine = cc_ci_harness::engine::Engine::connect(host.docker_host.as_deref())
         .map_err(|e| e.to_string())?
         .with_timeout(Duration::from_secs(
             shared.settings.config.harness.engine_timeout_secs,
@@ -110,17 +97,17 @@ pub(crate) async fn try_reuse(
     shared: &Arc<State>,
     run: &RunRow,
     dir: &Path,
-    sink: &LogSink,
+    log: &(dyn Fn(&str) + Sync),
 ) -> Option<(RunVerdict, Option<String>)> {
     if forced(&run.stages) {
-        sink.line("cc-ci: `!testme fresh`: running without looking for an earlier result");
+        log("cc-ci: `!testme fresh`: running without looking for an earlier result");
         return None;
     }
     let (prev, tracked) = last_result(shared, run)?;
     let current = match current_inputs(shared, run).await {
         Ok(i) => i,
         Err(e) => {
-            sink.line(&format!(
+            log(&format!(
                 "cc-ci: cannot resolve the current inputs ({e}): running"
             ));
             return None;
@@ -137,7 +124,7 @@ pub(crate) async fn try_reuse(
         drift::max_age(&shared.settings.config),
     );
     if let Freshness::Stale(_) = &verdict {
-        sink.line(&format!(
+        log(&format!(
             "cc-ci: the result of run #{} does not hold any more ({}): running",
             prev.id,
             verdict.describe()
@@ -147,7 +134,7 @@ pub(crate) async fn try_reuse(
     // A reused result names the run that made it, not an intermediate reuse.
     let origin = tracked.report.reused.clone().unwrap_or_else(|| Reused {
         run: prev.id,
-        finished: crate::pages::time(prev.finished_at.unwrap_or(0)),
+        finished: crate::render::time(prev.finished_at.unwrap_or(0)),
         url: format!(
             "{}/runs/{}",
             shared
@@ -172,7 +159,7 @@ pub(crate) async fn try_reuse(
             std::fs::write(dir.join("junit.xml"), report.junit_xml()).map_err(|e| e.to_string())
         });
     if let Err(e) = written {
-        sink.line(&format!(
+        log(&format!(
             "cc-ci: cannot copy the earlier result ({e}): running"
         ));
         for f in ["run.json", "summary.md", "junit.xml"] {
@@ -184,7 +171,7 @@ pub(crate) async fn try_reuse(
         "unchanged since run #{} ({}): same commit, images, abra and cc-ci",
         origin.run, origin.finished
     );
-    sink.line(&format!(
+    log(&format!(
         "cc-ci: {reason}: reported again without deploying"
     ));
     let verdict = prev.verdict.unwrap_or(RunVerdict::Pass);

@@ -6,7 +6,7 @@
 //! then after the grace period SIGKILL to the whole group and `<exe> gc`.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,9 +23,7 @@ use crate::store::{RunRow, RunVerdict, now};
 use crate::systemd::PRIVATE_ENV;
 
 /// Files of a run under `<state_dir>/runs/<id>`.
-pub fn run_dir(state_dir: &Path, id: i64) -> PathBuf {
-    state_dir.join("runs").join(id.to_string())
-}
+pub use crate::state::run_dir;
 
 pub fn read_report(dir: &Path) -> Option<RunReport> {
     let text = std::fs::read(dir.join(files::RUN_JSON)).ok()?;
@@ -351,7 +349,9 @@ pub async fn supervise(
         return;
     }
     // An earlier result whose inputs all still hold is reported again instead (crate::fresh).
-    if let Some((verdict, reason)) = crate::fresh::try_reuse(&shared, &run, &dir, &sink).await {
+    if let Some((verdict, reason)) =
+        crate::fresh::try_reuse(&shared, &run, &dir, &|l: &str| sink.line(l)).await
+    {
         finish(&shared, &run, verdict, reason, None);
         return;
     }
@@ -459,7 +459,7 @@ fn run_args(shared: &State, run: &RunRow, dir: &Path) -> Vec<String> {
         "--ref".into(),
         run.head_sha.clone(),
     ];
-    let stages = crate::fresh::run_stages(&run.stages);
+    let stages = crate::trigger::run_stages(&run.stages);
     if !stages.is_empty() {
         args.push("--stages".into());
         args.push(stages.join(","));

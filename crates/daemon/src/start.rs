@@ -150,7 +150,8 @@ impl Daemon {
         // The host checks of `cc-ci doctor`, logged when they fail (the daemon starts anyway).
         let doctor_config = state.config().clone();
         spawn_until(&tasks, &stopped, async move {
-            for c in cc_ci_harness::doctor::run(&doctor_config, None).await {
+            let host = cc_ci_harness::hostenv::HostEnv::from_process();
+            for c in cc_ci_harness::doctor::run(&doctor_config, None, &host).await {
                 if !c.ok {
                     tracing::warn!(check = %c.name, "host check failed: {}", c.line());
                 }

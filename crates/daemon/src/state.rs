@@ -78,6 +78,11 @@ pub fn state_dir(config: &Config) -> PathBuf {
     home.join(".local/state/cc-ci")
 }
 
+/// The folder of run `id`: its log and the report files `cc-ci run` writes.
+pub fn run_dir(state_dir: &Path, id: i64) -> PathBuf {
+    state_dir.join("runs").join(id.to_string())
+}
+
 pub fn database_path(state_dir: &Path) -> PathBuf {
     state_dir.join("cc-ci.sqlite")
 }

@@ -84,7 +84,7 @@ pub fn parse_command(body: &str) -> Option<Command> {
         let mut unknown = Vec::new();
         for w in words.flat_map(|w| w.split(',')).filter(|w| !w.is_empty()) {
             // `!testme fresh`: run even when the last result still holds (crate::fresh).
-            if STAGES.contains(&w) || w == crate::fresh::FORCE_WORD {
+            if STAGES.contains(&w) || w == FORCE_WORD {
                 if !stages.iter().any(|s| s == w) {
                     stages.push(w.to_string());
                 }
@@ -370,6 +370,24 @@ pub fn repo_allowed(allowlist: &[String], repo: &str) -> bool {
 
 pub fn user_allowed(allowlist: &[String], user: &str) -> bool {
     allowlist.iter().any(|u| u.eq_ignore_ascii_case(user))
+}
+
+/// `!testme fresh`: run even when the last result still holds. Carried among the stage words of
+/// the trigger and the run (never passed on to `cc-ci run`).
+pub const FORCE_WORD: &str = "fresh";
+
+/// The stages of a run without the force word.
+pub fn run_stages(stages: &[String]) -> Vec<String> {
+    stages
+        .iter()
+        .filter(|s| *s != FORCE_WORD)
+        .cloned()
+        .collect()
+}
+
+/// Was the run asked for with `!testme fresh`?
+pub fn forced(stages: &[String]) -> bool {
+    stages.iter().any(|s| s == FORCE_WORD)
 }
 
 #[cfg(test)]

@@ -4,11 +4,11 @@
 //! fails without one even with `-n`), a deadline, and its output ANSI-stripped and redacted before
 //! anyone sees it. Spellings the reference marks *unconfirmed* are kept in [`spelling`].
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+pub use crate::pty::terminal_available;
+use crate::pty::{PtyError, run_in_pty};
 use crate::redact::{Redactor, strip_ansi};
 
 /// Command spellings of abra that the reference does not confirm. One place to fix them.
@@ -17,9 +17,6 @@ pub mod spelling {
     pub const NO_DOMAIN_CHECKS: &str = "--no-domain-checks";
     pub const NO_CONVERGE_CHECKS: &str = "--no-converge-checks";
     pub const SECRET_INSERT: &[&str] = &["app", "secret", "insert"];
-    pub const SECRET_RM_ALL: &[&str] = &["app", "secret", "rm", "--all"];
-    pub const VOLUME_RM: &[&str] = &["app", "volume", "rm", "--force"];
-    pub const APP_RM: &[&str] = &["app", "rm", "--force"];
     pub const BACKUP_CREATE: &[&str] = &["app", "backup", "create"];
     pub const BACKUP_LIST: &[&str] = &["app", "backup", "list"];
     pub const BACKUP_LS: &[&str] = &["app", "backup", "ls"];
@@ -95,11 +92,14 @@ pub struct Abra {
 }
 
 /// Resolves which abra to run: the flag, then `CC_CI_ABRA`, then the config, then `abra` on PATH.
-pub fn resolve_binary(flag: Option<&str>, config: Option<&str>) -> Result<PathBuf, AbraError> {
-    let env = std::env::var("CC_CI_ABRA").ok().filter(|s| !s.is_empty());
+pub fn resolve_binary(
+    flag: Option<&str>,
+    config: Option<&str>,
+    host: &crate::hostenv::HostEnv,
+) -> Result<PathBuf, AbraError> {
     let chosen = flag
         .map(String::from)
-        .or(env)
+        .or_else(|| host.abra.clone())
         .or_else(|| config.map(String::from))
         .unwrap_or_else(|| "abra".into());
     if chosen.contains('/') {
@@ -110,7 +110,7 @@ pub fn resolve_binary(flag: Option<&str>, config: Option<&str>) -> Result<PathBu
             Err(AbraError::NotFound(chosen))
         };
     }
-    std::env::var_os("PATH")
+    host.path
         .iter()
         .flat_map(std::env::split_paths)
         .map(|dir| dir.join(&chosen))
@@ -329,15 +329,6 @@ impl Abra {
         self.run(&args).await
     }
 
-    pub async fn secret_rm_all(&self, domain: &str) -> Result<AbraOutput, AbraError> {
-        self.run_spelled(spelling::SECRET_RM_ALL, &[domain]).await
-    }
-    pub async fn volume_rm(&self, domain: &str) -> Result<AbraOutput, AbraError> {
-        self.run_spelled(spelling::VOLUME_RM, &[domain]).await
-    }
-    pub async fn app_rm(&self, domain: &str) -> Result<AbraOutput, AbraError> {
-        self.run_spelled(spelling::APP_RM, &[domain]).await
-    }
     pub async fn backup_create(&self, domain: &str) -> Result<AbraOutput, AbraError> {
         self.run_spelled(spelling::BACKUP_CREATE, &[domain]).await
     }
@@ -373,13 +364,6 @@ fn non_empty_lines(s: &str) -> Vec<String> {
         .collect()
 }
 
-/// Whether a pseudo-terminal can be opened here (abra needs one; `cc-ci doctor` checks it).
-pub fn terminal_available() -> Result<(), String> {
-    open_pty()
-        .map(|_| ())
-        .map_err(|e| format!("cannot open a pseudo-terminal: {e}"))
-}
-
 /// Logs an abra call that was stopped before it finished when dropped still armed.
 struct Unfinished<'a> {
     abra: &'a Abra,
@@ -399,232 +383,6 @@ impl Drop for Unfinished<'_> {
                 .write_log(&self.args, &status, "(its output was not collected)");
         }
     }
-}
-
-enum PtyError {
-    Spawn(String),
-    /// Output collected before the deadline.
-    Timeout(String),
-    /// Output collected up to the cap.
-    TooMuch(String),
-}
-
-/// Runs a program with a new pseudo-terminal as its controlling terminal and stdin/stdout/stderr,
-/// collecting what it prints (at most `cap` bytes). The deadline covers the program's exit *and*
-/// the end of its terminal: a leftover process holding the terminal cannot hang the run. On the
-/// deadline, on too much output, or when the future is dropped the program's whole process
-/// group is killed.
-async fn run_in_pty(
-    bin: &Path,
-    args: &[String],
-    abra_dir: &Path,
-    timeout: Duration,
-    cap: usize,
-) -> Result<(i32, String), PtyError> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    let (master, slave) =
-        open_pty().map_err(|e| PtyError::Spawn(format!("cannot open a pseudo-terminal: {e}")))?;
-    // SAFETY: fcntl on an fd we own; the master is read without blocking a thread.
-    unsafe {
-        let flags = libc::fcntl(master.as_raw_fd(), libc::F_GETFL);
-        libc::fcntl(master.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
-    }
-    // SAFETY: `master` is an OwnedFd we own; it is neither replaced nor closed while registered.
-    let master = unsafe { tokio::io::unix::AsyncFd::register(master) }
-        .map_err(|e| PtyError::Spawn(format!("cannot watch the pseudo-terminal: {e}")))?;
-    let mut cmd = tokio::process::Command::new(bin);
-    cmd.args(args)
-        .env("ABRA_DIR", abra_dir)
-        .env("NO_COLOR", "1")
-        .env("TERM", "dumb")
-        .env("COLUMNS", "250")
-        .stdin(Stdio::from(
-            slave
-                .try_clone()
-                .map_err(|e| PtyError::Spawn(e.to_string()))?,
-        ))
-        .stdout(Stdio::from(
-            slave
-                .try_clone()
-                .map_err(|e| PtyError::Spawn(e.to_string()))?,
-        ))
-        .stderr(Stdio::from(
-            slave
-                .try_clone()
-                .map_err(|e| PtyError::Spawn(e.to_string()))?,
-        ))
-        .kill_on_drop(true);
-    // SAFETY: only async-signal-safe calls (setsid, ioctl, prctl) between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            // abra gets its own session (for the terminal), so a signal to the run's process group
-            // misses it: make it die with the run instead of deploying on as an orphan.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::ioctl(0, libc::TIOCSCTTY as _, 0) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().map_err(|e| PtyError::Spawn(e.to_string()))?;
-    // The command keeps copies of the terminal's slave side: drop them, or reading the master
-    // never sees the end.
-    drop(cmd);
-    drop(slave);
-    let pgid = child.id().map(|p| p as i32);
-    let mut group = GroupGuard(pgid);
-    let mut buf = Vec::new();
-    let run = async {
-        let reading = read_terminal(&master, &mut buf, cap);
-        tokio::pin!(reading);
-        let status = tokio::select! {
-            st = child.wait() => st,
-            end = &mut reading => {
-                if end == TerminalEnd::Full {
-                    return Err(TerminalEnd::Full);
-                }
-                // Every holder closed the terminal; the program itself is ending.
-                return Ok(child.wait().await);
-            }
-        };
-        // Grandchildren may still hold the terminal; they belong to the finished call.
-        group.kill();
-        match reading.await {
-            TerminalEnd::Full => Err(TerminalEnd::Full),
-            TerminalEnd::Closed => Ok(status),
-        }
-    };
-    let outcome = tokio::time::timeout_at(deadline, run).await;
-    drop(group);
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    match outcome {
-        Ok(Ok(Ok(st))) => {
-            let code = st.code().unwrap_or_else(|| {
-                128 + std::os::unix::process::ExitStatusExt::signal(&st).unwrap_or(0)
-            });
-            Ok((code, text(&buf)))
-        }
-        Ok(Ok(Err(e))) => Err(PtyError::Spawn(e.to_string())),
-        Ok(Err(_)) => {
-            let _ = child.kill().await;
-            Err(PtyError::TooMuch(text(&buf)))
-        }
-        Err(_) => {
-            let _ = child.kill().await;
-            Err(PtyError::Timeout(text(&buf)))
-        }
-    }
-}
-
-#[derive(Debug, PartialEq, Eq)]
-enum TerminalEnd {
-    /// Every holder of the terminal's slave side is gone.
-    Closed,
-    /// The cap was reached.
-    Full,
-}
-
-/// Reads the master side until the terminal closes (EIO/EOF) or `cap` bytes were read.
-async fn read_terminal(
-    master: &tokio::io::unix::AsyncFd<OwnedFd>,
-    buf: &mut Vec<u8>,
-    cap: usize,
-) -> TerminalEnd {
-    let mut chunk = [0u8; 8192];
-    loop {
-        let Ok(mut ready) = master.readable().await else {
-            return TerminalEnd::Closed;
-        };
-        let r = ready.try_io(|fd| {
-            // SAFETY: reading into a buffer we own, of its length, from an fd we own.
-            let n = unsafe {
-                libc::read(
-                    fd.get_ref().as_raw_fd(),
-                    chunk.as_mut_ptr().cast(),
-                    chunk.len(),
-                )
-            };
-            if n < 0 {
-                Err(std::io::Error::last_os_error())
-            } else {
-                Ok(n as usize)
-            }
-        });
-        match r {
-            Ok(Ok(0)) => return TerminalEnd::Closed,
-            Ok(Ok(n)) => {
-                let room = cap.saturating_sub(buf.len());
-                buf.extend_from_slice(&chunk[..n.min(room)]);
-                if n > room {
-                    return TerminalEnd::Full;
-                }
-            }
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            // EIO: the last holder of the slave side closed it.
-            Ok(Err(_)) => return TerminalEnd::Closed,
-            // Spurious readiness: wait again.
-            Err(_would_block) => {}
-        }
-    }
-}
-
-/// Kills a process group when dropped (deadline, cancellation, or normal end).
-struct GroupGuard(Option<i32>);
-
-impl GroupGuard {
-    fn kill(&mut self) {
-        if let Some(pgid) = self.0 {
-            // SAFETY: plain syscall; a group that is already gone gives ESRCH, which is fine.
-            unsafe {
-                libc::kill(-pgid, libc::SIGKILL);
-            }
-        }
-    }
-}
-
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn open_pty() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    let mut master: libc::c_int = -1;
-    let mut slave: libc::c_int = -1;
-    // Wide enough that abra's tables never wrap.
-    let ws = libc::winsize {
-        ws_row: 50,
-        ws_col: 250,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: openpty writes two fds we then own; null name/termios are allowed.
-    let rc = unsafe {
-        libc::openpty(
-            &mut master,
-            &mut slave,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            &ws,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: both fds were just returned by openpty and are owned by nobody else.
-    let (m, s) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
-    // The master must not leak into children (they would keep the terminal open).
-    // SAFETY: fcntl on an fd we own.
-    unsafe {
-        libc::fcntl(m.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC);
-        libc::fcntl(s.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC);
-    }
-    Ok((m, s))
 }
 
 #[cfg(test)]
@@ -774,10 +532,10 @@ mod tests {
     #[test]
     fn resolves_binary_from_flag_or_fails_clearly() {
         assert_eq!(
-            resolve_binary(Some("/bin/sh"), None).unwrap(),
+            resolve_binary(Some("/bin/sh"), None, &Default::default()).unwrap(),
             PathBuf::from("/bin/sh")
         );
-        let err = resolve_binary(Some("/nonexistent/abra"), None)
+        let err = resolve_binary(Some("/nonexistent/abra"), None, &Default::default())
             .unwrap_err()
             .to_string();
         assert!(err.contains("--abra"), "{err}");

@@ -189,7 +189,7 @@ pub fn compose_images(
     text: &str,
     vars: &std::collections::BTreeMap<String, String>,
 ) -> Vec<String> {
-    let Ok(doc) = serde_yaml::from_str::<serde_yaml::Value>(text) else {
+    let Ok(doc) = serde_norway::from_str::<serde_norway::Value>(text) else {
         return Vec::new();
     };
     doc.get("services")

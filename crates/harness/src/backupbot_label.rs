@@ -17,10 +17,10 @@ coop-cloud.backupbot.enabled=true";
 /// it without a rebuild. abra (and the stand-in) inherit it from cc-ci.
 pub const BACKUPBOT_LABEL_ENV: &str = "CC_CI_BACKUPBOT_LABEL";
 
-/// The label (key, value) to look for: the override when set and well-formed, else the default.
-pub fn backupbot_label() -> (String, String) {
-    std::env::var(BACKUPBOT_LABEL_ENV)
-        .ok()
+/// The label (key, value) to look for: `override_label` (the value of [`BACKUPBOT_LABEL_ENV`])
+/// when set and well-formed, else the default.
+pub fn backupbot_label(override_label: Option<&str>) -> (String, String) {
+    override_label
         .and_then(|v| {
             let (k, val) = v.split_once('=')?;
             (!k.trim().is_empty()).then(|| (k.trim().to_string(), val.trim().to_string()))

@@ -246,11 +246,19 @@ impl Config {
     }
 
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let invalid = |key: &str, problem: String| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            key: key.into(),
-            problem,
-        };
+        self.validate_harness()
+            .and_then(|()| self.validate_daemon())
+            .and_then(|()| self.validate_forge())
+            .map_err(|(key, problem)| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                key,
+                problem,
+            })
+    }
+
+    /// `Err((key, problem))` for the first bad `harness.` value (and the timeouts).
+    fn validate_harness(&self) -> Result<(), (String, String)> {
+        let invalid = |key: &str, problem: String| (key.to_string(), problem);
         let h = &self.harness;
         if !crate::names::is_valid_domain_suffix(&h.domain_suffix) {
             return Err(invalid(
@@ -335,6 +343,11 @@ impl Config {
                 ));
             }
         }
+        Ok(())
+    }
+
+    fn validate_daemon(&self) -> Result<(), (String, String)> {
+        let invalid = |key: &str, problem: String| (key.to_string(), problem);
         let d = &self.daemon;
         if d.concurrency == 0 {
             return Err(invalid("daemon.concurrency", "must be at least 1".into()));
@@ -360,6 +373,11 @@ impl Config {
         if let Err(problem) = crate::listen::check(&d.listen) {
             return Err(invalid("daemon.listen", problem));
         }
+        Ok(())
+    }
+
+    fn validate_forge(&self) -> Result<(), (String, String)> {
+        let invalid = |key: &str, problem: String| (key.to_string(), problem);
         let f = &self.forge;
         if !(f.url.starts_with("http://") || f.url.starts_with("https://")) {
             return Err(invalid(

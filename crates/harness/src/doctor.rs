@@ -8,7 +8,7 @@ use crate::abra::{self, Abra, spelling};
 use crate::backupbot_label::{BACKUPBOT_HOW_TO, backupbot_label};
 use crate::config::Config;
 use crate::engine::{Engine, registry_of};
-use crate::lifecycle::work_dir;
+use crate::hostenv::{HostEnv, work_dir};
 use crate::redact::Redactor;
 
 /// One check's outcome.
@@ -66,18 +66,6 @@ pub fn spellings_in_use() -> Vec<(Vec<&'static str>, Vec<&'static str>)> {
         ),
         (vec!["app", "undeploy"], vec![]),
         (spelling::SECRET_INSERT.to_vec(), vec![]),
-        (
-            spelling::SECRET_RM_ALL[..3].to_vec(),
-            spelling::SECRET_RM_ALL[3..].to_vec(),
-        ),
-        (
-            spelling::VOLUME_RM[..3].to_vec(),
-            spelling::VOLUME_RM[3..].to_vec(),
-        ),
-        (
-            spelling::APP_RM[..2].to_vec(),
-            spelling::APP_RM[2..].to_vec(),
-        ),
         (spelling::BACKUP_CREATE.to_vec(), vec![]),
         (spelling::BACKUP_LIST.to_vec(), vec![]),
         (
@@ -89,97 +77,10 @@ pub fn spellings_in_use() -> Vec<(Vec<&'static str>, Vec<&'static str>)> {
 }
 
 /// Runs every check. `abra_flag` is `--abra` (it wins over `CC_CI_ABRA` and the config).
-pub async fn run(config: &Config, abra_flag: Option<&str>) -> Vec<Check> {
-    let mut out = Vec::new();
-    let engine = Engine::from_env();
-    let engine = match engine {
-        Ok(e) => match e.check_swarm().await {
-            Ok(Ok(())) => {
-                out.push(Check::pass(
-                    "engine",
-                    "the Docker engine answers and this node is a swarm manager",
-                ));
-                Some(e)
-            }
-            Ok(Err(msg)) => {
-                out.push(Check::fail(
-                    "engine",
-                    msg,
-                    "run `docker swarm init` (or scripts/setup-swarm), on a manager node",
-                ));
-                None
-            }
-            Err(err) => {
-                out.push(Check::fail(
-                    "engine",
-                    err.to_string(),
-                    "start dockerd, or point DOCKER_HOST at its unix socket",
-                ));
-                None
-            }
-        },
-        Err(err) => {
-            out.push(Check::fail(
-                "engine",
-                err.to_string(),
-                "set DOCKER_HOST=unix:///path/to/docker.sock",
-            ));
-            None
-        }
-    };
+pub async fn run(config: &Config, abra_flag: Option<&str>, host: &HostEnv) -> Vec<Check> {
+    let (engine, mut out) = engine_check(host).await;
     match &engine {
-        Some(e) => {
-            out.push(match e.network_driver("proxy").await {
-                Ok(Some((driver, scope))) if driver == "overlay" && scope == "swarm" => {
-                    Check::pass("proxy network", "overlay network `proxy` exists")
-                }
-                Ok(Some((driver, scope))) => Check::fail(
-                    "proxy network",
-                    format!("`proxy` is a {driver}/{scope} network, not a swarm overlay"),
-                    "remove it and run `docker network create -d overlay --attachable proxy`",
-                ),
-                Ok(None) => Check::fail(
-                    "proxy network",
-                    "no network `proxy` (recipes attach to it)",
-                    "run `docker network create -d overlay --attachable proxy`",
-                ),
-                Err(err) => Check::fail("proxy network", err.to_string(), "check dockerd"),
-            });
-            let (key, value) = backupbot_label();
-            out.push(match e.running_services_labelled(&key, &value).await {
-                Ok(s) if !s.is_empty() => {
-                    Check::pass("backup-bot-two", format!("running: {}", s.join(", ")))
-                }
-                Ok(_) => Check::fail(
-                    "backup-bot-two",
-                    format!("no running service labelled {key}={value}: backup and restore tiers will be errors"),
-                    BACKUPBOT_HOW_TO,
-                ),
-                Err(err) => Check::fail("backup-bot-two", err.to_string(), "check dockerd"),
-            });
-            match e.registry_images().await {
-                Ok(images) => {
-                    let mut registries: Vec<String> =
-                        images.iter().map(|i| registry_of(i)).collect();
-                    registries.sort();
-                    registries.dedup();
-                    for r in registries {
-                        out.push(match registry_reachable(&r).await {
-                            Ok(addr) => Check::pass(
-                                &format!("registry {r}"),
-                                format!("reachable at {addr}"),
-                            ),
-                            Err(why) => Check::fail(
-                                &format!("registry {r}"),
-                                why,
-                                "fix the network or DNS to it; deploys resolve every image there",
-                            ),
-                        });
-                    }
-                }
-                Err(err) => out.push(Check::fail("registries", err.to_string(), "check dockerd")),
-            }
-        }
+        Some(e) => out.extend(swarm_checks(e, host).await),
         None => out.push(Check::fail(
             "proxy network, backup-bot-two, registries",
             "not checked: the engine does not answer",
@@ -197,7 +98,7 @@ pub async fn run(config: &Config, abra_flag: Option<&str>) -> Vec<Check> {
             "mount devpts (/dev/pts) and allow /dev/ptmx, e.g. PrivateDevices=no",
         ),
     });
-    let work = work_dir(config);
+    let work = work_dir(config, host);
     out.push(match writable(&work) {
         Ok(()) => Check::pass("work directory", format!("{} is writable", work.display())),
         Err(why) => Check::fail(
@@ -206,13 +107,114 @@ pub async fn run(config: &Config, abra_flag: Option<&str>) -> Vec<Check> {
             "create it writable for cc-ci's user, or set harness.work_dir",
         ),
     });
-    out.extend(abra_checks(config, abra_flag, &work).await);
+    out.extend(abra_checks(config, abra_flag, &work, host).await);
     out
 }
 
-async fn abra_checks(config: &Config, flag: Option<&str>, work: &Path) -> Vec<Check> {
+/// The engine answers and is a swarm manager: the engine when it is, and the check.
+async fn engine_check(host: &HostEnv) -> (Option<Engine>, Vec<Check>) {
+    let e = match Engine::connect(host.docker_host.as_deref()) {
+        Ok(e) => e,
+        Err(err) => {
+            let check = Check::fail(
+                "engine",
+                err.to_string(),
+                "set DOCKER_HOST=unix:///path/to/docker.sock",
+            );
+            return (None, vec![check]);
+        }
+    };
+    match e.check_swarm().await {
+        Ok(Ok(())) => (
+            Some(e),
+            vec![Check::pass(
+                "engine",
+                "the Docker engine answers and this node is a swarm manager",
+            )],
+        ),
+        Ok(Err(msg)) => (
+            None,
+            vec![Check::fail(
+                "engine",
+                msg,
+                "run `docker swarm init` (or scripts/setup-swarm), on a manager node",
+            )],
+        ),
+        Err(err) => (
+            None,
+            vec![Check::fail(
+                "engine",
+                err.to_string(),
+                "start dockerd, or point DOCKER_HOST at its unix socket",
+            )],
+        ),
+    }
+}
+
+/// What the swarm must provide: the `proxy` network, backup-bot-two, reachable registries.
+async fn swarm_checks(e: &Engine, host: &HostEnv) -> Vec<Check> {
     let mut out = Vec::new();
-    let bin = match abra::resolve_binary(flag, config.harness.abra.as_deref()) {
+    out.push(match e.network_driver("proxy").await {
+        Ok(Some((driver, scope))) if driver == "overlay" && scope == "swarm" => {
+            Check::pass("proxy network", "overlay network `proxy` exists")
+        }
+        Ok(Some((driver, scope))) => Check::fail(
+            "proxy network",
+            format!("`proxy` is a {driver}/{scope} network, not a swarm overlay"),
+            "remove it and run `docker network create -d overlay --attachable proxy`",
+        ),
+        Ok(None) => Check::fail(
+            "proxy network",
+            "no network `proxy` (recipes attach to it)",
+            "run `docker network create -d overlay --attachable proxy`",
+        ),
+        Err(err) => Check::fail("proxy network", err.to_string(), "check dockerd"),
+    });
+    let (key, value) = backupbot_label(host.backupbot_label.as_deref());
+    out.push(match e.running_services_labelled(&key, &value).await {
+        Ok(s) if !s.is_empty() => {
+            Check::pass("backup-bot-two", format!("running: {}", s.join(", ")))
+        }
+        Ok(_) => Check::fail(
+            "backup-bot-two",
+            format!(
+                "no running service labelled {key}={value}: backup and restore tiers will be errors"
+            ),
+            BACKUPBOT_HOW_TO,
+        ),
+        Err(err) => Check::fail("backup-bot-two", err.to_string(), "check dockerd"),
+    });
+    match e.registry_images().await {
+        Ok(images) => {
+            let mut registries: Vec<String> = images.iter().map(|i| registry_of(i)).collect();
+            registries.sort();
+            registries.dedup();
+            for r in registries {
+                out.push(match registry_reachable(&r).await {
+                    Ok(addr) => {
+                        Check::pass(&format!("registry {r}"), format!("reachable at {addr}"))
+                    }
+                    Err(why) => Check::fail(
+                        &format!("registry {r}"),
+                        why,
+                        "fix the network or DNS to it; deploys resolve every image there",
+                    ),
+                });
+            }
+        }
+        Err(err) => out.push(Check::fail("registries", err.to_string(), "check dockerd")),
+    }
+    out
+}
+
+async fn abra_checks(
+    config: &Config,
+    flag: Option<&str>,
+    work: &Path,
+    host: &HostEnv,
+) -> Vec<Check> {
+    let mut out = Vec::new();
+    let bin = match abra::resolve_binary(flag, config.harness.abra.as_deref(), host) {
         Ok(b) => b,
         Err(e) => {
             out.push(Check::fail(

@@ -135,15 +135,16 @@ pub struct ExecOutput {
 }
 
 impl Engine {
-    /// The engine named by `DOCKER_HOST` (unix sockets only), else `/var/run/docker.sock`.
-    pub fn from_env() -> Result<Self, EngineError> {
-        match std::env::var("DOCKER_HOST") {
-            Ok(h) if !h.is_empty() => match h.strip_prefix("unix://") {
+    /// The engine named by `docker_host` (`DOCKER_HOST`; unix sockets only), else
+    /// `/var/run/docker.sock`.
+    pub fn connect(docker_host: Option<&str>) -> Result<Self, EngineError> {
+        match docker_host {
+            Some(h) if !h.is_empty() => match h.strip_prefix("unix://") {
                 Some(path) => Ok(Self {
                     socket: path.into(),
                     timeout: DEFAULT_TIMEOUT,
                 }),
-                None => Err(EngineError::UnsupportedHost(h)),
+                None => Err(EngineError::UnsupportedHost(h.to_string())),
             },
             _ => Ok(Self {
                 socket: "/var/run/docker.sock".into(),

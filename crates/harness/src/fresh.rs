@@ -239,6 +239,49 @@ pub fn freshness(
     age: Duration,
     max_age: Option<Duration>,
 ) -> Freshness {
+    let mut out = identity_changes(recorded, current);
+    let before = out.len();
+    images(
+        Side::Head,
+        &recorded.head_images,
+        &current.head_images,
+        &mut out,
+    );
+    images(
+        Side::Base,
+        &recorded.base_images,
+        &current.base_images,
+        &mut out,
+    );
+    if out.len() == before
+        && (recorded.head_images != current.head_images
+            || recorded.base_images != current.base_images)
+    {
+        // Only a duplicate service entry or an `unresolved` note differs: still a difference.
+        out.push(Stale::KeyDiffers);
+    }
+    out.extend(tool_changes(recorded, current));
+    if let Some(max) = max_age
+        && age > max
+    {
+        out.push(Stale::TooOld {
+            age_secs: age.as_secs(),
+            max_age_secs: max.as_secs(),
+        });
+    }
+    if out.is_empty() && recorded.key != current.key {
+        out.push(Stale::KeyDiffers);
+    }
+    if out.is_empty() {
+        Freshness::Fresh
+    } else {
+        out.dedup();
+        Freshness::Stale(out)
+    }
+}
+
+/// What the result is of: repository, recipe, head, base release, stages.
+fn identity_changes(recorded: &Inputs, current: &Inputs) -> Vec<Stale> {
     let mut out = Vec::new();
     if recorded.source != current.source {
         out.push(Stale::SourceChanged {
@@ -281,26 +324,12 @@ pub fn freshness(
             new: current.stages.clone(),
         });
     }
-    let before = out.len();
-    images(
-        Side::Head,
-        &recorded.head_images,
-        &current.head_images,
-        &mut out,
-    );
-    images(
-        Side::Base,
-        &recorded.base_images,
-        &current.base_images,
-        &mut out,
-    );
-    if out.len() == before
-        && (recorded.head_images != current.head_images
-            || recorded.base_images != current.base_images)
-    {
-        // Only a duplicate service entry or an `unresolved` note differs: still a difference.
-        out.push(Stale::KeyDiffers);
-    }
+    out
+}
+
+/// What made and checked the result: abra, cc-ci, the overlays, the check config.
+fn tool_changes(recorded: &Inputs, current: &Inputs) -> Vec<Stale> {
+    let mut out = Vec::new();
     if recorded.abra_version != current.abra_version {
         out.push(Stale::AbraChanged {
             old: recorded.abra_version.clone(),
@@ -319,23 +348,7 @@ pub fn freshness(
     if recorded.config_digest != current.config_digest {
         out.push(Stale::CheckConfigChanged);
     }
-    if let Some(max) = max_age
-        && age > max
-    {
-        out.push(Stale::TooOld {
-            age_secs: age.as_secs(),
-            max_age_secs: max.as_secs(),
-        });
-    }
-    if out.is_empty() && recorded.key != current.key {
-        out.push(Stale::KeyDiffers);
-    }
-    if out.is_empty() {
-        Freshness::Fresh
-    } else {
-        out.dedup();
-        Freshness::Stale(out)
-    }
+    out
 }
 
 #[cfg(test)]

@@ -174,8 +174,13 @@ pub fn shipped_overlays() -> Option<PathBuf> {
 
 /// What `abra --version` says for the abra a run would use (`--abra`, `CC_CI_ABRA`,
 /// `harness.abra`, else `abra` on PATH); `None` when it cannot be run.
-pub async fn abra_version(flag: Option<&str>, config: &Config, scratch: &Path) -> Option<String> {
-    let bin = crate::abra::resolve_binary(flag, config.harness.abra.as_deref()).ok()?;
+pub async fn abra_version(
+    flag: Option<&str>,
+    config: &Config,
+    scratch: &Path,
+    host: &crate::hostenv::HostEnv,
+) -> Option<String> {
+    let bin = crate::abra::resolve_binary(flag, config.harness.abra.as_deref(), host).ok()?;
     let abra = crate::abra::Abra::new(
         bin,
         scratch.join("abra-version"),
@@ -229,7 +234,7 @@ pub fn service_images(checkout: &Checkout) -> Result<BTreeMap<String, String>, I
         let Some(text) = checkout.read_file(&file)? else {
             continue;
         };
-        let Ok(doc) = serde_yaml::from_str::<serde_yaml::Value>(&text) else {
+        let Ok(doc) = serde_norway::from_str::<serde_norway::Value>(&text) else {
             continue;
         };
         let Some(services) = doc.get("services").and_then(|s| s.as_mapping()) else {

@@ -537,9 +537,7 @@ expect = "hi"
         let e = load("web", &[], Some(&overlay)).unwrap_err().message;
         assert!(e.contains("symbolic link"), "{e}");
         std::fs::remove_file(&overlay).unwrap();
-        let c = std::ffi::CString::new(overlay.to_str().unwrap()).unwrap();
-        // SAFETY: plain syscall on a path we own.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        crate::safefs::tests::mkfifo(&overlay);
         let e = load("web", &[], Some(&overlay)).unwrap_err().message;
         assert!(e.contains("FIFO"), "{e}");
     }

@@ -12,7 +12,7 @@
 
 use std::collections::BTreeSet;
 
-use serde_yaml::Value;
+use serde_norway::Value;
 
 /// Every rule the policy enforces, with what it protects against. Names are what operators
 /// list in `harness.compose_allow`.
@@ -105,111 +105,21 @@ pub fn check_compose(
     };
     let top = doc.as_mapping();
     let get = |k: &str| top.and_then(|m| m.get(k));
-
     if let Some(Value::Mapping(services)) = get("services") {
-        for (name, svc) in services {
-            let name = scalar(name);
-            let place = format!("service `{name}`");
-            let Some(svc) = svc.as_mapping() else {
-                continue;
-            };
-            for (k, v) in svc {
-                let key = scalar(k);
-                check_service_key(
-                    &key,
-                    v,
-                    &mut |key, rule, problem| push(place.clone(), key, rule, problem),
-                    file_check,
-                );
-            }
-        }
+        check_services(services, &mut push, file_check);
     }
-
     // Top-level objects: named volumes that are really host paths, and objects of other stacks.
     if let Some(Value::Mapping(vols)) = get("volumes") {
-        for (name, v) in vols {
-            let name = scalar(name);
-            let place = format!("volumes `{name}`");
-            let Some(v) = v.as_mapping() else { continue };
-            if let Some(Value::Mapping(opts)) = v.get("driver_opts") {
-                let opt = |k: &str| opts.get(k).map(scalar).unwrap_or_default();
-                let device = opt("device");
-                let o = opt("o");
-                let binds = o
-                    .split(',')
-                    .any(|t| t.trim() == "bind" || t.trim() == "rbind");
-                if SOCKET_PATHS.iter().any(|s| device.contains(s)) {
-                    push(
-                        place.clone(),
-                        "driver_opts.device".into(),
-                        "docker-socket",
-                        format!("the volume is the Docker socket `{device}`"),
-                    );
-                } else if binds || device.starts_with('/') || device.contains('$') {
-                    push(
-                        place.clone(),
-                        "driver_opts".into(),
-                        "bind-mount",
-                        format!(
-                            "the volume binds the host path `{device}` (o: `{o}`) into containers"
-                        ),
-                    );
-                }
-            }
-            foreign(&place, v, false, &mut push);
-        }
+        check_volumes(vols, &mut push);
     }
     // The predefined `host` network, joined as an external network, is the host's network
     // namespace by another name.
     if let Some(Value::Mapping(nets)) = get("networks") {
-        for (name, v) in nets {
-            let key_name = scalar(name);
-            let Some(v) = v.as_mapping() else { continue };
-            let real = v
-                .get("name")
-                .map(scalar)
-                .unwrap_or_else(|| key_name.clone());
-            let driver = v.get("driver").map(scalar).unwrap_or_default();
-            let external = v.get("external").is_some_and(truthy);
-            if driver == "host"
-                || driver.contains('$')
-                || (external && (real == "host" || real.contains('$')))
-            {
-                push(
-                    format!("networks `{key_name}`"),
-                    if driver.is_empty() {
-                        "external".into()
-                    } else {
-                        "driver".into()
-                    },
-                    "host-namespace",
-                    "joins the host's network".into(),
-                );
-            }
-        }
+        check_networks(nets, &mut push);
     }
     for section in ["secrets", "configs"] {
-        let Some(Value::Mapping(objs)) = get(section) else {
-            continue;
-        };
-        for (name, v) in objs {
-            let place = format!("{section} `{}`", scalar(name));
-            let Some(v) = v.as_mapping() else { continue };
-            if let Some(f) = v.get("file") {
-                let f = scalar(f);
-                if let Err(why) = file_ref(&f, file_check) {
-                    push(place.clone(), "file".into(), "file-outside", why);
-                }
-            }
-            if v.contains_key("environment") {
-                push(
-                    place.clone(),
-                    "environment".into(),
-                    "host-environment",
-                    "takes its value from the environment cc-ci runs in".into(),
-                );
-            }
-            foreign(&place, v, true, &mut push);
+        if let Some(Value::Mapping(objs)) = get(section) {
+            check_objects(section, objs, &mut push, file_check);
         }
     }
 
@@ -222,13 +132,125 @@ pub fn check_compose(
     }
 }
 
+type Push<'a> = dyn FnMut(String, String, &'static str, String) + 'a;
+
+fn check_services(
+    services: &serde_norway::Mapping,
+    push: &mut Push,
+    file_check: &dyn Fn(&str) -> Result<(), String>,
+) {
+    for (name, svc) in services {
+        let name = scalar(name);
+        let place = format!("service `{name}`");
+        let Some(svc) = svc.as_mapping() else {
+            continue;
+        };
+        for (k, v) in svc {
+            let key = scalar(k);
+            check_service_key(
+                &key,
+                v,
+                &mut |key, rule, problem| push(place.clone(), key, rule, problem),
+                file_check,
+            );
+        }
+    }
+}
+
+fn check_volumes(vols: &serde_norway::Mapping, push: &mut Push) {
+    for (name, v) in vols {
+        let name = scalar(name);
+        let place = format!("volumes `{name}`");
+        let Some(v) = v.as_mapping() else { continue };
+        if let Some(Value::Mapping(opts)) = v.get("driver_opts") {
+            let opt = |k: &str| opts.get(k).map(scalar).unwrap_or_default();
+            let device = opt("device");
+            let o = opt("o");
+            let binds = o
+                .split(',')
+                .any(|t| t.trim() == "bind" || t.trim() == "rbind");
+            if SOCKET_PATHS.iter().any(|s| device.contains(s)) {
+                push(
+                    place.clone(),
+                    "driver_opts.device".into(),
+                    "docker-socket",
+                    format!("the volume is the Docker socket `{device}`"),
+                );
+            } else if binds || device.starts_with('/') || device.contains('$') {
+                push(
+                    place.clone(),
+                    "driver_opts".into(),
+                    "bind-mount",
+                    format!("the volume binds the host path `{device}` (o: `{o}`) into containers"),
+                );
+            }
+        }
+        foreign(&place, v, false, push);
+    }
+}
+
+fn check_networks(nets: &serde_norway::Mapping, push: &mut Push) {
+    for (name, v) in nets {
+        let key_name = scalar(name);
+        let Some(v) = v.as_mapping() else { continue };
+        let real = v
+            .get("name")
+            .map(scalar)
+            .unwrap_or_else(|| key_name.clone());
+        let driver = v.get("driver").map(scalar).unwrap_or_default();
+        let external = v.get("external").is_some_and(truthy);
+        if driver == "host"
+            || driver.contains('$')
+            || (external && (real == "host" || real.contains('$')))
+        {
+            push(
+                format!("networks `{key_name}`"),
+                if driver.is_empty() {
+                    "external".into()
+                } else {
+                    "driver".into()
+                },
+                "host-namespace",
+                "joins the host's network".into(),
+            );
+        }
+    }
+}
+
+fn check_objects(
+    section: &str,
+    objs: &serde_norway::Mapping,
+    push: &mut Push,
+    file_check: &dyn Fn(&str) -> Result<(), String>,
+) {
+    for (name, v) in objs {
+        let place = format!("{section} `{}`", scalar(name));
+        let Some(v) = v.as_mapping() else { continue };
+        if let Some(f) = v.get("file") {
+            let f = scalar(f);
+            if let Err(why) = file_ref(&f, file_check) {
+                push(place.clone(), "file".into(), "file-outside", why);
+            }
+        }
+        if v.contains_key("environment") {
+            push(
+                place.clone(),
+                "environment".into(),
+                "host-environment",
+                "takes its value from the environment cc-ci runs in".into(),
+            );
+        }
+        foreign(&place, v, true, push);
+    }
+}
+
 /// A top-level object that names something outside this stack: `name:` not starting with the
 /// stack's name, or `external` without one (its real name is then the key itself).
 fn foreign(
     place: &str,
-    v: &serde_yaml::Mapping,
+    v: &serde_norway::Mapping,
     external_ok_with_stack_name: bool,
-    push: &mut impl FnMut(String, String, &'static str, String),
+    push: &mut Push,
 ) {
     let external = v.get("external").is_some_and(truthy);
     match v.get("name").map(scalar) {
@@ -448,7 +470,7 @@ fn scalar(v: &Value) -> String {
         Value::Bool(b) => b.to_string(),
         Value::Number(n) => n.to_string(),
         Value::Null => String::new(),
-        other => serde_yaml::to_string(other)
+        other => serde_norway::to_string(other)
             .unwrap_or_default()
             .trim()
             .to_string(),
@@ -518,7 +540,7 @@ mod tests {
     }
 
     fn judge_allowing(yaml: &str, allow: &[&str]) -> Verdict {
-        let doc: Value = serde_yaml::from_str(yaml).unwrap();
+        let doc: Value = serde_norway::from_str(yaml).unwrap();
         let allowed = allow.iter().map(|s| s.to_string()).collect();
         let check = |p: &str| {
             if p.starts_with('/') || p.contains("..") {

@@ -302,18 +302,18 @@ const MAX_PORT_RANGE: u32 = 256;
 /// Host ports of one `ports:` entry: short syntax `[ip:]host:container[/proto]` (ranges
 /// allowed; a bare container port publishes nothing fixed) or long syntax with `published:`.
 fn published_ports_of(
-    entry: &serde_yaml::Value,
+    entry: &serde_norway::Value,
     vars: &std::collections::BTreeMap<String, String>,
 ) -> Result<Vec<(u16, String)>, String> {
-    let scalar = |v: &serde_yaml::Value| -> Option<String> {
+    let scalar = |v: &serde_norway::Value| -> Option<String> {
         match v {
-            serde_yaml::Value::String(s) => Some(cc_ci_envfile::interpolate(s, vars)),
-            serde_yaml::Value::Number(n) => Some(n.to_string()),
+            serde_norway::Value::String(s) => Some(cc_ci_envfile::interpolate(s, vars)),
+            serde_norway::Value::Number(n) => Some(n.to_string()),
             _ => None,
         }
     };
     let (host, protocol) = match entry {
-        serde_yaml::Value::Mapping(m) => {
+        serde_norway::Value::Mapping(m) => {
             let Some(published) = m.get("published").and_then(scalar) else {
                 return Ok(vec![]);
             };
@@ -383,7 +383,7 @@ pub fn parse_compose_with(
         file: file.into(),
         problem,
     };
-    let doc: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| {
+    let doc: serde_norway::Value = serde_norway::from_str(text).map_err(|e| {
         let at = e
             .location()
             .map(|l| format!("line {}, column {}: ", l.line(), l.column()))
@@ -396,7 +396,7 @@ pub fn parse_compose_with(
     let mut info = ComposeInfo::default();
     match map.get("services") {
         None => {}
-        Some(serde_yaml::Value::Mapping(services)) => {
+        Some(serde_norway::Value::Mapping(services)) => {
             for (name, svc) in services {
                 let name = name
                     .as_str()
@@ -406,8 +406,8 @@ pub fn parse_compose_with(
                 }
                 info.services.push(name.to_string());
                 match svc.get("ports") {
-                    None | Some(serde_yaml::Value::Null) => {}
-                    Some(serde_yaml::Value::Sequence(ports)) => {
+                    None | Some(serde_norway::Value::Null) => {}
+                    Some(serde_norway::Value::Sequence(ports)) => {
                         for p in ports {
                             let found = published_ports_of(p, vars)
                                 .map_err(|e| invalid(format!("service `{name}`, ports: {e}")))?;
@@ -432,8 +432,8 @@ pub fn parse_compose_with(
         }
     }
     match map.get("volumes") {
-        None | Some(serde_yaml::Value::Null) => {}
-        Some(serde_yaml::Value::Mapping(vols)) => {
+        None | Some(serde_norway::Value::Null) => {}
+        Some(serde_norway::Value::Mapping(vols)) => {
             info.volumes = vols
                 .keys()
                 .filter_map(|k| k.as_str().map(String::from))

@@ -60,8 +60,12 @@ impl Redactor {
     /// files the config names. A run never needs them, but a recipe can echo whatever reaches
     /// it, and every file a run writes is served to the pull request. Unreadable files teach
     /// nothing (the daemon refuses to start without them; a run by hand may not have them).
-    pub fn learn_forge_secrets(&self, forge: &crate::config::ForgeConfig) {
-        let creds = std::env::var_os("CREDENTIALS_DIRECTORY").map(std::path::PathBuf::from);
+    pub fn learn_forge_secrets(
+        &self,
+        forge: &crate::config::ForgeConfig,
+        credentials_directory: Option<&std::path::Path>,
+    ) {
+        let creds = credentials_directory;
         let mut files: Vec<std::path::PathBuf> = Vec::new();
         if let Some(d) = &creds {
             files.push(d.join(FORGE_TOKEN_CREDENTIAL));
@@ -86,11 +90,12 @@ impl Redactor {
             return;
         };
         // Never stdin/stdout/stderr; and only a descriptor that is open.
-        // SAFETY: F_GETFD only inspects the descriptor.
-        if fd < 3 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        if fd < 3 || !std::path::Path::new(&format!("/proc/self/fd/{fd}")).exists() {
             return;
         }
-        // SAFETY: the daemon passed this descriptor for us alone; it is read once and closed.
+        // SAFETY: taking ownership of an inherited descriptor by number cannot be done safely;
+        // the daemon passed this one for us alone, and it is read once and closed.
+        #[allow(unsafe_code)]
         let f = unsafe { std::fs::File::from_raw_fd(fd) };
         if let Ok(text) = crate::safefs::read_capped(f, "the secrets pipe", 64 << 10) {
             for line in text.lines() {
@@ -152,6 +157,7 @@ pub fn strip_ansi(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn masks_every_registered_value_in_every_clone() {
@@ -179,17 +185,20 @@ mod tests {
             ..Default::default()
         };
         let r = Redactor::new();
-        r.learn_forge_secrets(&forge);
+        r.learn_forge_secrets(&forge, None);
         assert_eq!(
             r.redact("a tok-3f9a8b7c6d b hook-secret-xyz"),
             format!("a {MASK} b {MASK}")
         );
         // Missing files teach nothing and do not fail.
         let r = Redactor::new();
-        r.learn_forge_secrets(&crate::config::ForgeConfig {
-            token_file: Some(d.path().join("missing")),
-            ..Default::default()
-        });
+        r.learn_forge_secrets(
+            &crate::config::ForgeConfig {
+                token_file: Some(d.path().join("missing")),
+                ..Default::default()
+            },
+            None,
+        );
         assert!(r.is_empty());
     }
 
@@ -207,8 +216,8 @@ mod tests {
             red.redact("pipe-token-123 pipe-hook-456"),
             format!("{MASK} {MASK}")
         );
-        // SAFETY: only inspects the descriptor, which must be closed now.
-        assert!(unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0);
+        // The descriptor is closed now: /proc no longer lists it.
+        assert!(!Path::new(&format!("/proc/self/fd/{fd}")).exists());
         // Nothing, garbage, or a standard descriptor: nothing learnt, nothing closed.
         for v in [None, Some("x"), Some("1")] {
             let r = Redactor::new();

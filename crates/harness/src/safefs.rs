@@ -189,16 +189,16 @@ pub fn read_regular(path: &Path, shown: &str, cap: u64, follow: bool) -> Result<
         path: shown.into(),
         source: e,
     };
-    let mut flags = libc::O_NONBLOCK | libc::O_CLOEXEC;
+    let mut flags = rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::CLOEXEC;
     if !follow {
-        flags |= libc::O_NOFOLLOW;
+        flags |= rustix::fs::OFlags::NOFOLLOW;
     }
     let f = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(flags)
+        .custom_flags(flags.bits() as i32)
         .open(path)
         .map_err(|e| {
-            if e.raw_os_error() == Some(libc::ELOOP) {
+            if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
                 refused(shown, "is a symbolic link: cc-ci reads only regular files")
             } else {
                 io(e)
@@ -247,9 +247,21 @@ pub fn human(n: u64) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
+
+    /// A FIFO at `path` (a file that would block a reader forever).
+    pub(crate) fn mkfifo(path: &Path) {
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            path,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .expect("mkfifo");
+    }
 
     #[test]
     fn only_regular_files_inside_the_root() {
@@ -263,9 +275,7 @@ mod tests {
         symlink("compose.yml", root.join("inner-link.yml")).unwrap();
         symlink(d.path(), root.join("dirlink")).unwrap();
         let fifo = root.join("fifo.yml");
-        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-        // SAFETY: plain syscall on a path we own.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        mkfifo(&fifo);
         symlink("/dev/zero", root.join("zero.yml")).unwrap();
 
         assert_eq!(

@@ -1,11 +1,18 @@
 //! The app's configuration from the commit under test (env file and secrets), the images pulled
 //! before each deploy, and backup-bot-two's presence: what a run sets up around abra.
 
-use super::*;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::job::{Job, Stop, abra_infra, first_line};
+use crate::abra::AbraError;
 use crate::appconfig::parse_env;
 use crate::appconfig::{self, SecretSpec};
 use crate::backupbot_label::{BACKUPBOT_HOW_TO, backupbot_label};
+use crate::engine::Engine;
 use crate::engine::PullError;
+use crate::recipe::{self, Checkout};
+use crate::report::{CheckResult, Verdict};
 
 /// Longest time one image pull may take before it counts as failed.
 const PULL_DEADLINE: Duration = Duration::from_secs(600);
@@ -102,8 +109,7 @@ impl Job {
     pub(super) async fn configure_head(
         &mut self,
         checkout: &Checkout,
-        out: &mut Vec<CheckResult>,
-    ) -> Result<bool, Stop> {
+    ) -> Result<CheckResult, Stop> {
         let current = self.read_env()?;
         let (env, changed) = appconfig::upgrade_env(&current, &Self::sample(checkout)?);
         let new = appconfig::new_secrets(&parse_env(&current), &parse_env(&env));
@@ -114,7 +120,7 @@ impl Job {
                 return Err(abra_infra(e));
             }
             Err(e) => {
-                out.push(CheckResult::generic(
+                return Ok(CheckResult::generic(
                     "config-added",
                     Verdict::Fail,
                     format!(
@@ -122,7 +128,6 @@ impl Job {
                         first_line(&e.to_string())
                     ),
                 ));
-                return Ok(false);
             }
         };
         let detail = if changed.is_empty() && inserted.is_empty() {
@@ -137,8 +142,7 @@ impl Job {
             }
             parts.join("; ")
         };
-        out.push(CheckResult::generic("config-added", Verdict::Pass, detail));
-        Ok(true)
+        Ok(CheckResult::generic("config-added", Verdict::Pass, detail))
     }
 
     /// Images the compose files of the current checkout name, with the app env interpolated as
@@ -173,7 +177,7 @@ impl Job {
     /// Is a backup-bot-two service running on the swarm? `Err` carries the message for the
     /// backup and restore tiers.
     pub(super) async fn backupbot_present(&self) -> Result<Result<(), String>, Stop> {
-        let (key, value) = backupbot_label();
+        let (key, value) = backupbot_label(self.opts.host.backupbot_label.as_deref());
         let found = self.engine.running_services_labelled(&key, &value).await?;
         Ok(if found.is_empty() {
             Err(format!(
@@ -185,13 +189,10 @@ impl Job {
     }
 }
 
-/// `CC_CI_NO_PREPULL=1` turns the pre-pull off, only so that bench/prepull can measure what it
-/// saves; a run without it lets the convergence wait include the swarm's own pull.
-const NO_PREPULL_ENV: &str = "CC_CI_NO_PREPULL";
-
-/// Pulls every image, all at once; the failures, each naming image and registry.
-pub(super) async fn pull_all(engine: Engine, images: Vec<String>) -> Vec<PullError> {
-    if std::env::var_os(NO_PREPULL_ENV).is_some_and(|v| v == "1") {
+/// Pulls every image, all at once; the failures, each naming image and registry. Nothing when
+/// the pre-pull is turned off (`CC_CI_NO_PREPULL=1`, for bench/prepull only).
+pub(super) async fn pull_all(engine: Engine, images: Vec<String>, off: bool) -> Vec<PullError> {
+    if off {
         return Vec::new();
     }
     let pulls = images.into_iter().map(|i| {

@@ -1,7 +1,15 @@
 //! Data and overlay checks inside the stack's containers: canaries in named volumes, overlay
 //! seed/verify pairs, HTTP/exec checks.
 
-use super::*;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::backup_labels::backup_selection;
+use super::job::{Job, Stop};
+use crate::checks::StackSnapshot;
+use crate::contract::Stage;
+use crate::overlay::{self, CheckKind};
+use crate::report::{CheckResult, Verdict};
 
 /// The canary file written into every named volume.
 pub(super) const CANARY_FILE: &str = ".cc-ci-canary";
@@ -142,7 +150,8 @@ impl Job {
         }
     }
 
-    pub(super) async fn seed_data(&self, out: &mut Vec<CheckResult>) -> Result<(), Stop> {
+    pub(super) async fn seed_data(&self) -> Result<Vec<CheckResult>, Stop> {
+        let mut out = Vec::new();
         for (source, d) in self.overlay.data.clone() {
             if let Err(e) = self.exec_in(&d.service, &d.seed).await?.and_then(|o| {
                 if o.exit_code == 0 {
@@ -159,10 +168,11 @@ impl Job {
                 ));
             }
         }
-        Ok(())
+        Ok(out)
     }
 
-    pub(super) async fn mutate_data(&self, out: &mut Vec<CheckResult>) -> Result<(), Stop> {
+    pub(super) async fn mutate_data(&self) -> Result<Vec<CheckResult>, Stop> {
+        let mut out = Vec::new();
         for (source, d) in self.overlay.data.clone() {
             let Some(m) = &d.mutate else { continue };
             if let Err(e) = self.exec_in(&d.service, m).await?.and_then(|o| {
@@ -180,14 +190,11 @@ impl Job {
                 ));
             }
         }
-        Ok(())
+        Ok(out)
     }
 
-    pub(super) async fn verify_data(
-        &self,
-        stage: Stage,
-        out: &mut Vec<CheckResult>,
-    ) -> Result<(), Stop> {
+    pub(super) async fn verify_data(&self, stage: Stage) -> Result<Vec<CheckResult>, Stop> {
+        let mut out = Vec::new();
         for (source, d) in self.overlay.data.clone() {
             let name = format!("data:{}", d.name);
             let r = self.exec_in(&d.service, &d.verify).await?;
@@ -215,14 +222,11 @@ impl Job {
                 Err(e) => CheckResult::new(name, source, Verdict::Fail, self.redactor.redact(&e)),
             });
         }
-        Ok(())
+        Ok(out)
     }
 
-    pub(super) async fn overlay_checks(
-        &self,
-        stage: Stage,
-        out: &mut Vec<CheckResult>,
-    ) -> Result<(), Stop> {
+    pub(super) async fn overlay_checks(&self, stage: Stage) -> Result<Vec<CheckResult>, Stop> {
+        let mut out = Vec::new();
         for (source, c) in self.overlay.checks.clone() {
             if !c.tiers.contains(&stage) {
                 continue;
@@ -292,7 +296,7 @@ impl Job {
                 }
             });
         }
-        Ok(())
+        Ok(out)
     }
 }
 
@@ -374,7 +378,7 @@ pub(super) fn mount_of(snap: &StackSnapshot, volume: &str) -> Option<(String, St
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::lacks_program;
     use crate::engine::ExecOutput;
 
     #[test]

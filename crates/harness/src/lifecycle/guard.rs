@@ -2,8 +2,11 @@
 //! that is about to be deployed (see `policy`), and the repository's own folders being what
 //! they seem. A refusal is bad input (exit 2).
 
-use super::*;
+use std::collections::BTreeSet;
+
+use super::job::{Job, Stop};
 use crate::policy;
+use crate::recipe::{self, Checkout};
 use crate::safefs;
 
 impl Job {
@@ -82,7 +85,7 @@ impl Job {
             let Some(text) = checkout.read_file(&file).map_err(|e| bad(e.to_string()))? else {
                 continue;
             };
-            let doc: serde_yaml::Value = serde_yaml::from_str(&text)
+            let doc: serde_norway::Value = serde_norway::from_str(&text)
                 .map_err(|e| bad(format!("{file}: not valid YAML: {e}")))?;
             let verdict = policy::check_compose(&file, &doc, &allowed, &file_check);
             if let Some(v) = verdict.refused.first() {

@@ -2,9 +2,17 @@
 //! the run ends, waited for when another cc-ci run holds them, refused when something that is
 //! not a cc-ci run publishes them.
 
-use super::*;
+use std::time::{Duration, Instant};
+
+use super::job::{Job, Stop};
+use super::output::write_json;
+use crate::contract::files;
+use crate::hostenv::work_dir;
+use crate::names;
 use crate::ports;
 use crate::recipe::PublishedPort;
+use crate::report::TeardownReport;
+use crate::wait::{Probe, WaitError, wait_for};
 
 impl Job {
     pub(super) async fn lease_host_ports(
@@ -15,7 +23,7 @@ impl Job {
         if keys.is_empty() {
             return Ok(());
         }
-        let work = work_dir(&self.opts.config);
+        let work = work_dir(&self.opts.config, &self.opts.host);
         let h = &self.opts.config.harness;
         let wanted = keys
             .iter()

@@ -4,52 +4,41 @@
 //! the install tier checks it; the upgrade tier redeploys the head in place with `--chaos`;
 //! backup and restore then run on the head. Without `upgrade` the fresh deploy is the head.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::collections::BTreeMap;
+use std::time::Duration;
 
-use crate::abra::{Abra, AbraError};
-use crate::checks::{self, Convergence, Expected, StackSnapshot};
-use crate::config::Config;
-use crate::contract::{files, short_sha};
-use crate::engine::{Engine, EngineError};
+use crate::abra::Abra;
+use crate::contract::files;
+use crate::engine::Engine;
 use crate::names;
-use crate::overlay::{self, CheckKind, Overlay};
-use crate::recipe::{self, Checkout};
+use crate::overlay::Overlay;
+use crate::recipe;
 use crate::redact::Redactor;
 use crate::report::{CheckResult, RunReport, TeardownReport, TierReport, Verdict};
-use crate::teardown::{self, RunDir};
-use crate::wait::{Probe, WaitError, wait_for};
+use crate::teardown::RunDir;
 
 mod appcfg;
+mod backup;
+pub mod backup_labels;
 mod data;
+mod deploy;
+mod execute;
 mod guard;
+mod job;
 mod leases;
 mod output;
+pub mod plan;
 mod record;
-mod tiers;
+mod restore;
+mod upgrade;
 
-use data::{CANARY_FILE, mount_of};
-use output::{print_table, write_json, write_reports};
+use job::{Job, Stop};
+use output::{print_table, write_reports};
 
 pub use crate::contract::{Stage, exit};
-pub use tiers::{backup_selection, unknown_backup_volumes};
-
-/// Everything `cc-ci run` was asked to do.
-#[derive(Debug, Clone)]
-pub struct RunOptions {
-    pub recipe_source: String,
-    pub git_ref: Option<String>,
-    pub stages: Vec<Stage>,
-    pub report_dir: PathBuf,
-    pub abra: Option<String>,
-    pub config: Config,
-    pub keep_on_failure: bool,
-    pub skip_generic: bool,
-    pub base: Option<String>,
-    /// The folder of overlays shipped with cc-ci (searched before the operator's).
-    pub shipped_overlays: Option<PathBuf>,
-}
+pub use crate::hostenv::work_dir;
+pub use backup_labels::{backup_selection, unknown_backup_volumes};
+pub use job::{Progress, RunOptions};
 
 #[derive(Debug)]
 pub struct RunOutcome {
@@ -69,62 +58,6 @@ impl RunOutcome {
     }
 }
 
-/// Where per-run state lives: config, then `CC_CI_WORK_DIR`, then systemd's state directory,
-/// then the user's cache.
-pub fn work_dir(config: &Config) -> PathBuf {
-    if let Some(d) = &config.harness.work_dir {
-        return d.clone();
-    }
-    if let Some(d) = std::env::var_os("CC_CI_WORK_DIR").filter(|d| !d.is_empty()) {
-        return d.into();
-    }
-    if let Some(d) = std::env::var_os("STATE_DIRECTORY").filter(|d| !d.is_empty()) {
-        // systemd may pass several, colon-separated; the first is ours.
-        let first = d
-            .to_string_lossy()
-            .split(':')
-            .next()
-            .unwrap_or_default()
-            .to_string();
-        return PathBuf::from(first).join("work");
-    }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| "/tmp".into());
-    home.join(".cache/cc-ci")
-}
-
-/// Progress lines on stderr: one per step, with the time since the run started.
-#[derive(Clone)]
-pub struct Progress {
-    start: Instant,
-    redactor: Redactor,
-    quiet: bool,
-}
-
-impl Progress {
-    pub fn new(redactor: Redactor) -> Self {
-        Self {
-            start: Instant::now(),
-            redactor,
-            quiet: false,
-        }
-    }
-    pub fn quiet(mut self) -> Self {
-        self.quiet = true;
-        self
-    }
-    pub fn step(&self, msg: &str) {
-        if !self.quiet {
-            eprintln!(
-                "[{:>7.1}s] {}",
-                self.start.elapsed().as_secs_f64(),
-                self.redactor.redact(msg)
-            );
-        }
-    }
-}
-
 /// Runs the whole job. `cancel` resolving (SIGINT/SIGTERM) stops the current step; teardown
 /// still runs.
 pub async fn run<C>(opts: RunOptions, cancel: C) -> RunOutcome
@@ -132,61 +65,99 @@ where
     C: std::future::Future<Output = &'static str>,
 {
     let redactor = Redactor::new();
-    redactor.learn_forge_secrets(&opts.config.forge);
-    redactor.learn_from_fd(std::env::var(crate::redact::SECRETS_FD_ENV).ok().as_deref());
+    redactor.learn_forge_secrets(
+        &opts.config.forge,
+        opts.host.credentials_directory.as_deref(),
+    );
+    redactor.learn_from_fd(opts.host.secrets_fd.as_deref());
     let progress = Progress::new(redactor.clone());
-    // --- Inputs: everything checked before anything is created (exit 2 changes nothing).
-    // The recipe's name is `TYPE=` of its `.env.sample`, known once it is cloned; until then the
-    // repository's name stands in (it only prefixes the app domain).
-    let recipe = names::recipe_name_from_source(&opts.recipe_source).to_ascii_lowercase();
-    if let Err(e) = recipe::validate_source(&opts.recipe_source) {
-        return RunOutcome::refused(exit::BAD_INPUT, e.to_string());
-    }
-    let git_ref = opts.git_ref.clone().unwrap_or_else(|| "HEAD".into());
-    if let Err(e) = names::validate_ref(&git_ref) {
-        return RunOutcome::refused(exit::BAD_INPUT, e.to_string());
-    }
-    if let Some(b) = &opts.base
-        && let Err(e) = names::validate_ref(b)
-    {
-        return RunOutcome::refused(exit::BAD_INPUT, format!("--base: {e}"));
-    }
-    // --- Infrastructure.
-    let engine = match Engine::from_env() {
-        Ok(e) => e.with_timeout(Duration::from_secs(opts.config.harness.engine_timeout_secs)),
-        Err(e) => return RunOutcome::refused(exit::INFRA, e.to_string()),
+    // Everything checked before anything is created (exit 2 changes nothing).
+    let git_ref = match check_inputs(&opts) {
+        Ok(r) => r,
+        Err((code, msg)) => return RunOutcome::refused(code, msg),
     };
+    let (mut job, run_dir) = match set_up(&opts, &redactor, &progress).await {
+        Ok(v) => v,
+        Err((code, msg)) => return RunOutcome::refused(code, msg),
+    };
+    progress.step(&format!(
+        "run of {} at {git_ref} as {} (work dir {})",
+        job.recipe,
+        job.domain,
+        run_dir.path.display()
+    ));
+    let outcome = tokio::select! {
+        r = job.execute() => r,
+        sig = cancel => {
+            progress.step(&format!("{sig} received: stopping and tearing down"));
+            Err(Stop::Infra(format!("interrupted by {sig}")))
+        }
+    };
+    let refusal = match outcome {
+        Ok(()) => None,
+        Err(Stop::BadInput(msg)) => Some((exit::BAD_INPUT, msg)),
+        Err(Stop::Infra(msg)) => {
+            job.record_infra_error(&msg);
+            None
+        }
+    };
+    job.finish(run_dir, refusal).await
+}
+
+/// A run refused before it started: the exit code and why.
+type Refusal = (i32, String);
+
+/// The ref to test, once the inputs are known to be sound; a refusal (exit 2) otherwise.
+fn check_inputs(opts: &RunOptions) -> Result<String, Refusal> {
+    let bad = |msg: String| (exit::BAD_INPUT, msg);
+    recipe::validate_source(&opts.recipe_source).map_err(|e| bad(e.to_string()))?;
+    let git_ref = opts.git_ref.clone().unwrap_or_else(|| "HEAD".into());
+    names::validate_ref(&git_ref).map_err(|e| bad(e.to_string()))?;
+    if let Some(b) = &opts.base {
+        names::validate_ref(b).map_err(|e| bad(format!("--base: {e}")))?;
+    }
+    Ok(git_ref)
+}
+
+/// The engine, abra, the report and run directories, and the job over them; a refusal (exit 3,
+/// or 2 for a report directory that cannot be made) when the host is not ready.
+async fn set_up(
+    opts: &RunOptions,
+    redactor: &Redactor,
+    progress: &Progress,
+) -> Result<(Job, RunDir), Refusal> {
+    let infra = |msg: String| (exit::INFRA, msg);
+    let engine = Engine::connect(opts.host.docker_host.as_deref())
+        .map_err(|e| infra(e.to_string()))?
+        .with_timeout(Duration::from_secs(opts.config.harness.engine_timeout_secs));
     match engine.check_swarm().await {
         Ok(Ok(())) => {}
-        Ok(Err(msg)) => return RunOutcome::refused(exit::INFRA, msg),
-        Err(e) => return RunOutcome::refused(exit::INFRA, e.to_string()),
+        Ok(Err(msg)) => return Err(infra(msg)),
+        Err(e) => return Err(infra(e.to_string())),
     }
-    let abra_bin = match crate::abra::resolve_binary(
+    let abra_bin = crate::abra::resolve_binary(
         opts.abra.as_deref(),
         opts.config.harness.abra.as_deref(),
-    ) {
-        Ok(b) => b,
-        Err(e) => return RunOutcome::refused(exit::INFRA, e.to_string()),
-    };
-    if let Err(e) = std::fs::create_dir_all(&opts.report_dir) {
-        return RunOutcome::refused(
+        &opts.host,
+    )
+    .map_err(|e| infra(e.to_string()))?;
+    std::fs::create_dir_all(&opts.report_dir).map_err(|e| {
+        (
             exit::BAD_INPUT,
             format!(
                 "cannot create report dir {}: {e}",
                 opts.report_dir.display()
             ),
-        );
-    }
-    if let Err(e) = output::check_writable(&opts.report_dir) {
-        return RunOutcome::refused(exit::INFRA, e);
-    }
+        )
+    })?;
+    output::check_writable(&opts.report_dir).map_err(infra)?;
     let h = &opts.config.harness;
+    // The recipe's name is `TYPE=` of its `.env.sample`, known once it is cloned; until then the
+    // repository's name stands in (it only prefixes the app domain).
+    let recipe = names::recipe_name_from_source(&opts.recipe_source).to_ascii_lowercase();
     let domain = names::app_domain(&recipe, &h.domain_suffix, rand::random::<u32>());
-    let work = work_dir(&opts.config);
-    let run_dir = match RunDir::create(&work, &domain) {
-        Ok(d) => d,
-        Err(e) => return RunOutcome::refused(exit::INFRA, e.to_string()),
-    };
+    let run_dir = RunDir::create(&work_dir(&opts.config, &opts.host), &domain)
+        .map_err(|e| infra(e.to_string()))?;
     let abra = Abra::new(
         abra_bin,
         run_dir.abra_dir(),
@@ -194,17 +165,12 @@ where
         redactor.clone(),
     )
     .with_log(opts.report_dir.join(files::ABRA_LOG));
-    progress.step(&format!(
-        "run of {recipe} at {git_ref} as {domain} (work dir {})",
-        run_dir.path.display()
-    ));
-
-    let mut job = Job {
+    let job = Job {
         stack: names::stack_name(&domain),
-        domain: domain.clone(),
-        recipe: recipe.clone(),
+        domain,
+        recipe,
         opts: opts.clone(),
-        engine: engine.clone(),
+        engine,
         abra,
         progress: progress.clone(),
         redactor: redactor.clone(),
@@ -221,77 +187,74 @@ where
         inputs: None,
         head_pull: None,
     };
+    Ok((job, run_dir))
+}
 
-    let outcome = tokio::select! {
-        r = job.execute() => r,
-        sig = cancel => {
-            progress.step(&format!("{sig} received: stopping and tearing down"));
-            Err(Stop::Infra(format!("interrupted by {sig}")))
+impl Job {
+    /// An infrastructure error stops the run: it is a note, and the error of the tier it hit
+    /// (or of the next tier, when it came between tiers).
+    fn record_infra_error(&mut self, msg: &str) {
+        self.notes.push(format!("infrastructure error: {msg}"));
+        if self.tiers.len() < self.opts.stages.len()
+            || self.tiers.iter().all(|t| t.verdict != Verdict::Error)
+        {
+            self.tiers.push(TierReport {
+                name: next_tier_name(self),
+                verdict: Verdict::Error,
+                duration_ms: 0,
+                checks: vec![CheckResult::generic("infrastructure", Verdict::Error, msg)],
+            });
         }
-    };
-    let refusal = match outcome {
-        Ok(()) => None,
-        Err(Stop::BadInput(msg)) => Some((exit::BAD_INPUT, msg)),
-        Err(Stop::Infra(msg)) => {
-            job.notes.push(format!("infrastructure error: {msg}"));
-            if job.tiers.len() < job.opts.stages.len()
-                || job.tiers.iter().all(|t| t.verdict != Verdict::Error)
-            {
-                job.tiers.push(TierReport {
-                    name: next_tier_name(&job),
-                    verdict: Verdict::Error,
-                    duration_ms: 0,
-                    checks: vec![CheckResult::generic("infrastructure", Verdict::Error, &msg)],
-                });
+    }
+
+    /// Teardown (always, unless a failed deployment is kept on request), then the reports and
+    /// the outcome. `refusal` is a run stopped by bad input: no report, its exit code.
+    async fn finish(mut self, run_dir: RunDir, refusal: Option<(i32, String)>) -> RunOutcome {
+        let provisional = RunReport::overall(&self.tiers, &TeardownReport::default());
+        let failed = refusal.is_none() && provisional != Verdict::Pass;
+        let mut write_errors = Vec::new();
+        if failed && let Err(e) = self.write_diagnostics().await {
+            write_errors.push(e);
+        }
+        let teardown = if failed && self.opts.keep_on_failure {
+            self.progress.step(&format!(
+                "keeping the failed deployment; remove it later with: cc-ci teardown {}",
+                self.domain
+            ));
+            std::mem::forget(run_dir);
+            TeardownReport {
+                verdict: None,
+                leftovers: vec![],
             }
-            None
-        }
-    };
-
-    // --- Teardown: always, unless a failed deployment is kept on request.
-    let provisional = RunReport::overall(&job.tiers, &TeardownReport::default());
-    let failed = refusal.is_none() && provisional != Verdict::Pass;
-    let mut write_errors = Vec::new();
-    if failed && let Err(e) = job.write_diagnostics().await {
-        write_errors.push(e);
-    }
-    let teardown = if failed && opts.keep_on_failure {
-        progress.step(&format!(
-            "keeping the failed deployment; remove it later with: cc-ci teardown {domain}"
-        ));
-        std::mem::forget(run_dir);
-        TeardownReport {
-            verdict: None,
-            leftovers: vec![],
-        }
-    } else {
-        progress.step("teardown");
-        job.teardown(run_dir).await
-    };
-    if let Some((code, msg)) = refusal {
-        return RunOutcome {
-            exit_code: code,
-            report: None,
-            message: Some(redactor.redact(&msg)),
+        } else {
+            self.progress.step("teardown");
+            self.teardown(run_dir).await
         };
-    }
-    let report = job.report(teardown);
-    print_table(&report, &redactor);
-    let written = write_reports(&opts.report_dir, &report, &redactor)
-        .and_then(|()| job.abra.log_error().map_or(Ok(()), Err));
-    if let Err(e) = written.and_then(|()| write_errors.into_iter().next().map_or(Ok(()), Err)) {
-        // A run whose report is missing must not look like a run that passed.
-        return RunOutcome {
-            exit_code: exit::INFRA,
-            report: None,
-            message: Some(redactor.redact(&e)),
-        };
-    }
-    let exit_code = exit_code(&report);
-    RunOutcome {
-        exit_code,
-        report: Some(report),
-        message: None,
+        let redactor = self.redactor.clone();
+        if let Some((code, msg)) = refusal {
+            return RunOutcome {
+                exit_code: code,
+                report: None,
+                message: Some(redactor.redact(&msg)),
+            };
+        }
+        let report = self.report(teardown);
+        print_table(&report, &redactor);
+        let written = write_reports(&self.opts.report_dir, &report, &redactor)
+            .and_then(|()| self.abra.log_error().map_or(Ok(()), Err));
+        if let Err(e) = written.and_then(|()| write_errors.into_iter().next().map_or(Ok(()), Err)) {
+            // A run whose report is missing must not look like a run that passed.
+            return RunOutcome {
+                exit_code: exit::INFRA,
+                report: None,
+                message: Some(redactor.redact(&e)),
+            };
+        }
+        RunOutcome {
+            exit_code: exit_code(&report),
+            report: Some(report),
+            message: None,
+        }
     }
 }
 
@@ -331,752 +294,11 @@ fn next_tier_name(job: &Job) -> String {
         .unwrap_or_else(|| "run".into())
 }
 
-/// Why a run stopped early.
-enum Stop {
-    /// Exit 2: nothing was deployed.
-    BadInput(String),
-    /// Exit 3: the engine, abra or git went away.
-    Infra(String),
-}
-
-impl From<EngineError> for Stop {
-    fn from(e: EngineError) -> Self {
-        Stop::Infra(e.to_string())
-    }
-}
-
-struct Job {
-    stack: String,
-    domain: String,
-    recipe: String,
-    opts: RunOptions,
-    engine: Engine,
-    abra: Abra,
-    progress: Progress,
-    redactor: Redactor,
-    head_sha: String,
-    base: Option<String>,
-    deploy_count: u32,
-    tiers: Vec<TierReport>,
-    notes: Vec<String>,
-    /// Canary values per volume (full volume name → value) last written.
-    canaries: BTreeMap<String, String>,
-    overlay: Overlay,
-    /// Canary values as they were at backup time.
-    backed_up: BTreeMap<String, String>,
-    /// Host ports this run's deployment publishes, leased until the run ends (after teardown).
-    port_lease: Option<crate::ports::PortLease>,
-    /// What `abra --version` said.
-    abra_version: Option<String>,
-    /// What the result is made of (recorded in run.json).
-    inputs: Option<crate::inputs::Inputs>,
-    /// The pull of the head's images, started while the install tier runs.
-    head_pull: Option<tokio::task::JoinHandle<Vec<crate::engine::PullError>>>,
-}
-
-impl Job {
-    fn wants(&self, s: Stage) -> bool {
-        self.opts.stages.contains(&s)
-    }
-
-    fn generic_enabled(&self) -> bool {
-        !(self.opts.skip_generic || self.opts.config.harness.skip_generic.contains(&self.recipe))
-    }
-
-    async fn execute(&mut self) -> Result<(), Stop> {
-        // --- The recipe: clone, resolve, validate (bad input → exit 2 before any deploy).
-        let recipes_dir = self.abra.abra_dir().join("recipes");
-        std::fs::create_dir_all(&recipes_dir)
-            .map_err(|e| Stop::Infra(format!("cannot create {}: {e}", recipes_dir.display())))?;
-        // Cloned aside first: abra finds a recipe under its `TYPE=` name, read from the clone.
-        let checkout_dir = recipes_dir.join(".incoming");
-        let mut checkout = Checkout::clone_from(&self.opts.recipe_source, &checkout_dir)
-            .await
-            .map_err(|e| Stop::BadInput(format!("cannot clone the recipe: {e}")))?;
-        let git_ref = self.opts.git_ref.clone().unwrap_or_else(|| "HEAD".into());
-        self.head_sha = checkout
-            .resolve(&git_ref)
-            .await
-            .map_err(|e| Stop::BadInput(e.to_string()))?;
-        checkout
-            .checkout(&self.head_sha)
-            .await
-            .map_err(|e| Stop::BadInput(e.to_string()))?;
-        let tree = recipe::validate_recipe_tree(&checkout).map_err(|e| {
-            Stop::BadInput(format!(
-                "the recipe at {} is broken: {e}",
-                short_sha(&self.head_sha)
-            ))
-        })?;
-        self.recipe = tree.recipe.clone();
-        let mut published = tree.compose.published.clone();
-        checkout
-            .rename(&recipes_dir.join(&self.recipe))
-            .map_err(|e| Stop::Infra(e.to_string()))?;
-        self.compose_policy(&checkout, &format!("head {}", short_sha(&self.head_sha)))?;
-        self.load_overlay(&checkout)?;
-        self.progress.step(&format!(
-            "recipe {} head {}",
-            self.recipe,
-            short_sha(&self.head_sha)
-        ));
-
-        // --- Plan the single deploy.
-        if self.wants(Stage::Upgrade) {
-            self.base = match &self.opts.base {
-                Some(b) => {
-                    let tags = checkout
-                        .tags()
-                        .await
-                        .map_err(|e| Stop::Infra(e.to_string()))?;
-                    if !tags.iter().any(|(t, _)| t == b) {
-                        return Err(Stop::BadInput(format!(
-                            "--base {b}: no such tag in the recipe repository"
-                        )));
-                    }
-                    Some(b.clone())
-                }
-                None => checkout
-                    .base_release(&self.head_sha)
-                    .await
-                    .map_err(|e| Stop::Infra(e.to_string()))?,
-            };
-        }
-        for s in &self.overlay.skip_tiers {
-            self.notes
-                .push(format!("the overlay skips the {} tier", s.name()));
-        }
-        if !self.generic_enabled() {
-            self.notes
-                .push("generic checks are turned off for this run (explicit opt-out)".into());
-        }
-
-        // --- abra app.
-        self.abra_version = self.abra.version().await.ok().filter(|v| !v.is_empty());
-        self.inputs = self.record_inputs(&checkout).await;
-        self.abra.server_add_local().await.map_err(abra_infra)?;
-        let server = self.opts.config.harness.server.clone();
-        if let Err(e) = self.abra.app_new(&self.recipe, &server, &self.domain).await {
-            return Err(abra_infra(e));
-        }
-        // The head's images, known before the base is checked out.
-        let head_images = if self.base.is_some() {
-            checkout
-                .checkout(&self.head_sha)
-                .await
-                .map_err(|e| Stop::Infra(e.to_string()))?;
-            self.images_of(&checkout)
-        } else {
-            Vec::new()
-        };
-
-        // --- Install tier (on the base when upgrading, else on the head).
-        let install_start = Instant::now();
-        let mut install_checks = Vec::new();
-        let target = match self.base.clone() {
-            Some(b) => {
-                checkout
-                    .checkout(&b)
-                    .await
-                    .map_err(|e| Stop::Infra(e.to_string()))?;
-                self.compose_policy(&checkout, &format!("base release {b}"))?;
-                Target::Release(b)
-            }
-            None => {
-                checkout
-                    .checkout(&self.head_sha)
-                    .await
-                    .map_err(|e| Stop::Infra(e.to_string()))?;
-                Target::Head
-            }
-        };
-        if let Target::Release(_) = &target
-            && let Ok(base_tree) = recipe::validate_recipe_tree(&checkout)
-        {
-            published.extend(base_tree.compose.published);
-        }
-        self.lease_host_ports(&published).await?;
-        // The env file and secrets of the version being deployed.
-        self.configure_app(&checkout).await?;
-        let images = self.images_of(&checkout);
-        self.progress
-            .step(&format!("install: pulling {} image(s)", images.len()));
-        let failed = appcfg::pull_all(self.engine.clone(), images).await;
-        // The head's pull runs while the install tier does.
-        if !head_images.is_empty() {
-            self.head_pull = Some(tokio::spawn(appcfg::pull_all(
-                self.engine.clone(),
-                head_images,
-            )));
-        }
-        self.progress.step(&format!(
-            "install: deploying {}",
-            match &target {
-                Target::Release(b) => format!("base release {b}"),
-                Target::Head => format!("head {}", short_sha(&self.head_sha)),
-            }
-        ));
-        let installed = if failed.is_empty() {
-            self.deploy_and_check(&target, "install", &mut install_checks)
-                .await?
-        } else {
-            install_checks.push(pull_failed(&failed));
-            false
-        };
-        self.overlay_checks(Stage::Install, &mut install_checks)
-            .await?;
-        self.finish_tier(Stage::Install, install_start, install_checks);
-        let install_ok = installed
-            && self
-                .tiers
-                .last()
-                .is_some_and(|t| t.verdict == Verdict::Pass);
-
-        // --- Upgrade tier.
-        if self.wants(Stage::Upgrade) {
-            let start = Instant::now();
-            match (&self.base, install_ok) {
-                _ if self.overlay.skip_tiers.contains(&Stage::Upgrade) => self.tiers.push(
-                    TierReport::skipped("upgrade", "skipped by the recipe's overlay"),
-                ),
-                (None, _) => self.tiers.push(TierReport::skipped(
-                    "upgrade",
-                    "no release older than the head exists, so there is nothing to upgrade from",
-                )),
-                (Some(b), false) => {
-                    let b = b.clone();
-                    self.tiers.push(TierReport {
-                        name: "upgrade".into(),
-                        verdict: Verdict::Error,
-                        duration_ms: 0,
-                        checks: vec![CheckResult::generic(
-                            "base-installs",
-                            Verdict::Error,
-                            format!("the base release {b} did not install (see the install tier), so the upgrade could not be tested"),
-                        )],
-                    })
-                }
-                (Some(_), true) => {
-                    let mut cks = Vec::new();
-                    self.upgrade(&checkout, &mut cks).await?;
-                    self.finish_tier(Stage::Upgrade, start, cks);
-                }
-            }
-        }
-        let healthy = self
-            .tiers
-            .iter()
-            .all(|t| matches!(t.verdict, Verdict::Pass | Verdict::Skipped));
-
-        // --- Backup and restore, on the head.
-        let no_backups = if self.wants(Stage::Backup) || self.wants(Stage::Restore) {
-            self.backup_labels_review().await?
-        } else {
-            None
-        };
-        // Only with backup-bot-two on the swarm (a recipe that declares backups needs it).
-        let backup_wanted = no_backups.is_none()
-            && [Stage::Backup, Stage::Restore]
-                .iter()
-                .any(|s| self.wants(*s) && !self.overlay.skip_tiers.contains(s));
-        if backup_wanted
-            && healthy
-            && let Err(why) = self.backupbot_present().await?
-        {
-            for stage in [Stage::Backup, Stage::Restore] {
-                if self.overlay.skip_tiers.contains(&stage) && self.wants(stage) {
-                    self.tiers.push(TierReport::skipped(
-                        stage.name(),
-                        "skipped by the recipe's overlay",
-                    ));
-                } else if self.wants(stage) {
-                    self.tiers.push(TierReport {
-                        name: stage.name().into(),
-                        verdict: Verdict::Error,
-                        duration_ms: 0,
-                        checks: vec![CheckResult::generic("infrastructure", Verdict::Error, &why)],
-                    });
-                }
-            }
-            self.progress.step(&why);
-            return Ok(());
-        }
-        for stage in [Stage::Backup, Stage::Restore] {
-            if !self.wants(stage) {
-                continue;
-            }
-            if self.overlay.skip_tiers.contains(&stage) {
-                self.tiers.push(TierReport::skipped(
-                    stage.name(),
-                    "skipped by the recipe's overlay",
-                ));
-                continue;
-            }
-            if let Some(why) = &no_backups {
-                self.tiers
-                    .push(TierReport::skipped(stage.name(), why.clone()));
-                continue;
-            }
-            if !healthy {
-                self.tiers.push(TierReport::skipped(
-                    stage.name(),
-                    "an earlier tier did not pass, so the deployment is not in a state worth backing up",
-                ));
-                continue;
-            }
-            if stage == Stage::Restore
-                && !self
-                    .tiers
-                    .iter()
-                    .any(|t| t.name == "backup" && t.verdict == Verdict::Pass)
-            {
-                let why = if self.wants(Stage::Backup) {
-                    "the backup tier did not pass, so there is nothing to restore"
-                } else {
-                    "restore needs the backup tier: request both (--stages backup,restore)"
-                };
-                self.tiers.push(TierReport::skipped("restore", why));
-                continue;
-            }
-            let start = Instant::now();
-            let mut cks = Vec::new();
-            match stage {
-                Stage::Backup => self.backup(&mut cks).await?,
-                _ => self.restore(&mut cks).await?,
-            }
-            self.overlay_checks(stage, &mut cks).await?;
-            self.finish_tier(stage, start, cks);
-        }
-        Ok(())
-    }
-
-    fn load_overlay(&mut self, checkout: &Checkout) -> Result<(), Stop> {
-        let h = &self.opts.config.harness;
-        let mut dirs: Vec<PathBuf> = self.opts.shipped_overlays.iter().cloned().collect();
-        dirs.extend(h.overlay_dirs.iter().cloned());
-        let local = checkout.dir.join(".cc-ci/overlay.toml");
-        let local_exists = local.is_file() || checkout.dir.join(".cc-ci").is_dir();
-        let allowed =
-            overlay::repo_local_allowed(&h.repo_local_allowlist, &self.opts.recipe_source);
-        let repo_local = if local_exists && allowed {
-            self.notes.push(
-                "repo-local tests (.cc-ci/) ran: the repository is on the repo-local allowlist"
-                    .into(),
-            );
-            Some(local.as_path())
-        } else {
-            if local_exists {
-                self.notes.push(
-                    "repo-local tests (.cc-ci/) were ignored: the repository (owner/name) is not on the operator's repo-local allowlist".into(),
-                );
-            }
-            None
-        };
-        self.overlay = overlay::load(&self.recipe, &dirs, repo_local.filter(|p| p.is_file()))
-            .map_err(|e| Stop::BadInput(format!("overlay error: {e}")))?;
-        Ok(())
-    }
-
-    fn finish_tier(&mut self, stage: Stage, start: Instant, checks: Vec<CheckResult>) {
-        let verdict = TierReport::verdict_of(&checks);
-        let t = TierReport {
-            name: stage.name().into(),
-            verdict,
-            duration_ms: start.elapsed().as_millis() as u64,
-            checks,
-        };
-        self.progress
-            .step(&format!("{}: {}", t.name, verdict.as_str()));
-        self.tiers.push(t);
-        let partial = self.report(TeardownReport::default());
-        // Progress is a courtesy to the daemon; the final report files decide the exit code.
-        let _ = write_json(
-            &self.opts.report_dir.join(files::PROGRESS_JSON),
-            &partial,
-            &self.redactor,
-        );
-    }
-
-    /// Deploys `target` (counting the deploy) and runs the generic deploy checks: converged,
-    /// stable, labelled. Returns whether the deployment converged.
-    async fn deploy_and_check(
-        &mut self,
-        target: &Target,
-        _tier: &str,
-        out: &mut Vec<CheckResult>,
-    ) -> Result<bool, Stop> {
-        let is_fresh = self.deploy_count == 0;
-        let before: BTreeSet<String> = self
-            .engine
-            .snapshot(&self.stack)
-            .await?
-            .services
-            .iter()
-            .flat_map(|s| s.tasks.iter().map(|t| t.id.clone()))
-            .collect();
-        let deploy = async {
-            match target {
-                Target::Release(b) => self.abra.deploy(&self.domain, Some(b), false).await,
-                Target::Head => self.abra.deploy(&self.domain, None, true).await,
-            }
-        };
-        // abra waits for convergence up to its own timeout; a stack that is failing for certain
-        // (tasks failing again and again) is given up on as soon as that is clear.
-        let deploy = tokio::select! {
-            r = deploy => Ok(r),
-            why = self.watch_for_failure(&before) => Err(why),
-        };
-        if is_fresh {
-            self.deploy_count += 1;
-        }
-        let deploy = match deploy {
-            Ok(r) => r,
-            Err(Err(hung)) => return Err(hung.into()),
-            Err(Ok(why)) => {
-                let health = self.health_hint().await;
-                out.push(CheckResult::generic(
-                    "deploy",
-                    Verdict::Fail,
-                    format!("the deployment is failing, abra was stopped: {why}{health}"),
-                ));
-                return Ok(false);
-            }
-        };
-        let deploy_err = match deploy {
-            Ok(o) => {
-                out.push(CheckResult::generic(
-                    "deploy",
-                    Verdict::Pass,
-                    format!("abra {} ({:.1} s)", o.args, o.duration.as_secs_f64()),
-                ));
-                None
-            }
-            Err(e @ (AbraError::NotFound(_) | AbraError::Spawn { .. })) => {
-                return Err(abra_infra(e));
-            }
-            Err(e) => Some(e),
-        };
-        self.progress.step("waiting for convergence");
-        let converge = if let Some(e) = &deploy_err {
-            // abra gave up; one look tells which service is the cause.
-            let snap = self.engine.snapshot(&self.stack).await?;
-            let why = match checks::convergence(&snap) {
-                Convergence::Converged => "the stack looks converged now".to_string(),
-                Convergence::Pending(w) | Convergence::Failed(w) => w,
-            };
-            let why = format!("{why}{}", self.health_hint().await);
-            out.push(CheckResult::generic(
-                "deploy",
-                Verdict::Fail,
-                format!("{}; swarm state: {why}", abra_failure(e)),
-            ));
-            Err(why)
-        } else {
-            self.wait_converged().await?
-        };
-        if !self.generic_enabled() {
-            return Ok(converge.is_ok());
-        }
-        match &converge {
-            Ok(()) => out.push(CheckResult::generic(
-                "converged",
-                Verdict::Pass,
-                "every service at its desired replicas, running, healthy, update settled",
-            )),
-            Err(why) => {
-                if deploy_err.is_none() {
-                    let health = self.health_hint().await;
-                    out.push(CheckResult::generic(
-                        "converged",
-                        Verdict::Fail,
-                        format!("{why}{health}"),
-                    ));
-                }
-                return Ok(false);
-            }
-        }
-        // Stability window: no task may be replaced and none may turn unhealthy.
-        self.progress.step(&format!(
-            "stability window: no restarts for {} s",
-            self.opts.config.harness.stability_window_secs
-        ));
-        let stable = self.stability().await?;
-        out.push(match stable {
-            Ok(()) => CheckResult::generic(
-                "stable",
-                Verdict::Pass,
-                format!(
-                    "no restarts for {} s",
-                    self.opts.config.harness.stability_window_secs
-                ),
-            ),
-            Err(v) => CheckResult::generic("stable", Verdict::Fail, v),
-        });
-        let snap = self.engine.snapshot(&self.stack).await?;
-        let expected = match target {
-            Target::Release(b) => Expected::Release(b),
-            Target::Head => Expected::Commit(&self.head_sha),
-        };
-        out.push(
-            match checks::check_version_labels(&snap, &self.stack, &expected) {
-                Ok(d) => CheckResult::generic("version-label", Verdict::Pass, d),
-                Err(d) => CheckResult::generic("version-label", Verdict::Fail, d),
-            },
-        );
-        Ok(true)
-    }
-
-    /// `; <service>: health unhealthy, last healthcheck exit 1: ...` for the newest task of each
-    /// service that has a healthcheck and is not healthy; empty when there is nothing to add.
-    async fn health_hint(&self) -> String {
-        let Ok(snap) = self.engine.snapshot(&self.stack).await else {
-            return String::new();
-        };
-        let mut out = String::new();
-        for s in snap.services.iter().filter(|s| s.has_healthcheck) {
-            let Some(t) = s.tasks.iter().rev().find(|t| t.container_id.is_some()) else {
-                continue;
-            };
-            if t.is_running() && t.health == checks::Health::Healthy {
-                continue;
-            }
-            if let Some(cid) = &t.container_id
-                && let Ok(Some(h)) = self.engine.health_log(cid).await
-            {
-                out.push_str(&format!(
-                    "; {}: {}",
-                    s.short_name,
-                    crate::report::excerpt(&self.redactor.redact(&h), 300)
-                ));
-            }
-        }
-        self.redactor.redact(&out)
-    }
-
-    /// Resolves only when the stack is failing for certain, counting only tasks created after
-    /// `before` (an upgrade must not be judged by the base's history).
-    /// A hung engine ends the watch too (`Err`): abra talks to the same engine and would only
-    /// hang until its own, much longer, deadline.
-    async fn watch_for_failure(&self, before: &BTreeSet<String>) -> Result<String, EngineError> {
-        let interval = Duration::from_millis(self.opts.config.harness.poll_interval_ms);
-        loop {
-            tokio::time::sleep(interval).await;
-            let mut snap = match self.engine.snapshot(&self.stack).await {
-                Ok(s) => s,
-                Err(e) if e.is_hung() => return Err(e),
-                // A restarting engine refuses connections for a moment; abra notices for itself.
-                Err(_) => continue,
-            };
-            for s in &mut snap.services {
-                s.tasks.retain(|t| !before.contains(&t.id));
-            }
-            if let Convergence::Failed(why) = checks::convergence(&snap) {
-                return Ok(why);
-            }
-        }
-    }
-
-    /// `Err` only when the engine is gone or hangs: that is no verdict on the recipe.
-    async fn wait_converged(&self) -> Result<Result<(), String>, Stop> {
-        let h = &self.opts.config.harness;
-        let r = wait_for(
-            &format!("stack {} to converge", self.stack),
-            Duration::from_secs(h.converge_timeout_secs),
-            Duration::from_millis(h.poll_interval_ms),
-            || async {
-                let snap = self.engine.snapshot(&self.stack).await?;
-                Ok::<_, EngineError>(match checks::convergence(&snap) {
-                    Convergence::Converged => Probe::Done(()),
-                    Convergence::Pending(w) => Probe::Pending(w),
-                    Convergence::Failed(w) => Probe::Failed(w),
-                })
-            },
-        )
-        .await;
-        match r {
-            Ok(()) => Ok(Ok(())),
-            Err(WaitError::Probe(e)) if e.is_unreachable() => Err(e.into()),
-            Err(WaitError::Failed { reason, .. }) => Ok(Err(reason)),
-            Err(other) => Ok(Err(other.to_string())),
-        }
-    }
-
-    async fn stability(&self) -> Result<Result<(), String>, Stop> {
-        let h = &self.opts.config.harness;
-        let before = self.engine.snapshot(&self.stack).await?;
-        let window = Duration::from_secs(h.stability_window_secs);
-        // The window is a wait for a violation that must *not* come: a timeout is the pass.
-        let r = wait_for(
-            "a restart",
-            window,
-            Duration::from_millis(h.poll_interval_ms),
-            || async {
-                let now = self.engine.snapshot(&self.stack).await?;
-                let v = checks::stability_violations(&before, &now);
-                Ok::<_, EngineError>(if v.is_empty() {
-                    Probe::Pending(String::new())
-                } else {
-                    Probe::Done(v.join("; "))
-                })
-            },
-        )
-        .await;
-        match r {
-            Ok(violation) => Ok(Err(violation)),
-            Err(WaitError::TimedOut { .. }) => Ok(Ok(())),
-            Err(WaitError::Probe(e)) => Err(e.into()),
-            Err(WaitError::Failed { reason, .. }) => Ok(Err(reason)),
-        }
-    }
-
-    async fn teardown(&mut self, run_dir: RunDir) -> TeardownReport {
-        // abra first (it may clean more than the engine knows about), then the engine makes sure.
-        // An engine that does not answer would only make abra wait for its own deadline, and
-        // every removal wait for the engine's.
-        let result = match self.engine.check_swarm().await {
-            Err(e) if e.is_hung() => Err(teardown::TeardownError::Engine(e)),
-            answered => {
-                if answered.is_ok() {
-                    let _ = self.abra.undeploy(&self.domain).await;
-                }
-                let timeout =
-                    Duration::from_secs(self.opts.config.harness.converge_timeout_secs.max(60));
-                teardown::teardown_stack(&self.engine, &self.stack, timeout).await
-            }
-        };
-        let report = match result {
-            Ok(left) if left.is_empty() => TeardownReport {
-                verdict: Some(Verdict::Pass),
-                leftovers: vec![],
-            },
-            Ok(left) => TeardownReport {
-                verdict: Some(Verdict::Error),
-                leftovers: left,
-            },
-            Err(e) => TeardownReport {
-                verdict: Some(Verdict::Error),
-                leftovers: vec![format!(
-                    "teardown failed: {e} (run `cc-ci gc` once the engine is back)"
-                )],
-            },
-        };
-        if report.leftovers.is_empty() {
-            let path = run_dir.path.clone();
-            drop(run_dir);
-            let _ = std::fs::remove_dir_all(&path);
-        }
-        self.progress.step(&format!(
-            "teardown: {}",
-            if report.leftovers.is_empty() {
-                "nothing left".to_string()
-            } else {
-                format!("left {}", report.leftovers.join(", "))
-            }
-        ));
-        report
-    }
-
-    fn report(&self, teardown: TeardownReport) -> RunReport {
-        RunReport {
-            recipe: self.recipe.clone(),
-            git_ref: self.opts.git_ref.clone().unwrap_or_else(|| "HEAD".into()),
-            head_sha: self.head_sha.clone(),
-            base_version: self.base.clone(),
-            app_domain: self.domain.clone(),
-            verdict: RunReport::overall(&self.tiers, &teardown),
-            deploy_count: self.deploy_count,
-            tiers: self.tiers.clone(),
-            teardown,
-            notes: self.notes.clone(),
-            abra_version: self.abra_version.clone(),
-            inputs: self.inputs.clone(),
-            reused: None,
-        }
-    }
-}
-
-enum Target {
-    Release(String),
-    Head,
-}
-
-/// The check for pulls that failed, each naming image and registry.
-fn pull_failed(failed: &[crate::engine::PullError]) -> CheckResult {
-    CheckResult::generic(
-        "pull",
-        Verdict::Fail,
-        failed
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("; "),
-    )
-}
-
-fn abra_infra(e: AbraError) -> Stop {
-    Stop::Infra(e.to_string())
-}
-
-impl Job {
-    /// After abra failed: when the engine does not answer now, the failure is the
-    /// infrastructure's (dockerd restarting, bench/drill-dockerd-restart), not the recipe's.
-    async fn engine_lost(&self, e: &AbraError) -> Option<Stop> {
-        match self.engine.check_swarm().await {
-            Err(err) if err.is_unreachable() => Some(Stop::Infra(format!(
-                "{} while the Docker engine was unreachable: {err}",
-                first_line(&e.to_string())
-            ))),
-            _ => None,
-        }
-    }
-
-    /// The check for one abra step of a tier: pass (with `detail` of abra's output) or fail
-    /// with abra's last lines. abra missing, or the engine gone, stops the run instead: that is
-    /// the infrastructure's fault, not the recipe's.
-    async fn abra_step(
-        &self,
-        name: &str,
-        result: Result<crate::abra::AbraOutput, AbraError>,
-        detail: impl FnOnce(&crate::abra::AbraOutput) -> String,
-    ) -> Result<CheckResult, Stop> {
-        match result {
-            Ok(o) => Ok(CheckResult::generic(name, Verdict::Pass, detail(&o))),
-            Err(e @ (AbraError::NotFound(_) | AbraError::Spawn { .. })) => Err(abra_infra(e)),
-            Err(e) => match self.engine_lost(&e).await {
-                Some(stop) => Err(stop),
-                None => Ok(CheckResult::generic(name, Verdict::Fail, abra_failure(&e))),
-            },
-        }
-    }
-}
-
-fn first_line(s: &str) -> String {
-    s.lines().next().unwrap_or_default().to_string()
-}
-
-/// One line for a failed abra call: what failed, then abra's last meaningful lines (where it
-/// prints the cause), without the `:` of the error's first line doubling up.
-fn abra_failure(e: &AbraError) -> String {
-    let headline = first_line(&e.to_string());
-    let headline = headline.trim_end().trim_end_matches(':');
-    match tail(e.output(), 6) {
-        t if t.is_empty() => format!("{headline} (abra printed nothing)"),
-        t => format!("{headline}; abra said: {t}"),
-    }
-}
-
-fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s
-        .lines()
-        .map(str::trim_end)
-        .filter(|l| !l.trim().is_empty())
-        .collect();
-    lines[lines.len().saturating_sub(n)..].join(" | ")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::abra::AbraError;
+    use job::{abra_failure, tail};
 
     #[test]
     fn a_teardown_that_could_not_finish_after_passing_tiers_is_an_infrastructure_error() {

@@ -1,7 +1,13 @@
 //! What a run leaves for people: report files, diagnostics of a failed deployment, the final
 //! table on stderr.
 
-use super::*;
+use std::path::Path;
+
+use super::job::Job;
+use crate::checks::{self, StackSnapshot};
+use crate::contract::files;
+use crate::redact::Redactor;
+use crate::report::{RunReport, Verdict};
 
 impl Job {
     /// Writes `diagnostics/`; a file that cannot be written is an error (the caller makes the

@@ -1,7 +1,7 @@
 //! Recording what a run's result is made of (run.json `inputs`), with the same resolver reuse and
 //! drift use later (crate::inputs), so recorded and current inputs only differ when the world did.
 
-use super::Job;
+use super::job::Job;
 use crate::inputs::{self, Request};
 use crate::recipe::Checkout;
 
