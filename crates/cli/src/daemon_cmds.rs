@@ -69,6 +69,13 @@ pub async fn run(cmd: DaemonCommand) -> anyhow::Result<ExitCode> {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
+            // The flag gets the same check as `daemon.listen` in the config file.
+            if let Some(l) = &listen
+                && let Err(problem) = cc_ci_harness::listen::check(l)
+            {
+                eprintln!("cc-ci serve: --listen: {problem}");
+                return Ok(exit::process(exit::BAD_INPUT));
+            }
             // Children get an absolute path: they may run with another working directory.
             let config_path = config.map(|p| std::path::absolute(&p).unwrap_or(p));
             let opts = cc_ci_daemon::ServeOptions {

@@ -124,7 +124,7 @@ async fn accept(l: &Listener) -> std::io::Result<AcceptedConn> {
     }
 }
 
-/// The answer to a connection over the limit, written without reading the request.
+/// The answer to a connection over the limit (the request is read, never handled).
 fn busy_answer() -> Vec<u8> {
     let body = "too many connections, try again shortly\n";
     format!(
@@ -140,7 +140,20 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+    let _ = tokio::time::timeout(Duration::from_secs(3), async {
+        // The request head first (for at most a second): a client answered before it has sent
+        // its request can take the answer for a broken connection and never see the 503.
+        let mut head = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            while let Ok(n) = io.read(&mut chunk).await {
+                head.extend_from_slice(&chunk[..n]);
+                if n == 0 || head.len() > 1 << 16 || head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    break;
+                }
+            }
+        })
+        .await;
         let _ = io.write_all(&busy_answer()).await;
         let _ = io.shutdown().await;
         // Read what the client sent until it closes: closing with unread data would reset

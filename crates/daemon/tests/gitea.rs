@@ -497,6 +497,12 @@ async fn connection_and_log_follower_limits_answer_503() {
         .unwrap();
     assert_eq!(second.status().as_u16(), 503);
     drop(second);
+    // The run page's live events are a follower too.
+    let events = reqwest::get(format!("http://{addr}/runs/1/events"))
+        .await
+        .unwrap();
+    assert_eq!(events.status().as_u16(), 503);
+    drop(events);
     drop(first);
     let follow = format!("http://{addr}/runs/1/log?follow=1");
     eventually_async(

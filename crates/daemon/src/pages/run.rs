@@ -592,9 +592,21 @@ pub(super) fn events(shared: Arc<State>, id: i64, from: u64) -> hyper::Response<
         Ok(None) => return not_found(&format!("There is no run #{id}.")),
         Err(e) => return store_error(&e),
     }
+    // A live page is a log follower like `/runs/{id}/log?follow`: the same limit holds.
+    let Ok(permit) = shared.limits.log_followers.clone().try_acquire_owned() else {
+        let mut r = respond(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain; charset=utf-8",
+            Bytes::from_static(b"too many log followers, try again shortly\n"),
+        );
+        r.headers_mut()
+            .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("5"));
+        return r;
+    };
     let path = runner::run_dir(&shared.settings.state_dir, id).join("log.txt");
     let (tx, rx) = mpsc::channel::<Bytes>(16);
     tokio::spawn(async move {
+        let _permit = permit;
         let mut epoch = shared.wake.log_epoch.subscribe();
         let mut pos = from;
         let mut last_live = String::new();
