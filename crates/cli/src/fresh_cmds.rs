@@ -68,8 +68,8 @@ fn load(path: Option<&Path>) -> Result<Config, ExitCode> {
     }
 }
 
-fn engine(config: &Config) -> Result<Engine, ExitCode> {
-    Engine::connect(HostEnv::from_process().docker_host.as_deref())
+fn engine(config: &Config, host: &HostEnv) -> Result<Engine, ExitCode> {
+    Engine::connect(host.docker_host.as_deref())
         .map(|e| e.with_timeout(Duration::from_secs(config.harness.engine_timeout_secs)))
         .map_err(|e| {
             eprintln!("cc-ci: {e}");
@@ -107,6 +107,8 @@ async fn inputs_cmd(
     config: Option<PathBuf>,
     against: Option<PathBuf>,
 ) -> ExitCode {
+    // Read once for the command (crates/cli is the edge that reads the environment).
+    let host = HostEnv::from_process();
     let stages = match Stage::parse_list(&stages) {
         Ok(s) => s,
         Err(e) => {
@@ -138,24 +140,18 @@ async fn inputs_cmd(
             return ExitCode::from(exit::BAD_INPUT as u8);
         }
     };
-    let engine = match engine(&config) {
+    let engine = match engine(&config, &host) {
         Ok(e) => e,
         Err(code) => return code,
     };
-    let scratch = work_dir(&config, &HostEnv::from_process()).join("inputs");
+    let scratch = work_dir(&config, &host).join("inputs");
     let want = inputs::Want {
         source: recipe,
         git_ref,
         base,
         stages,
         shipped_overlays: inputs::shipped_overlays(),
-        abra_version: inputs::abra_version(
-            abra.as_deref(),
-            &config,
-            &scratch,
-            &HostEnv::from_process(),
-        )
-        .await,
+        abra_version: inputs::abra_version(abra.as_deref(), &config, &scratch, &host).await,
         config: config.clone(),
     };
     let now = match inputs::resolve(&want, &scratch, &engine).await {
@@ -194,19 +190,20 @@ async fn drift_cmd(
     abra: Option<String>,
     json: bool,
 ) -> ExitCode {
+    // Read once for the command (crates/cli is the edge that reads the environment).
+    let host = HostEnv::from_process();
     let config = match load(config.as_deref()) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let engine = match engine(&config) {
+    let engine = match engine(&config, &host) {
         Ok(e) => e,
         Err(code) => return code,
     };
     let runs = cc_ci_daemon::state_dir(&config).join("runs");
     let results = drift::tracked(&[runs], &dirs);
-    let scratch = work_dir(&config, &HostEnv::from_process()).join("inputs");
-    let abra_version =
-        inputs::abra_version(abra.as_deref(), &config, &scratch, &HostEnv::from_process()).await;
+    let scratch = work_dir(&config, &host).join("inputs");
+    let abra_version = inputs::abra_version(abra.as_deref(), &config, &scratch, &host).await;
     let judged = drift::sweep(
         &results,
         &config,
@@ -261,6 +258,8 @@ pub async fn reuse_for_run(
     config: &Config,
     report_dir: &Path,
 ) -> Option<ExitCode> {
+    // Read once for the command (crates/cli is the edge that reads the environment).
+    let host = HostEnv::from_process();
     use cc_ci_harness::report::Verdict;
     let t = drift::read_result(report_dir)?;
     let code = match t.report.verdict {
@@ -269,15 +268,15 @@ pub async fn reuse_for_run(
         // Errors are never reused: the next run may not meet the same trouble.
         _ => return None,
     };
-    let engine = engine(config).ok()?;
-    let scratch = work_dir(config, &HostEnv::from_process()).join("inputs");
+    let engine = engine(config, &host).ok()?;
+    let scratch = work_dir(config, &host).join("inputs");
     let want = inputs::Want {
         source: recipe.to_string(),
         git_ref: git_ref.unwrap_or("HEAD").to_string(),
         base: base.map(String::from),
         stages: stages.to_vec(),
         shipped_overlays: inputs::shipped_overlays(),
-        abra_version: inputs::abra_version(abra, config, &scratch, &HostEnv::from_process()).await,
+        abra_version: inputs::abra_version(abra, config, &scratch, &host).await,
         config: config.clone(),
     };
     let now = inputs::resolve(&want, &scratch, &engine).await.ok()?;

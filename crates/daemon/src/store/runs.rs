@@ -302,41 +302,32 @@ impl Store {
             st.query_map([], run_from_row)?.collect()
         })
     }
-    pub fn set_forge_repo(&self, id: i64, repo: &str) -> Result<(), DaemonError> {
+    /// One column of one run; `column` is always one of this file's literals, never input.
+    fn set_run_column(
+        &self,
+        id: i64,
+        column: &'static str,
+        value: impl rusqlite::ToSql,
+    ) -> Result<(), DaemonError> {
         self.with(|c| {
             c.execute(
-                "UPDATE runs SET forge_repo = ?2 WHERE id = ?1",
-                params![id, repo],
+                &format!("UPDATE runs SET {column} = ?2 WHERE id = ?1"),
+                params![id, value],
             )
             .map(|_| ())
         })
+    }
+    pub fn set_forge_repo(&self, id: i64, repo: &str) -> Result<(), DaemonError> {
+        self.set_run_column(id, "forge_repo", repo)
     }
     pub fn set_comment_id(&self, id: i64, comment_id: i64) -> Result<(), DaemonError> {
-        self.with(|c| {
-            c.execute(
-                "UPDATE runs SET comment_id = ?2 WHERE id = ?1",
-                params![id, comment_id],
-            )
-            .map(|_| ())
-        })
+        self.set_run_column(id, "comment_id", comment_id)
     }
     pub fn set_posted_status(&self, id: i64, status: &str) -> Result<(), DaemonError> {
-        self.with(|c| {
-            c.execute(
-                "UPDATE runs SET posted_status = ?2 WHERE id = ?1",
-                params![id, status],
-            )
-            .map(|_| ())
-        })
+        self.set_run_column(id, "posted_status", status)
     }
     pub fn set_posted_comment(&self, id: i64, hash: &str) -> Result<(), DaemonError> {
-        self.with(|c| {
-            c.execute(
-                "UPDATE runs SET posted_comment_hash = ?2 WHERE id = ?1",
-                params![id, hash],
-            )
-            .map(|_| ())
-        })
+        self.set_run_column(id, "posted_comment_hash", hash)
     }
     pub fn sync_succeeded(&self, id: i64, version: i64) -> Result<(), DaemonError> {
         self.with(|c| {
