@@ -4,7 +4,7 @@
 # sockets); cc-ci's daemon does not bind all of them, so only these three are allowed.
 #
 # Builtins only, no nixpkgs: scripts/check-nix evaluates this file with plain Nix against the
-# shared cases in tests/listen-cases.json, and crates/harness/src/listen.rs is held to the same
+# shared cases in tests/listen-cases.json, and crates/daemon/src/config/listen.rs is held to the same
 # cases. Keep the two in step.
 listen:
 let

@@ -1,7 +1,7 @@
 # NixOS module `services.cc-ci`: the socket-activated `cc-ci serve` daemon, a timer for `cc-ci gc`,
 # and the single-node Docker Swarm both need. Every option is documented in docs/nixos.md.
 #
-# crates/harness/tests/nix_agreement.rs reads this file as text: an option is a line
+# crates/daemon/tests/nix_agreement.rs reads this file as text: an option is a line
 # `<name> = lib.mkOption ...` (or mkEnableOption/mkPackageOption) and a config-file key is a quoted
 # `"<section>.<key>" = ...` line in `settingsOptions`. Keep those on one line each.
 {
@@ -20,7 +20,7 @@ let
   statePath = "/var/lib/cc-ci";
 
   # `IPv4:port`, `[IPv6]:port` or an absolute unix-socket path: what systemd's socket unit and
-  # the daemon both take. The same rule as `check-config` (crates/harness/src/listen.rs).
+  # the daemon both take. The same rule as `check-config` (crates/daemon/src/config/listen.rs).
   isValidListen = import ./listen.nix;
   listenType = lib.mkOptionType {
     name = "cc-ci-listen";
@@ -61,7 +61,7 @@ let
   };
 
   # A config-file key left `null` is omitted from the file, so cc-ci's built-in default applies
-  # and is written down only once (crates/harness/src/config.rs).
+  # and is written down only once (crates/harness/src/config.rs, crates/daemon/src/config).
   builtin =
     {
       type,

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use cc_ci_harness::config::Config;
+use cc_ci_daemon::config::Config;
+use cc_ci_harness::hostenv::HostEnv;
 // A bad config or argument exits as `cc-ci run` does.
 use cc_ci_harness::contract::exit;
 
@@ -62,7 +63,8 @@ fn load(path: Option<&Path>) -> Result<Config, ExitCode> {
     }
 }
 
-pub async fn run(cmd: DaemonCommand) -> anyhow::Result<ExitCode> {
+/// `host`: the process environment, read once by `main`.
+pub async fn run(cmd: DaemonCommand, host: HostEnv) -> anyhow::Result<ExitCode> {
     match cmd {
         DaemonCommand::Serve { config, listen } => {
             let cfg = match load(config.as_deref()) {
@@ -71,7 +73,7 @@ pub async fn run(cmd: DaemonCommand) -> anyhow::Result<ExitCode> {
             };
             // The flag gets the same check as `daemon.listen` in the config file.
             if let Some(l) = &listen
-                && let Err(problem) = cc_ci_harness::listen::check(l)
+                && let Err(problem) = cc_ci_daemon::config::listen::check(l)
             {
                 eprintln!("cc-ci serve: --listen: {problem}");
                 return Ok(exit::process(exit::BAD_INPUT));
@@ -81,6 +83,7 @@ pub async fn run(cmd: DaemonCommand) -> anyhow::Result<ExitCode> {
             let opts = cc_ci_daemon::ServeOptions {
                 config_path,
                 listen,
+                host,
                 ..Default::default()
             };
             cc_ci_daemon::serve(cfg, opts)
@@ -93,7 +96,7 @@ pub async fn run(cmd: DaemonCommand) -> anyhow::Result<ExitCode> {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
-            cc_ci_daemon::queue(&cfg, all, &mut std::io::stdout().lock())?;
+            cc_ci_daemon::queue(&cfg, &host, all, &mut std::io::stdout().lock())?;
             Ok(ExitCode::SUCCESS)
         }
         DaemonCommand::Logs {
@@ -107,7 +110,7 @@ pub async fn run(cmd: DaemonCommand) -> anyhow::Result<ExitCode> {
             };
             // Following polls files: keep it off the async workers.
             tokio::task::spawn_blocking(move || {
-                cc_ci_daemon::logs(&cfg, run, follow, &mut std::io::stdout().lock())
+                cc_ci_daemon::logs(&cfg, &host, run, follow, &mut std::io::stdout().lock())
             })
             .await
             .context("cc-ci logs")??;
@@ -118,7 +121,7 @@ pub async fn run(cmd: DaemonCommand) -> anyhow::Result<ExitCode> {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
-            match cc_ci_daemon::cancel(&cfg, run) {
+            match cc_ci_daemon::cancel(&cfg, &host, run) {
                 Ok(msg) => {
                     println!("{msg}");
                     Ok(ExitCode::SUCCESS)

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use cc_ci_harness::config::Config;
+use cc_ci_daemon::config::Config;
 use cc_ci_harness::engine::Engine;
 use cc_ci_harness::fresh::Freshness;
 use cc_ci_harness::hostenv::HostEnv;
@@ -18,28 +18,7 @@ pub enum FreshCommand {
     /// Resolve the inputs a run of a recipe at a commit would record (head, base release, image
     /// digests from the registry, abra, cc-ci, overlay and config digests), without deploying.
     /// With --against, also say whether that result is still fresh.
-    Inputs {
-        /// Recipe git repository: a local path or a URL.
-        #[arg(long)]
-        recipe: String,
-        /// Commit, branch or tag (default: the repository's HEAD).
-        #[arg(long = "ref", default_value = "HEAD")]
-        git_ref: String,
-        /// Comma-separated tiers: install,upgrade,backup,restore.
-        #[arg(long, default_value = "install,upgrade,backup,restore")]
-        stages: String,
-        /// Upgrade from this release tag instead of the newest one older than the head.
-        #[arg(long)]
-        base: Option<String>,
-        /// The abra binary (else CC_CI_ABRA, the config's harness.abra, or abra on PATH).
-        #[arg(long)]
-        abra: Option<String>,
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// A report folder (or its run.json) to judge against the inputs now.
-        #[arg(long)]
-        against: Option<PathBuf>,
-    },
+    Inputs(InputsArgs),
     /// List every tracked result (the daemon's run folders, and any report folders given) as
     /// fresh or stale with its reason. Exit 0 when all are fresh, 1 when any is stale or cannot
     /// be resolved.
@@ -56,6 +35,30 @@ pub enum FreshCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(clap::Args)]
+pub struct InputsArgs {
+    /// Recipe git repository: a local path or a URL.
+    #[arg(long)]
+    recipe: String,
+    /// Commit, branch or tag (default: the repository's HEAD).
+    #[arg(long = "ref", default_value = "HEAD")]
+    git_ref: String,
+    /// Comma-separated tiers: install,upgrade,backup,restore.
+    #[arg(long, default_value = "install,upgrade,backup,restore")]
+    stages: String,
+    /// Upgrade from this release tag instead of the newest one older than the head.
+    #[arg(long)]
+    base: Option<String>,
+    /// The abra binary (else CC_CI_ABRA, the config's harness.abra, or abra on PATH).
+    #[arg(long)]
+    abra: Option<String>,
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// A report folder (or its run.json) to judge against the inputs now.
+    #[arg(long)]
+    against: Option<PathBuf>,
 }
 
 fn load(path: Option<&Path>) -> Result<Config, ExitCode> {
@@ -77,38 +80,30 @@ fn engine(config: &Config, host: &HostEnv) -> Result<Engine, ExitCode> {
         })
 }
 
-pub async fn run(cmd: FreshCommand) -> ExitCode {
+/// `host`: the process environment, read once by `main`.
+pub async fn run(cmd: FreshCommand, host: &HostEnv) -> ExitCode {
     match cmd {
-        FreshCommand::Inputs {
-            recipe,
-            git_ref,
-            stages,
-            base,
-            abra,
-            config,
-            against,
-        } => inputs_cmd(recipe, git_ref, stages, base, abra, config, against).await,
+        FreshCommand::Inputs(args) => inputs_cmd(args, host).await,
         FreshCommand::Drift {
             config,
             dirs,
             abra,
             json,
-        } => drift_cmd(config, dirs, abra, json).await,
+        } => drift_cmd(config, dirs, abra, json, host).await,
     }
 }
 
 /// `cc-ci inputs`: resolve without deploying; with `--against`, judge a recorded result.
-async fn inputs_cmd(
-    recipe: String,
-    git_ref: String,
-    stages: String,
-    base: Option<String>,
-    abra: Option<String>,
-    config: Option<PathBuf>,
-    against: Option<PathBuf>,
-) -> ExitCode {
-    // Read once for the command (crates/cli is the edge that reads the environment).
-    let host = HostEnv::from_process();
+async fn inputs_cmd(args: InputsArgs, host: &HostEnv) -> ExitCode {
+    let InputsArgs {
+        recipe,
+        git_ref,
+        stages,
+        base,
+        abra,
+        config,
+        against,
+    } = args;
     let stages = match Stage::parse_list(&stages) {
         Ok(s) => s,
         Err(e) => {
@@ -140,19 +135,19 @@ async fn inputs_cmd(
             return ExitCode::from(exit::BAD_INPUT as u8);
         }
     };
-    let engine = match engine(&config, &host) {
+    let engine = match engine(&config, host) {
         Ok(e) => e,
         Err(code) => return code,
     };
-    let scratch = work_dir(&config, &host).join("inputs");
+    let scratch = work_dir(&config.harness, host).join("inputs");
     let want = inputs::Want {
         source: recipe,
         git_ref,
         base,
         stages,
-        shipped_overlays: inputs::shipped_overlays(),
-        abra_version: inputs::abra_version(abra.as_deref(), &config, &scratch, &host).await,
-        config: config.clone(),
+        shipped_overlays: inputs::shipped_overlays(host),
+        abra_version: inputs::abra_version(abra.as_deref(), &config.harness, &scratch, host).await,
+        config: config.harness.clone(),
     };
     let now = match inputs::resolve(&want, &scratch, &engine).await {
         Ok(i) => i,
@@ -171,7 +166,7 @@ async fn inputs_cmd(
                 &t.inputs,
                 &now,
                 drift::age(t.written_secs, drift::now_secs()),
-                drift::max_age(&config),
+                drift::max_age(config.daemon.reuse_max_age_secs),
             );
             println!("{}", f.describe());
             if f.is_fresh() {
@@ -189,30 +184,29 @@ async fn drift_cmd(
     dirs: Vec<PathBuf>,
     abra: Option<String>,
     json: bool,
+    host: &HostEnv,
 ) -> ExitCode {
-    // Read once for the command (crates/cli is the edge that reads the environment).
-    let host = HostEnv::from_process();
     let config = match load(config.as_deref()) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let engine = match engine(&config, &host) {
+    let engine = match engine(&config, host) {
         Ok(e) => e,
         Err(code) => return code,
     };
-    let runs = cc_ci_daemon::state_dir(&config).join("runs");
+    let runs = cc_ci_daemon::state_dir(&config, host).join("runs");
     let results = drift::tracked(&[runs], &dirs);
-    let scratch = work_dir(&config, &host).join("inputs");
-    let abra_version = inputs::abra_version(abra.as_deref(), &config, &scratch, &host).await;
-    let judged = drift::sweep(
-        &results,
-        &config,
-        &engine,
-        &scratch,
+    let scratch = work_dir(&config.harness, host).join("inputs");
+    let abra_version = inputs::abra_version(abra.as_deref(), &config.harness, &scratch, host).await;
+    let shipped = inputs::shipped_overlays(host);
+    let ctx = drift::Sweep {
+        config: &config.harness,
+        shipped_overlays: shipped.as_deref(),
         abra_version,
-        drift::now_secs(),
-    )
-    .await;
+        max_age: drift::max_age(config.daemon.reuse_max_age_secs),
+        now_secs: drift::now_secs(),
+    };
+    let judged = drift::sweep(&results, &ctx, &engine, &scratch).await;
     let all_fresh = judged
         .iter()
         .all(|j| matches!(j.freshness, Ok(Freshness::Fresh)));
@@ -250,16 +244,18 @@ async fn drift_cmd(
 /// stages: when every input still holds, that result stands (nothing deployed) and its exit code
 /// is returned. `None`: run. `--no-reuse` skips this.
 pub async fn reuse_for_run(
-    recipe: &str,
-    git_ref: Option<&str>,
+    args: &crate::RunArgs,
     stages: &[Stage],
-    base: Option<&str>,
-    abra: Option<&str>,
     config: &Config,
-    report_dir: &Path,
+    host: &HostEnv,
 ) -> Option<ExitCode> {
-    // Read once for the command (crates/cli is the edge that reads the environment).
-    let host = HostEnv::from_process();
+    let (recipe, git_ref, base, abra, report_dir) = (
+        &args.recipe,
+        args.git_ref.as_deref(),
+        args.base.as_deref(),
+        args.abra.as_deref(),
+        args.report_dir.as_path(),
+    );
     use cc_ci_harness::report::Verdict;
     let t = drift::read_result(report_dir)?;
     let code = match t.report.verdict {
@@ -268,23 +264,23 @@ pub async fn reuse_for_run(
         // Errors are never reused: the next run may not meet the same trouble.
         _ => return None,
     };
-    let engine = engine(config, &host).ok()?;
-    let scratch = work_dir(config, &host).join("inputs");
+    let engine = engine(config, host).ok()?;
+    let scratch = work_dir(&config.harness, host).join("inputs");
     let want = inputs::Want {
         source: recipe.to_string(),
         git_ref: git_ref.unwrap_or("HEAD").to_string(),
         base: base.map(String::from),
         stages: stages.to_vec(),
-        shipped_overlays: inputs::shipped_overlays(),
-        abra_version: inputs::abra_version(abra, config, &scratch, &host).await,
-        config: config.clone(),
+        shipped_overlays: inputs::shipped_overlays(host),
+        abra_version: inputs::abra_version(abra, &config.harness, &scratch, host).await,
+        config: config.harness.clone(),
     };
     let now = inputs::resolve(&want, &scratch, &engine).await.ok()?;
     let f = fresh::freshness(
         &t.inputs,
         &now,
         drift::age(t.written_secs, drift::now_secs()),
-        drift::max_age(config),
+        drift::max_age(config.daemon.reuse_max_age_secs),
     );
     if !f.is_fresh() {
         eprintln!(

@@ -1,12 +1,17 @@
 //! The `cc-ci` command: `run` (the harness by hand), `teardown`, `gc`, `check-config`, and the
 //! daemon's commands (`serve`, `queue`, `logs`, `cancel`).
+//!
+//! This is the edge: the process environment is read here once ([`HostEnv::from_process`]) and
+//! the config file is read here (`cc_ci_daemon::config`, the whole file, every section
+//! checked); the libraries get values: `cc-ci run` gets `[harness]` and the forge secret
+//! files, never the daemon's types.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use cc_ci_harness::config::Config;
+use cc_ci_daemon::config::Config;
 use cc_ci_harness::contract::{Stage, exit, files};
 use cc_ci_harness::engine::Engine;
 use cc_ci_harness::hostenv::HostEnv;
@@ -111,12 +116,6 @@ fn load_config(path: Option<&Path>) -> Result<Config, ExitCode> {
     }
 }
 
-/// Overlays shipped with cc-ci: `CC_CI_OVERLAYS`, else `overlays/` beside the binary's share
-/// directory (packaged), else the source tree's `overlays/` (development).
-fn shipped_overlays() -> Option<PathBuf> {
-    cc_ci_harness::inputs::shipped_overlays()
-}
-
 /// Resolves on the first SIGINT or SIGTERM, naming it.
 async fn signalled() -> &'static str {
     use tokio::signal::unix::{SignalKind, signal};
@@ -147,16 +146,7 @@ async fn cmd_run(args: RunArgs, host: HostEnv) -> ExitCode {
     };
     // A result in the report folder whose inputs all still hold stands (issue 15).
     if !args.no_reuse
-        && let Some(code) = fresh_cmds::reuse_for_run(
-            &args.recipe,
-            args.git_ref.as_deref(),
-            &stages,
-            args.base.as_deref(),
-            args.abra.as_deref(),
-            &config,
-            &args.report_dir,
-        )
-        .await
+        && let Some(code) = fresh_cmds::reuse_for_run(&args, &stages, &config, &host).await
     {
         return code;
     }
@@ -166,11 +156,12 @@ async fn cmd_run(args: RunArgs, host: HostEnv) -> ExitCode {
         stages,
         report_dir: args.report_dir.clone(),
         abra: args.abra,
-        config,
+        forge_secret_files: config.forge.secret_files(),
+        config: config.harness,
         keep_on_failure: args.keep_on_failure,
         skip_generic: args.skip_generic,
         base: args.base,
-        shipped_overlays: shipped_overlays(),
+        shipped_overlays: cc_ci_harness::inputs::shipped_overlays(&host),
         host,
     };
     let outcome = lifecycle::run(opts, signalled()).await;
@@ -199,7 +190,7 @@ async fn cmd_teardown(
         .with_timeout(Duration::from_secs(config.harness.engine_timeout_secs));
     let left = teardown::teardown_domain(
         &engine,
-        &lifecycle::work_dir(&config, host),
+        &lifecycle::work_dir(&config.harness, host),
         &domain,
         &config.harness.domain_suffix,
         Duration::from_secs(config.harness.converge_timeout_secs.max(60)),
@@ -220,7 +211,7 @@ async fn cmd_doctor(config: Option<PathBuf>, abra: Option<String>, host: &HostEn
         Ok(c) => c,
         Err(code) => return code,
     };
-    let checks = cc_ci_harness::doctor::run(&config, abra.as_deref(), host).await;
+    let checks = cc_ci_harness::doctor::run(&config.harness, abra.as_deref(), host).await;
     for c in &checks {
         println!("{}", c.line());
     }
@@ -241,7 +232,7 @@ async fn cmd_gc(config: Option<PathBuf>, host: &HostEnv) -> anyhow::Result<ExitC
     };
     let engine = Engine::connect(host.docker_host.as_deref())?
         .with_timeout(Duration::from_secs(config.harness.engine_timeout_secs));
-    let work = lifecycle::work_dir(&config, host);
+    let work = lifecycle::work_dir(&config.harness, host);
     let report = teardown::gc(
         &engine,
         &work,
@@ -272,7 +263,7 @@ async fn cmd_gc(config: Option<PathBuf>, host: &HostEnv) -> anyhow::Result<ExitC
 
 fn cmd_check_config(file: &Path, keys: bool) -> ExitCode {
     if keys {
-        for k in cc_ci_harness::config::known_keys() {
+        for k in cc_ci_daemon::config::known_keys() {
             println!("{k}");
         }
         return ExitCode::SUCCESS;
@@ -313,8 +304,8 @@ fn main() -> ExitCode {
             Command::Gc { config } => cmd_gc(config, &host).await,
             Command::Doctor { config, abra } => Ok(cmd_doctor(config, abra, &host).await),
             Command::CheckConfig { file, keys } => Ok(cmd_check_config(&file, keys)),
-            Command::Daemon(cmd) => daemon_cmds::run(cmd).await,
-            Command::Fresh(cmd) => Ok(fresh_cmds::run(cmd).await),
+            Command::Daemon(cmd) => daemon_cmds::run(cmd, host).await,
+            Command::Fresh(cmd) => Ok(fresh_cmds::run(cmd, &host).await),
         }
     });
     match result {

@@ -28,7 +28,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cc_ci_harness::config::Config;
+use cc_ci_daemon::config::Config;
 use cc_ci_harness::engine::Engine;
 use cc_ci_harness::names;
 use common::{Flavour, Gitea, SECRET, StatusRec, TOKEN, comment_payload, eventually, read};

@@ -21,8 +21,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use cc_ci_daemon::config::Config;
 use cc_ci_daemon::store::{RunState, RunVerdict, Store};
-use cc_ci_harness::config::Config;
 use common::{Flavour, Gitea, SECRET, TOKEN, comment_payload, eventually, read};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

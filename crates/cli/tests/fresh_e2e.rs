@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cc_ci_harness::config::Config;
+use cc_ci_daemon::config::Config;
 use cc_ci_harness::engine::Engine;
 use common::{Flavour, Gitea, SECRET, StatusRec, TOKEN, comment_payload, eventually, read};
 

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use cc_ci_harness::config::Config;
+use cc_ci_daemon::config::Config;
 use common::{Env, SECRET, SHA, TOKEN, comment, eventually, read};
 
 use cc_ci_testkit::repo_root;

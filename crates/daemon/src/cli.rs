@@ -7,15 +7,16 @@ use cc_ci_harness::contract::short_sha;
 use std::io::Write;
 use std::time::Duration;
 
-use cc_ci_harness::config::Config;
+use cc_ci_harness::hostenv::HostEnv;
 
+use crate::config::Config;
 use crate::error::DaemonError;
 use crate::state::{database_path, state_dir};
 use crate::store::{RunRow, RunState, Store, now};
 use crate::trigger;
 
-fn open(config: &Config) -> Result<Store, DaemonError> {
-    Store::open_existing(&database_path(&state_dir(config)))
+fn open(config: &Config, host: &HostEnv) -> Result<Store, DaemonError> {
+    Store::open_existing(&database_path(&state_dir(config, host)))
 }
 
 fn age(secs: i64) -> String {
@@ -43,8 +44,13 @@ fn row(r: &RunRow) -> String {
 }
 
 /// Print the running and queued runs (with `all`, also the 20 most recent finished ones).
-pub fn queue(config: &Config, all: bool, out: &mut dyn Write) -> Result<(), DaemonError> {
-    let store = open(config)?;
+pub fn queue(
+    config: &Config,
+    host: &HostEnv,
+    all: bool,
+    out: &mut dyn Write,
+) -> Result<(), DaemonError> {
+    let store = open(config, host)?;
     let w = |out: &mut dyn Write, s: String| {
         writeln!(out, "{s}").map_err(|e| DaemonError::io("writing the queue", e))
     };
@@ -104,12 +110,13 @@ pub fn queue(config: &Config, all: bool, out: &mut dyn Write) -> Result<(), Daem
 /// Print a run's log; with `follow`, keep printing until the run has finished.
 pub fn logs(
     config: &Config,
+    host: &HostEnv,
     run: i64,
     follow: bool,
     out: &mut dyn Write,
 ) -> Result<(), DaemonError> {
-    let dir = state_dir(config);
-    let store = open(config)?;
+    let dir = state_dir(config, host);
+    let store = open(config, host)?;
     if store.get_run(run)?.is_none() {
         return Err(DaemonError::NoSuchRun(run));
     }
@@ -138,8 +145,8 @@ pub fn logs(
 }
 
 /// Ask the daemon to cancel a run (it acts within a second: SIGTERM, teardown, report).
-pub fn cancel(config: &Config, run: i64) -> Result<String, DaemonError> {
-    let store = open(config)?;
+pub fn cancel(config: &Config, host: &HostEnv, run: i64) -> Result<String, DaemonError> {
+    let store = open(config, host)?;
     let state = store.request_cancel(run, "cancelled by an operator (cc-ci cancel)")?;
     Ok(match state {
         RunState::Queued => format!("run {run} will be removed from the queue"),

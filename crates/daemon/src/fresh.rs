@@ -49,17 +49,18 @@ fn stage_list(stages: &[String]) -> Vec<Stage> {
 
 /// What the run would be made of now.
 async fn current_inputs(shared: &State, run: &RunRow) -> Result<Inputs, String> {
-    // The daemon reads its environment as a run would (its runs inherit it).
-    let host = cc_ci_harness::hostenv::HostEnv::from_process();
-    let scratch = work_dir(&shared.settings.config, &host).join("inputs");
+    // The daemon's environment is a run's (its runs inherit it), read once by the edge.
+    let host = &shared.settings.host;
+    let harness = &shared.settings.config.harness;
+    let scratch = work_dir(harness, host).join("inputs");
     let want = Want {
         source: recipe_source(shared, run),
         git_ref: run.head_sha.clone(),
         base: None,
         stages: stage_list(&run.stages),
-        config: shared.settings.config.clone(),
-        shipped_overlays: inputs::shipped_overlays(),
-        abra_version: inputs::abra_version(None, &shared.settings.config, &scratch, &host).await,
+        config: harness.clone(),
+        shipped_overlays: inputs::shipped_overlays(host),
+        abra_version: inputs::abra_version(None, harness, &scratch, host).await,
     };
     let engine = cc_ci_harness::engine::Engine::connect(host.docker_host.as_deref())
         .map_err(|e| e.to_string())?
@@ -121,7 +122,7 @@ pub(crate) async fn try_reuse(
         &tracked.inputs,
         &current,
         age,
-        drift::max_age(&shared.settings.config),
+        drift::max_age(shared.settings.config.daemon.reuse_max_age_secs),
     );
     if let Freshness::Stale(_) = &verdict {
         log(&format!(
@@ -264,7 +265,7 @@ pub(crate) async fn sweep_once(
             &tracked.inputs,
             &current,
             age,
-            drift::max_age(&shared.settings.config),
+            drift::max_age(shared.settings.config.daemon.reuse_max_age_secs),
         );
         let moved = f.moved_images();
         if !moved.is_empty() {

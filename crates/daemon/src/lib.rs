@@ -6,6 +6,9 @@
 #![deny(unsafe_code)]
 
 mod cli;
+/// The configuration file: the whole file, `[daemon]` and `[forge]` (the harness owns
+/// `[harness]`).
+pub mod config;
 mod error;
 mod forge;
 /// Reuse of results whose inputs still hold, and the drift sweep (issue 15).

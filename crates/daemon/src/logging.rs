@@ -1,15 +1,17 @@
 //! Log output: the systemd journal (structured fields) when stderr is connected to it, else
 //! human-readable lines on stderr. Filter with `CC_CI_LOG` (tracing `EnvFilter` syntax).
 
+use std::ffi::OsStr;
 use std::io::IsTerminal;
 
+use cc_ci_harness::hostenv::HostEnv;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 /// Whether stderr is the journal stream systemd announced in `JOURNAL_STREAM` (`dev:inode`).
-fn stderr_is_journal() -> bool {
-    let Some(value) = std::env::var_os("JOURNAL_STREAM") else {
+fn stderr_is_journal(journal_stream: Option<&OsStr>) -> bool {
+    let Some(value) = journal_stream else {
         return false;
     };
     let value = value.to_string_lossy();
@@ -25,10 +27,16 @@ fn stderr_is_journal() -> bool {
     st.st_dev == dev && st.st_ino == ino
 }
 
-/// Install the global subscriber (once; later calls do nothing).
-pub fn init() {
-    let filter = || EnvFilter::try_from_env("CC_CI_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    if stderr_is_journal()
+/// Install the global subscriber (once; later calls do nothing). `host` gives `CC_CI_LOG` and
+/// `JOURNAL_STREAM`.
+pub fn init(host: &HostEnv) {
+    let filter = || {
+        host.log_filter
+            .as_deref()
+            .and_then(|f| EnvFilter::try_new(f).ok())
+            .unwrap_or_else(|| EnvFilter::new("info"))
+    };
+    if stderr_is_journal(host.journal_stream.as_deref())
         && let Ok(journald) = tracing_journald::layer()
     {
         let _ = tracing_subscriber::registry()

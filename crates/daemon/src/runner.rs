@@ -62,7 +62,7 @@ impl LogSink {
     }
 
     pub fn line(&self, text: &str) {
-        let clean = self.shared.settings.secrets.redact(text);
+        let clean = self.shared.settings.redactor.redact(text);
         crate::metrics::log_line(&clean);
         {
             let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());

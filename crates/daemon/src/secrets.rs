@@ -1,9 +1,13 @@
 //! The forge token and the webhook secret. Read from files only (systemd credentials first), kept
-//! out of `Debug` output, and removed from every text the daemon writes (run logs).
+//! out of `Debug` output, and removed from every text the daemon writes (run logs, pages) by the
+//! harness's [`Redactor`], the one redactor of cc-ci.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+use cc_ci_harness::redact::Redactor;
+
+use crate::config::ForgeConfig;
 use crate::error::DaemonError;
 
 /// Credential names under `$CREDENTIALS_DIRECTORY` (systemd `LoadCredential=`).
@@ -53,26 +57,27 @@ impl Secrets {
         })
     }
 
-    /// From the process environment (`CREDENTIALS_DIRECTORY`) and the config.
-    pub fn from_env(config: &cc_ci_harness::config::ForgeConfig) -> Result<Self, DaemonError> {
-        let creds = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+    /// The files `[forge]` names, with the systemd credentials in `credentials_dir`
+    /// (`$CREDENTIALS_DIRECTORY`, read by the edge) first.
+    pub fn for_config(
+        config: &ForgeConfig,
+        credentials_dir: Option<&Path>,
+    ) -> Result<Self, DaemonError> {
         Self::load(
-            creds.as_deref(),
+            credentials_dir,
             config.token_file.as_deref(),
             config.webhook_secret_file.as_deref(),
         )
     }
 
-    /// Replace every secret value in `text` by `[redacted]`.
-    pub fn redact(&self, text: &str) -> String {
-        let mut out = text.to_string();
+    /// A redactor that masks both values (very short values would mask ordinary words; such
+    /// secrets are refused at load).
+    pub fn redactor(&self) -> Redactor {
+        let r = Redactor::new();
         for s in [&self.token, &self.webhook_secret].into_iter().flatten() {
-            // Very short values would redact ordinary words; such secrets are refused at load.
-            if out.contains(s.as_str()) {
-                out = out.replace(s.as_str(), "[redacted]");
-            }
+            r.add(s);
         }
-        out
+        r
     }
 }
 
@@ -136,8 +141,9 @@ mod tests {
         let dbg = format!("{s:?}");
         assert!(!dbg.contains("from-credentials"), "{dbg}");
         assert_eq!(
-            s.redact("x from-credentials y webhook-secret-value"),
-            "x [redacted] y [redacted]"
+            s.redactor()
+                .redact("x from-credentials y webhook-secret-value"),
+            "x [REDACTED] y [REDACTED]"
         );
     }
 

@@ -10,10 +10,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use cc_ci_harness::config::Config;
+use cc_ci_harness::hostenv::HostEnv;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::config::Config;
 use crate::error::DaemonError;
 use crate::forge::GiteaClient;
 use crate::secrets::Secrets;
@@ -29,9 +30,14 @@ pub struct ServeOptions {
     pub config_path: Option<PathBuf>,
     /// `--listen`: overrides `daemon.listen` (ignored under socket activation).
     pub listen: Option<String>,
-    /// The program run as `<exe> run ...` and `<exe> gc ...`; default: this executable.
+    /// The program run as `<exe> run ...` and `<exe> gc ...`; default: this executable
+    /// (`host.current_exe`).
     pub run_exe: Option<PathBuf>,
     pub tuning: Tuning,
+    /// The process environment, read once by the edge (`HostEnv::from_process` in the `cc-ci`
+    /// binary): `STATE_DIRECTORY`, `HOME`, `CREDENTIALS_DIRECTORY`, `JOURNAL_STREAM`,
+    /// `CC_CI_LOG`, and what a run's inputs are resolved with.
+    pub host: HostEnv,
 }
 
 /// A running daemon. `serve` wraps it with signal handling; tests drive it directly.
@@ -58,8 +64,8 @@ fn spawn_until(
 }
 
 /// The forge token and the webhook secret, with the errors that say which is missing.
-fn secrets_for(config: &Config) -> Result<(Secrets, String, bool), DaemonError> {
-    let secrets = Secrets::from_env(&config.forge)?;
+fn secrets_for(config: &Config, host: &HostEnv) -> Result<(Secrets, String, bool), DaemonError> {
+    let secrets = Secrets::for_config(&config.forge, host.credentials_directory.as_deref())?;
     let Some(token) = secrets.token.clone() else {
         return Err(DaemonError::Secret {
             name: crate::secrets::TOKEN_CREDENTIAL,
@@ -88,21 +94,32 @@ impl Daemon {
     /// reconcile runs a previous daemon left `running`, start every task and tell systemd
     /// READY=1.
     pub async fn start(config: Config, opts: ServeOptions) -> Result<Self, DaemonError> {
-        let state_dir = state_dir(&config);
+        let state_dir = state_dir(&config, &opts.host);
         std::fs::create_dir_all(state_dir.join("runs")).map_err(|source| {
             DaemonError::StateDir {
                 path: state_dir.clone(),
                 source,
             }
         })?;
-        let (secrets, token, polling) = secrets_for(&config)?;
+        let (secrets, token, polling) = secrets_for(&config, &opts.host)?;
         for w in crate::cli::config_warnings(&config) {
             tracing::warn!("{w}");
         }
-        let exe = match opts.run_exe.clone() {
+        let exe = match opts
+            .run_exe
+            .clone()
+            .or_else(|| opts.host.current_exe.clone())
+        {
             Some(p) => p,
-            None => std::env::current_exe()
-                .map_err(|e| DaemonError::io("finding the cc-ci executable", e))?,
+            None => {
+                return Err(DaemonError::io(
+                    "finding the cc-ci executable",
+                    std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "/proc/self/exe cannot be read; is /proc mounted?",
+                    ),
+                ));
+            }
         };
         let store = Store::open(&database_path(&state_dir))?;
         let forge = GiteaClient::new(
@@ -125,7 +142,9 @@ impl Daemon {
             config_path: opts.config_path.clone(),
             state_dir,
             exe,
+            redactor: secrets.redactor(),
             secrets,
+            host: opts.host.clone(),
             tuning: opts.tuning.clone(),
         };
         let state = Arc::new(State::new(settings, store, Arc::new(forge)));
@@ -148,9 +167,9 @@ impl Daemon {
             spawn_until(&tasks, &stopped, watchdog_loop(state.clone(), every));
         }
         // The host checks of `cc-ci doctor`, logged when they fail (the daemon starts anyway).
-        let doctor_config = state.config().clone();
+        let doctor_config = state.config().harness.clone();
+        let host = opts.host.clone();
         spawn_until(&tasks, &stopped, async move {
-            let host = cc_ci_harness::hostenv::HostEnv::from_process();
             for c in cc_ci_harness::doctor::run(&doctor_config, None, &host).await {
                 if !c.ok {
                     tracing::warn!(check = %c.name, "host check failed: {}", c.line());
@@ -278,7 +297,7 @@ async fn watchdog_loop(state: Arc<State>, every: Duration) {
 
 /// `serve`: start, wait for SIGTERM/SIGINT, stop gracefully.
 pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), DaemonError> {
-    crate::logging::init();
+    crate::logging::init(&opts.host);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| DaemonError::io("installing the SIGTERM handler", e))?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())

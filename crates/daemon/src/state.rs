@@ -11,11 +11,13 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, atomic::AtomicUsize};
 use std::time::Duration;
 
-use cc_ci_harness::config::Config;
+use cc_ci_harness::hostenv::HostEnv;
+use cc_ci_harness::redact::Redactor;
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::config::Config;
 use crate::forge::{Forge, ForgeError};
 use crate::render::Links;
 use crate::secrets::Secrets;
@@ -60,21 +62,20 @@ impl Default for Tuning {
     }
 }
 
-/// Where the database, run logs and reports live.
-pub fn state_dir(config: &Config) -> PathBuf {
+/// Where the database, run logs and reports live: `daemon.state_dir`, else systemd's
+/// `STATE_DIRECTORY`, else `~/.local/state/cc-ci` (the environment as the edge read it).
+pub fn state_dir(config: &Config, host: &HostEnv) -> PathBuf {
     if let Some(d) = &config.daemon.state_dir {
         return d.clone();
     }
-    if let Some(d) = std::env::var_os("STATE_DIRECTORY") {
+    if let Some(d) = &host.state_directory {
         // systemd passes a colon-separated list when several StateDirectory= are set.
         let d = d.to_string_lossy();
         if let Some(first) = d.split(':').next().filter(|s| !s.is_empty()) {
             return PathBuf::from(first);
         }
     }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/tmp"));
+    let home = host.home.clone().unwrap_or_else(|| PathBuf::from("/tmp"));
     home.join(".local/state/cc-ci")
 }
 
@@ -96,6 +97,11 @@ pub(crate) struct Settings {
     /// The program run as `<exe> run ...` and `<exe> gc ...`.
     pub exe: PathBuf,
     pub secrets: Secrets,
+    /// Masks the secrets in every text the daemon writes or serves (run logs, pages).
+    pub redactor: Redactor,
+    /// The process environment, as the edge read it (the start-up doctor, reuse and drift
+    /// resolve inputs as a run would).
+    pub host: HostEnv,
     pub tuning: Tuning,
 }
 
@@ -329,6 +335,29 @@ impl State {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn state_dir_is_config_then_systemd_then_home() {
+        let mut config = Config::default();
+        let host = HostEnv {
+            state_directory: Some("/var/lib/cc-ci:/var/lib/other".into()),
+            home: Some("/home/ci".into()),
+            ..HostEnv::default()
+        };
+        assert_eq!(state_dir(&config, &host), PathBuf::from("/var/lib/cc-ci"));
+        let no_systemd = HostEnv {
+            state_directory: None,
+            ..host.clone()
+        };
+        assert_eq!(
+            state_dir(&config, &no_systemd),
+            PathBuf::from("/home/ci/.local/state/cc-ci")
+        );
+        config.daemon.state_dir = Some("/srv/ci".into());
+        assert_eq!(state_dir(&config, &host), PathBuf::from("/srv/ci"));
+    }
+
     #[test]
     fn body_budget_has_a_floor_and_scales() {
         assert_eq!(super::body_budget_bytes(4096), 64 << 20);

@@ -1,8 +1,12 @@
 //! systemd integration: the socket-activated listener, `sd_notify` messages and the watchdog.
 //!
-//! Only the `sd-notify` crate is used (no libsystemd). The environment is read but never
-//! modified (changing it in a multi-threaded process is unsound); the variables are instead
-//! removed from the environment of every child process (see `runner`).
+//! Only the `sd-notify` crate is used (no libsystemd). It reads `NOTIFY_SOCKET`, `LISTEN_FDS`,
+//! `LISTEN_PID`, `LISTEN_FDNAMES` and `WATCHDOG_*` itself, at the moment of each call: they are
+//! systemd's protocol with this very process (`LISTEN_PID` is compared with our own pid), not
+//! settings, so they stay out of `HostEnv` and this is the one place below the edge where the
+//! environment is looked at. It is read but never modified (changing it in a multi-threaded
+//! process is unsound); the variables are instead removed from the environment of every child
+//! process (see `runner`).
 
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::time::Duration;

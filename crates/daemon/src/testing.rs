@@ -5,8 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cc_ci_harness::config::Config;
-
+use crate::config::Config;
 use crate::forge::fake::FakeForge;
 use crate::secrets::Secrets;
 use crate::state::{Settings, State, Tuning};
@@ -29,15 +28,18 @@ pub(crate) fn state(
     config.daemon.public_url = "https://ci.example".into();
     edit(&mut config);
     let store = Store::open(&dir.path().join("db.sqlite")).unwrap_or_else(|e| panic!("store: {e}"));
+    let secrets = Secrets {
+        token: Some("forge-token".into()),
+        webhook_secret: Some("hook-secret".into()),
+    };
     let settings = Settings {
         config,
         config_path: None,
         state_dir: dir.path().to_path_buf(),
         exe: PathBuf::from("/nonexistent/cc-ci"),
-        secrets: Secrets {
-            token: Some("forge-token".into()),
-            webhook_secret: Some("hook-secret".into()),
-        },
+        redactor: secrets.redactor(),
+        secrets,
+        host: cc_ci_harness::hostenv::HostEnv::default(),
         tuning: Tuning {
             retry_base: Duration::from_secs(1),
             ..Tuning::default()

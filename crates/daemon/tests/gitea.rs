@@ -140,7 +140,7 @@ async fn reports_the_forge_keeps_refusing_are_given_up_visibly() {
         30,
         || {
             let mut out = Vec::new();
-            cc_ci_daemon::queue(&env.config, false, &mut out).ok()?;
+            cc_ci_daemon::queue(&env.config, &Default::default(), false, &mut out).ok()?;
             let q = String::from_utf8(out).ok()?;
             q.contains("undelivered (given up)").then_some(q)
         },

@@ -13,8 +13,8 @@ use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use cc_ci_daemon::config::Config;
 use cc_ci_daemon::{ServeOptions, Tuning};
-use cc_ci_harness::config::Config;
 use common::*;
 
 const CHILD_CONFIG: &str = "CC_CI_TEST_DAEMON_CONFIG";
@@ -37,6 +37,8 @@ fn child_main(config_path: String) -> ! {
             progress_interval: Duration::from_millis(100),
             ..Tuning::default()
         },
+        // This test binary is the process's edge here: it reads the environment once.
+        host: cc_ci_harness::hostenv::HostEnv::from_process(),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -77,7 +77,7 @@ async fn signed_gitea_trigger_yields_pending_then_success_and_one_comment() {
     assert_eq!(code, 200);
     assert!(log.contains("install: pass"), "{log}");
     assert!(!log.contains(TOKEN), "token leaked into the log: {log}");
-    assert!(log.contains("[redacted]"), "{log}");
+    assert!(log.contains("[REDACTED]"), "{log}");
     assert_eq!(get(addr, "/runs/99").await.0, 404);
     assert_eq!(get(addr, "/runs/99/log").await.0, 404);
     assert_eq!(get(addr, "/nope").await.0, 404);
@@ -555,13 +555,13 @@ async fn deadline_and_operator_cancel_tear_the_run_down() {
     env.wait_hanging(2).await;
 
     let mut out = Vec::new();
-    cc_ci_daemon::queue(&config, false, &mut out).unwrap();
+    cc_ci_daemon::queue(&config, &Default::default(), false, &mut out).unwrap();
     let q = String::from_utf8(out).unwrap();
     assert!(q.contains("coop/web#1") && q.contains("coop/web#2"), "{q}");
 
     // Run 1 ignores SIGTERM: after the grace period it is killed and gc runs.
     let gc_before = read(&env.marks().join("gc.log")).lines().count();
-    let msg = cc_ci_daemon::cancel(&config, 1).unwrap();
+    let msg = cc_ci_daemon::cancel(&config, &Default::default(), 1).unwrap();
     assert!(msg.contains("run 1"), "{msg}");
     let c = env.wait_comment(1, "🛑 cancelled").await;
     assert!(c.body.contains("operator"), "{}", c.body);
@@ -575,12 +575,12 @@ async fn deadline_and_operator_cancel_tear_the_run_down() {
         "the stubborn run process {pid} survived"
     );
     assert!(matches!(
-        cc_ci_daemon::cancel(&config, 1),
+        cc_ci_daemon::cancel(&config, &Default::default(), 1),
         Err(cc_ci_daemon::DaemonError::RunFinished { .. })
     ));
 
     let mut log = Vec::new();
-    cc_ci_daemon::logs(&config, 1, true, &mut log).unwrap();
+    cc_ci_daemon::logs(&config, &Default::default(), 1, true, &mut log).unwrap();
     let log = String::from_utf8(log).unwrap();
     assert!(
         log.contains("SIGKILL") && log.contains("gc finished"),
@@ -677,7 +677,7 @@ async fn a_forge_outage_delays_reports_but_loses_none() {
         20,
         || {
             let mut out = Vec::new();
-            cc_ci_daemon::queue(&env.config, false, &mut out).ok()?;
+            cc_ci_daemon::queue(&env.config, &Default::default(), false, &mut out).ok()?;
             String::from_utf8(out)
                 .ok()?
                 .contains("no runs")

@@ -1,42 +1,21 @@
-//! The one cc-ci configuration file (TOML), shared by `cc-ci run`, `cc-ci serve` and
-//! `cc-ci check-config`. Every key has a default so an empty file is valid; unknown keys
-//! are errors (a typo must never silently fall back to a default).
+//! `[harness]` of the cc-ci configuration file: how a run deploys and checks a recipe. The
+//! harness owns these keys, their defaults and their validation; the whole file (with the
+//! daemon's `[daemon]` and `[forge]`) is read by `cc_ci_daemon::config`, which hands
+//! `cc-ci run` this section. Unknown keys are errors (a typo must never silently fall back to
+//! a default).
 //!
-//! Security-relevant settings (allowlists, secrets) come only from here, never from a
-//! recipe or a pull request.
+//! Security-relevant settings (allowlists, compose allowances) come only from here, never from
+//! a recipe or a pull request.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-/// Errors reading or validating the configuration file.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path}:{line}: {message}")]
-    Parse {
-        path: PathBuf,
-        line: usize,
-        message: String,
-    },
-    #[error("{path}: key `{key}`: {problem}")]
-    Invalid {
-        path: PathBuf,
-        key: String,
-        problem: String,
-    },
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct Config {
-    pub harness: HarnessConfig,
-    pub daemon: DaemonConfig,
-    pub forge: ForgeConfig,
+/// A value the config must not hold: its dotted key (`harness.server`) and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    pub key: String,
+    pub problem: String,
 }
 
 /// `[harness]`: how a run deploys and checks a recipe.
@@ -100,166 +79,14 @@ impl Default for HarnessConfig {
     }
 }
 
-/// `[daemon]`: `cc-ci serve`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct DaemonConfig {
-    /// Listen address used when systemd passes no socket: `HOST:PORT` or a unix socket path.
-    pub listen: String,
-    /// Database, run logs and reports. Default: `$STATE_DIRECTORY`, else `~/.local/state/cc-ci`.
-    pub state_dir: Option<PathBuf>,
-    /// Runs executed at once.
-    pub concurrency: usize,
-    /// Deadline of one run, in seconds.
-    pub run_timeout_secs: u64,
-    /// Grace period for a running run on shutdown or cancel before it is killed and torn down.
-    pub cancel_grace_secs: u64,
-    /// Base URL of this daemon as the forge should link it (run pages, logs).
-    pub public_url: String,
-    /// Interval of the pull-request comment poll, in seconds; 0 disables polling.
-    pub poll_interval_secs: u64,
-    /// Largest webhook body accepted, in bytes. Newer Gitea and Forgejo carry a pull
-    /// request's description twice in a comment payload, JSON-escaped (`<` becomes `\u003c`).
-    pub max_body_bytes: usize,
-    /// Connections served at once; more are answered 503.
-    pub max_connections: usize,
-    /// `/runs/{id}/log?follow` streams at once; more are answered 503.
-    pub max_log_followers: usize,
-    /// Deadline to read one webhook request, in seconds.
-    pub request_timeout_secs: u64,
-    /// How often a run interrupted by a daemon crash is re-queued before it is reported as an error.
-    pub max_requeues: u32,
-    /// Interval of the drift sweep (re-resolving the inputs of tracked results; a moved image
-    /// digest queues a re-run), in seconds; 0 disables it.
-    pub drift_interval_secs: u64,
-    /// A result older than this is never reused nor counted fresh, in seconds; 0 = no age limit.
-    pub reuse_max_age_secs: u64,
-}
-
-impl Default for DaemonConfig {
-    fn default() -> Self {
-        Self {
-            listen: "127.0.0.1:8088".into(),
-            state_dir: None,
-            concurrency: 1,
-            run_timeout_secs: 3600,
-            cancel_grace_secs: 30,
-            public_url: "http://127.0.0.1:8088".into(),
-            poll_interval_secs: 0,
-            // A 1 MiB description, twice, with room for escaping.
-            max_body_bytes: 16 << 20,
-            max_connections: 256,
-            max_log_followers: 32,
-            request_timeout_secs: 10,
-            max_requeues: 1,
-            drift_interval_secs: 0,
-            reuse_max_age_secs: 0,
-        }
-    }
-}
-
-/// `[forge]`: the Gitea or Forgejo instance.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct ForgeConfig {
-    /// Base URL, e.g. `https://git.coopcloud.tech` (the API is under `/api/v1`).
-    pub url: String,
-    /// File holding the API token. `$CREDENTIALS_DIRECTORY/forge-token` is read first when present.
-    pub token_file: Option<PathBuf>,
-    /// File holding the webhook secret. `$CREDENTIALS_DIRECTORY/webhook-secret` is read first.
-    pub webhook_secret_file: Option<PathBuf>,
-    /// Repositories (`owner/name`) whose pull requests may be tested. Empty = none.
-    pub repo_allowlist: Vec<String>,
-    /// Members of these organisations may trigger runs.
-    pub org_allowlist: Vec<String>,
-    /// These users may trigger runs.
-    pub user_allowlist: Vec<String>,
-    /// Repositories whose open pull requests are polled for `!testme` comments.
-    pub poll_repos: Vec<String>,
-    /// Commit status context.
-    pub status_context: String,
-}
-
-impl Default for ForgeConfig {
-    fn default() -> Self {
-        Self {
-            url: "http://127.0.0.1:3000".into(),
-            token_file: None,
-            webhook_secret_file: None,
-            repo_allowlist: Vec::new(),
-            org_allowlist: Vec::new(),
-            user_allowlist: Vec::new(),
-            poll_repos: Vec::new(),
-            status_context: "cc-ci/testme".into(),
-        }
-    }
-}
-
-/// Every accepted key, dotted (`harness.abra`, ...). Kept beside the structs so the NixOS module,
-/// the docs and check-config can be tested for agreement.
-pub fn known_keys() -> Vec<String> {
-    fn keys_of<T: Serialize + Default>(section: &str, out: &mut Vec<String>) {
-        // Serialising the default gives every field; Option fields serialise as absent in TOML,
-        // so go through JSON where `None` stays visible as null.
-        if let Ok(serde_json::Value::Object(map)) = serde_json::to_value(T::default()) {
-            out.extend(map.keys().map(|k| format!("{section}.{k}")));
-        }
-    }
-    let mut out = Vec::new();
-    keys_of::<HarnessConfig>("harness", &mut out);
-    keys_of::<DaemonConfig>("daemon", &mut out);
-    keys_of::<ForgeConfig>("forge", &mut out);
-    out.sort();
-    out
-}
-
-impl Config {
-    /// Parse and validate TOML text; `path` only names the source in errors.
-    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| {
-            let line = e
-                .span()
-                .map(|s| {
-                    text.as_bytes()[..s.start.min(text.len())]
-                        .iter()
-                        .filter(|&&b| b == b'\n')
-                        .count()
-                        + 1
-                })
-                .unwrap_or(0);
-            ConfigError::Parse {
-                path: path.to_path_buf(),
-                line,
-                message: e.message().to_string(),
-            }
-        })?;
-        config.validate(path)?;
-        Ok(config)
-    }
-
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::parse(&text, path)
-    }
-
-    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        self.validate_harness()
-            .and_then(|()| self.validate_daemon())
-            .and_then(|()| self.validate_forge())
-            .map_err(|(key, problem)| ConfigError::Invalid {
-                path: path.to_path_buf(),
-                key,
-                problem,
-            })
-    }
-
-    /// `Err((key, problem))` for the first bad `harness.` value (and the timeouts).
-    fn validate_harness(&self) -> Result<(), (String, String)> {
-        let invalid = |key: &str, problem: String| (key.to_string(), problem);
-        let h = &self.harness;
+impl HarnessConfig {
+    /// The first bad value, as the dotted key (`harness.…`) and the problem.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        let invalid = |key: &str, problem: String| Invalid {
+            key: key.to_string(),
+            problem,
+        };
+        let h = self;
         if !crate::names::is_valid_domain_suffix(&h.domain_suffix) {
             return Err(invalid(
                 "harness.domain_suffix",
@@ -286,11 +113,6 @@ impl Config {
             ("harness.poll_interval_ms", h.poll_interval_ms),
             ("harness.engine_timeout_secs", h.engine_timeout_secs),
             ("harness.port_lease_timeout_secs", h.port_lease_timeout_secs),
-            ("daemon.run_timeout_secs", self.daemon.run_timeout_secs),
-            (
-                "daemon.request_timeout_secs",
-                self.daemon.request_timeout_secs,
-            ),
         ] {
             if v == 0 {
                 return Err(invalid(key, "must be greater than 0".into()));
@@ -345,74 +167,18 @@ impl Config {
         }
         Ok(())
     }
+}
 
-    fn validate_daemon(&self) -> Result<(), (String, String)> {
-        let invalid = |key: &str, problem: String| (key.to_string(), problem);
-        let d = &self.daemon;
-        if d.concurrency == 0 {
-            return Err(invalid("daemon.concurrency", "must be at least 1".into()));
+/// The dotted keys (`<section>.<field>`) of a config section, from its defaults. Kept beside
+/// the structs so the NixOS module, the docs and check-config can be tested for agreement.
+pub fn keys_of<T: Serialize + Default>(section: &str) -> Vec<String> {
+    // Serialising the default gives every field; Option fields serialise as absent in TOML,
+    // so go through JSON where `None` stays visible as null.
+    match serde_json::to_value(T::default()) {
+        Ok(serde_json::Value::Object(map)) => {
+            map.keys().map(|k| format!("{section}.{k}")).collect()
         }
-        if d.max_body_bytes < 1024 {
-            return Err(invalid(
-                "daemon.max_body_bytes",
-                "must be at least 1024".into(),
-            ));
-        }
-        if d.max_connections < 2 {
-            return Err(invalid(
-                "daemon.max_connections",
-                "must be at least 2".into(),
-            ));
-        }
-        if d.max_log_followers == 0 {
-            return Err(invalid(
-                "daemon.max_log_followers",
-                "must be at least 1".into(),
-            ));
-        }
-        if let Err(problem) = crate::listen::check(&d.listen) {
-            return Err(invalid("daemon.listen", problem));
-        }
-        Ok(())
-    }
-
-    fn validate_forge(&self) -> Result<(), (String, String)> {
-        let invalid = |key: &str, problem: String| (key.to_string(), problem);
-        let f = &self.forge;
-        if !(f.url.starts_with("http://") || f.url.starts_with("https://")) {
-            return Err(invalid(
-                "forge.url",
-                format!("`{}` is not an http(s) URL", f.url),
-            ));
-        }
-        for (key, list) in [
-            ("forge.repo_allowlist", &f.repo_allowlist),
-            ("forge.poll_repos", &f.poll_repos),
-        ] {
-            if let Some(bad) = list.iter().find(|r| !crate::names::is_owner_slash_repo(r)) {
-                return Err(invalid(
-                    key,
-                    format!("`{bad}` is not of the form owner/name"),
-                ));
-            }
-        }
-        for (key, file) in [
-            ("forge.token_file", &f.token_file),
-            ("forge.webhook_secret_file", &f.webhook_secret_file),
-        ] {
-            if let Some(p) = file
-                && crate::names::is_nix_store_path(p)
-            {
-                return Err(invalid(
-                    key,
-                    format!(
-                        "{} is in the Nix store, which is world-readable: keep secrets outside it",
-                        p.display()
-                    ),
-                ));
-            }
-        }
-        Ok(())
+        _ => Vec::new(),
     }
 }
 
@@ -421,91 +187,57 @@ mod tests {
     use super::*;
 
     #[test]
-    fn empty_file_is_all_defaults() {
-        let c = Config::parse("", Path::new("c.toml")).unwrap();
-        assert_eq!(c, Config::default());
-    }
-
-    #[test]
-    fn unknown_key_names_line_and_key() {
-        let err = Config::parse(
-            "[harness]\nabra = \"x\"\nconverge_timeout = 3\n",
-            Path::new("c.toml"),
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(err.starts_with("c.toml:3:"), "{err}");
-        assert!(err.contains("converge_timeout"), "{err}");
+    fn defaults_are_valid() {
+        assert_eq!(HarnessConfig::default().validate(), Ok(()));
     }
 
     #[test]
     fn invalid_value_names_key() {
-        let err = Config::parse("[daemon]\nconcurrency = 0\n", Path::new("c.toml"))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("daemon.concurrency"), "{err}");
-        let err = Config::parse(
-            "[forge]\ntoken_file = \"/nix/store/abc-token\"\n",
-            Path::new("c.toml"),
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("Nix store"), "{err}");
+        let bad = |edit: fn(&mut HarnessConfig)| {
+            let mut h = HarnessConfig::default();
+            edit(&mut h);
+            h.validate().unwrap_err()
+        };
         // The repo-local allowlist names repositories, never bare recipe names.
-        let err = Config::parse(
-            "[harness]\nrepo_local_allowlist = [\"traefik\"]\n",
-            Path::new("c.toml"),
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("owner/name"), "{err}");
-        assert!(
-            Config::parse(
-                "[harness]\nrepo_local_allowlist = [\"coop-cloud/traefik\"]\n",
-                Path::new("c.toml"),
-            )
-            .is_ok()
-        );
+        let e = bad(|h| h.repo_local_allowlist = vec!["traefik".into()]);
+        assert_eq!(e.key, "harness.repo_local_allowlist");
+        assert!(e.problem.contains("owner/name"), "{e:?}");
+        let e = bad(|h| h.converge_timeout_secs = 0);
+        assert_eq!(e.key, "harness.converge_timeout_secs");
+        let e = bad(|h| h.domain_suffix = "Not A Domain".into());
+        assert_eq!(e.key, "harness.domain_suffix");
+        let ok = HarnessConfig {
+            repo_local_allowlist: vec!["coop-cloud/traefik".into()],
+            ..HarnessConfig::default()
+        };
+        assert_eq!(ok.validate(), Ok(()));
     }
 
     #[test]
     fn compose_allowances_name_repositories_and_rules() {
-        let c = Config::parse(
-            "[harness.compose_allow]\n\"coop-cloud/traefik\" = [\"docker-socket\"]\n",
-            Path::new("c.toml"),
-        )
-        .unwrap();
-        assert_eq!(
-            c.harness.compose_allow["coop-cloud/traefik"],
-            vec!["docker-socket"]
-        );
-        let err = Config::parse(
-            "[harness.compose_allow]\ntraefik = [\"docker-socket\"]\n",
-            Path::new("c.toml"),
-        )
-        .unwrap_err()
-        .to_string();
+        let mut h = HarnessConfig::default();
+        h.compose_allow
+            .insert("traefik".into(), vec!["docker-socket".into()]);
+        let e = h.validate().unwrap_err();
         assert!(
-            err.contains("harness.compose_allow") && err.contains("owner/name"),
-            "{err}"
+            e.key == "harness.compose_allow" && e.problem.contains("owner/name"),
+            "{e:?}"
         );
-        let err = Config::parse(
-            "[harness.compose_allow]\n\"a/b\" = [\"everything\"]\n",
-            Path::new("c.toml"),
-        )
-        .unwrap_err()
-        .to_string();
+        let mut h = HarnessConfig::default();
+        h.compose_allow
+            .insert("a/b".into(), vec!["everything".into()]);
+        let e = h.validate().unwrap_err();
         assert!(
-            err.contains("everything") && err.contains("docker-socket"),
-            "{err}"
+            e.problem.contains("everything") && e.problem.contains("docker-socket"),
+            "{e:?}"
         );
     }
 
     #[test]
-    fn known_keys_cover_every_section() {
-        let keys = known_keys();
-        assert!(keys.contains(&"harness.abra".to_string()));
-        assert!(keys.contains(&"daemon.listen".to_string()));
-        assert!(keys.contains(&"forge.webhook_secret_file".to_string()));
+    fn keys_of_lists_every_field_even_unset_options() {
+        let keys = keys_of::<HarnessConfig>("harness");
+        assert!(keys.contains(&"harness.abra".to_string()), "{keys:?}");
+        assert!(keys.contains(&"harness.http_probe_image".to_string()));
+        assert!(keys.contains(&"harness.compose_allow".to_string()));
     }
 }

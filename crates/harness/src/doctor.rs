@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::abra::{self, Abra, spelling};
 use crate::backupbot_label::{BACKUPBOT_HOW_TO, backupbot_label};
-use crate::config::Config;
+use crate::config::HarnessConfig;
 use crate::engine::{Engine, registry_of};
 use crate::hostenv::{HostEnv, work_dir};
 use crate::redact::Redactor;
@@ -77,7 +77,7 @@ pub fn spellings_in_use() -> Vec<(Vec<&'static str>, Vec<&'static str>)> {
 }
 
 /// Runs every check. `abra_flag` is `--abra` (it wins over `CC_CI_ABRA` and the config).
-pub async fn run(config: &Config, abra_flag: Option<&str>, host: &HostEnv) -> Vec<Check> {
+pub async fn run(config: &HarnessConfig, abra_flag: Option<&str>, host: &HostEnv) -> Vec<Check> {
     let (engine, mut out) = engine_check(host).await;
     match &engine {
         Some(e) => out.extend(swarm_checks(e, host).await),
@@ -208,13 +208,13 @@ async fn swarm_checks(e: &Engine, host: &HostEnv) -> Vec<Check> {
 }
 
 async fn abra_checks(
-    config: &Config,
+    config: &HarnessConfig,
     flag: Option<&str>,
     work: &Path,
     host: &HostEnv,
 ) -> Vec<Check> {
     let mut out = Vec::new();
-    let bin = match abra::resolve_binary(flag, config.harness.abra.as_deref(), host) {
+    let bin = match abra::resolve_binary(flag, config.abra.as_deref(), host) {
         Ok(b) => b,
         Err(e) => {
             out.push(Check::fail(

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use crate::config::Config;
+use crate::config::HarnessConfig;
 use crate::engine::Engine;
 use crate::fresh::{self, Freshness};
 use crate::inputs::{self, Inputs, Want};
@@ -73,22 +73,21 @@ pub fn tracked(parents: &[PathBuf], dirs: &[PathBuf]) -> Vec<Tracked> {
 }
 
 /// What a result's inputs are now, read the way its run read them.
-pub fn want_of(t: &Tracked, config: &Config, abra_version: Option<String>) -> Want {
+pub fn want_of(t: &Tracked, ctx: &Sweep<'_>) -> Want {
     Want {
         source: t.inputs.source.clone(),
         git_ref: t.report.git_ref.clone(),
         base: None,
         stages: t.inputs.stages.clone(),
-        config: config.clone(),
-        shipped_overlays: inputs::shipped_overlays(),
-        abra_version,
+        config: ctx.config.clone(),
+        shipped_overlays: ctx.shipped_overlays.map(Path::to_path_buf),
+        abra_version: ctx.abra_version.clone(),
     }
 }
 
 /// `None` = no age limit (`daemon.reuse_max_age_secs = 0`).
-pub fn max_age(config: &Config) -> Option<Duration> {
-    (config.daemon.reuse_max_age_secs > 0)
-        .then(|| Duration::from_secs(config.daemon.reuse_max_age_secs))
+pub fn max_age(reuse_max_age_secs: u64) -> Option<Duration> {
+    (reuse_max_age_secs > 0).then(|| Duration::from_secs(reuse_max_age_secs))
 }
 
 /// The age of a result written at `written_secs`, at `now_secs`.
@@ -109,27 +108,37 @@ pub struct Judged {
     pub resolve_ms: u64,
 }
 
+/// What a sweep judges results with.
+pub struct Sweep<'a> {
+    /// `[harness]` of the config.
+    pub config: &'a HarnessConfig,
+    /// [`inputs::shipped_overlays`].
+    pub shipped_overlays: Option<&'a Path>,
+    pub abra_version: Option<String>,
+    /// [`max_age`] of `daemon.reuse_max_age_secs`.
+    pub max_age: Option<Duration>,
+    pub now_secs: u64,
+}
+
 /// Re-resolves every tracked result and judges it.
 pub async fn sweep(
     results: &[Tracked],
-    config: &Config,
+    ctx: &Sweep<'_>,
     engine: &Engine,
     scratch: &Path,
-    abra_version: Option<String>,
-    now_secs: u64,
 ) -> Vec<Judged> {
     let mut out = Vec::new();
     for t in results {
         let start = std::time::Instant::now();
-        let want = want_of(t, config, abra_version.clone());
+        let want = want_of(t, ctx);
         let freshness = inputs::resolve(&want, scratch, engine)
             .await
             .map(|now| {
                 fresh::freshness(
                     &t.inputs,
                     &now,
-                    age(t.written_secs, now_secs),
-                    max_age(config),
+                    age(t.written_secs, ctx.now_secs),
+                    ctx.max_age,
                 )
             })
             .map_err(|e| e.to_string());

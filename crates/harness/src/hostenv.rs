@@ -1,11 +1,12 @@
-//! The process environment the harness depends on, as values. The edge reads it once
-//! ([`HostEnv::from_process`], called by `crates/cli` and the daemon's start-up) and passes it
-//! in; no other code of the harness reads the environment.
+//! The process environment cc-ci depends on, as values. The edge reads it once
+//! ([`HostEnv::from_process`], called by `crates/cli`'s `main` and handed to the harness and the
+//! daemon) and passes it in; no library code of the harness or the daemon reads the
+//! environment.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use crate::config::Config;
+use crate::config::HarnessConfig;
 
 /// `CC_CI_ABRA`: the abra binary (after `--abra`, before `harness.abra`).
 pub const ABRA_ENV: &str = "CC_CI_ABRA";
@@ -14,6 +15,11 @@ pub const WORK_DIR_ENV: &str = "CC_CI_WORK_DIR";
 /// `CC_CI_NO_PREPULL=1` turns the pre-pull off, only so that bench/prepull can measure what it
 /// saves; a run without it lets the convergence wait include the swarm's own pull.
 pub const NO_PREPULL_ENV: &str = "CC_CI_NO_PREPULL";
+/// `CC_CI_OVERLAYS`: the folder of the overlays shipped with cc-ci (see
+/// [`crate::inputs::shipped_overlays`]).
+pub const OVERLAYS_ENV: &str = "CC_CI_OVERLAYS";
+/// `CC_CI_LOG`: the daemon's log filter (tracing `EnvFilter` syntax).
+pub const LOG_ENV: &str = "CC_CI_LOG";
 
 #[derive(Debug, Clone, Default)]
 pub struct HostEnv {
@@ -37,12 +43,22 @@ pub struct HostEnv {
     pub no_prepull: bool,
     /// [`crate::backupbot_label::BACKUPBOT_LABEL_ENV`]: `key=value` overriding the label.
     pub backupbot_label: Option<String>,
+    /// [`OVERLAYS_ENV`].
+    pub overlays: Option<PathBuf>,
+    /// This program (`/proc/self/exe`): the packaged overlays are found beside it, and the
+    /// daemon runs it as `cc-ci run` / `cc-ci gc`.
+    pub current_exe: Option<PathBuf>,
+    /// systemd's `JOURNAL_STREAM` (`dev:inode` of the journal stream on stderr).
+    pub journal_stream: Option<OsString>,
+    /// [`LOG_ENV`].
+    pub log_filter: Option<String>,
 }
 
 impl HostEnv {
-    /// Reads the environment of this process. Empty values of cc-ci's own variables, of
-    /// `DOCKER_HOST` and of `STATE_DIRECTORY` count as unset; `PATH`, `HOME` and
-    /// `CREDENTIALS_DIRECTORY` are taken as they are.
+    /// Reads the environment of this process. Empty values of cc-ci's own variables (but
+    /// `CC_CI_LOG`, which `EnvFilter` judges), of `DOCKER_HOST` and of `STATE_DIRECTORY` count
+    /// as unset; `PATH`, `HOME`, `CREDENTIALS_DIRECTORY` and `JOURNAL_STREAM` are taken as they
+    /// are.
     pub fn from_process() -> Self {
         let os = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
         let text = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
@@ -57,14 +73,18 @@ impl HostEnv {
             secrets_fd: text(crate::redact::SECRETS_FD_ENV),
             no_prepull: std::env::var_os(NO_PREPULL_ENV).is_some_and(|v| v == "1"),
             backupbot_label: text(crate::backupbot_label::BACKUPBOT_LABEL_ENV),
+            overlays: os(OVERLAYS_ENV).map(PathBuf::from),
+            current_exe: std::env::current_exe().ok(),
+            journal_stream: std::env::var_os("JOURNAL_STREAM"),
+            log_filter: std::env::var(LOG_ENV).ok(),
         }
     }
 }
 
 /// Where per-run state lives: config, then `CC_CI_WORK_DIR`, then systemd's state directory,
 /// then the user's cache.
-pub fn work_dir(config: &Config, host: &HostEnv) -> PathBuf {
-    if let Some(d) = &config.harness.work_dir {
+pub fn work_dir(config: &HarnessConfig, host: &HostEnv) -> PathBuf {
+    if let Some(d) = &config.work_dir {
         return d.clone();
     }
     if let Some(d) = &host.work_dir {

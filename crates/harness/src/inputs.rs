@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::appconfig::{interpolate, parse_env};
-use crate::config::Config;
+use crate::config::HarnessConfig;
 use crate::engine::Engine;
 use crate::lifecycle::Stage;
 use crate::overlay;
@@ -121,8 +121,8 @@ pub fn cc_ci_version() -> String {
 /// The config that changes what a run of `recipe` from `source` checks (not where or how fast it
 /// runs): generic checks on or off, repo-local tests allowed, compose-policy allowances, the
 /// convergence and stability windows, the HTTP probe image. As canonical JSON.
-pub fn checked_config(config: &Config, recipe: &str, source: &str) -> String {
-    let h = &config.harness;
+pub fn checked_config(config: &HarnessConfig, recipe: &str, source: &str) -> String {
+    let h = config;
     let repo = overlay::repo_of_source(source);
     let allow = repo
         .as_ref()
@@ -159,11 +159,11 @@ pub fn public_source(source: &str) -> String {
 /// Overlays shipped with cc-ci: `CC_CI_OVERLAYS`, else `overlays/` beside the binary's share
 /// directory (packaged), else the source tree's `overlays/` (development). The one definition:
 /// a run and the daemon's reuse must read the same overlays.
-pub fn shipped_overlays() -> Option<PathBuf> {
-    if let Some(d) = std::env::var_os("CC_CI_OVERLAYS").filter(|d| !d.is_empty()) {
-        return Some(d.into());
+pub fn shipped_overlays(host: &crate::hostenv::HostEnv) -> Option<PathBuf> {
+    if let Some(d) = &host.overlays {
+        return Some(d.clone());
     }
-    let exe = std::env::current_exe().ok()?;
+    let exe = host.current_exe.as_deref()?;
     let packaged = exe.parent()?.parent()?.join("share/cc-ci/overlays");
     if packaged.is_dir() {
         return Some(packaged);
@@ -176,15 +176,15 @@ pub fn shipped_overlays() -> Option<PathBuf> {
 /// `harness.abra`, else `abra` on PATH); `None` when it cannot be run.
 pub async fn abra_version(
     flag: Option<&str>,
-    config: &Config,
+    config: &HarnessConfig,
     scratch: &Path,
     host: &crate::hostenv::HostEnv,
 ) -> Option<String> {
-    let bin = crate::abra::resolve_binary(flag, config.harness.abra.as_deref(), host).ok()?;
+    let bin = crate::abra::resolve_binary(flag, config.abra.as_deref(), host).ok()?;
     let abra = crate::abra::Abra::new(
         bin,
         scratch.join("abra-version"),
-        std::time::Duration::from_secs(config.harness.abra_timeout_secs.min(60)),
+        std::time::Duration::from_secs(config.abra_timeout_secs.min(60)),
         crate::redact::Redactor::new(),
     );
     abra.version().await.ok().filter(|v| !v.is_empty())
@@ -212,7 +212,7 @@ pub struct Request<'a> {
     /// `--base` when given; else the newest release older than the head (as a run picks it).
     pub base: Option<&'a str>,
     pub stages: &'a [Stage],
-    pub config: &'a Config,
+    pub config: &'a HarnessConfig,
     pub shipped_overlays: Option<&'a Path>,
     pub abra_version: Option<String>,
 }
@@ -327,7 +327,7 @@ fn overlay_digest(
     recipe: &str,
     req: &Request<'_>,
 ) -> Result<String, InputsError> {
-    let h = &req.config.harness;
+    let h = req.config;
     let mut dirs: Vec<PathBuf> = req
         .shipped_overlays
         .map(Path::to_path_buf)
@@ -351,7 +351,7 @@ pub struct Want {
     pub git_ref: String,
     pub base: Option<String>,
     pub stages: Vec<Stage>,
-    pub config: Config,
+    pub config: HarnessConfig,
     pub shipped_overlays: Option<PathBuf>,
     pub abra_version: Option<String>,
 }

@@ -18,7 +18,6 @@ pub mod fresh;
 pub mod hostenv;
 pub mod inputs;
 pub mod lifecycle;
-pub mod listen;
 pub mod names;
 pub mod overlay;
 pub mod policy;

@@ -4,6 +4,7 @@
 
 use std::sync::{Arc, RwLock};
 
+/// What a secret value is replaced with, everywhere (the daemon uses this redactor too).
 pub const MASK: &str = "[REDACTED]";
 
 /// Names of the systemd credentials holding the forge token and the webhook secret (the daemon
@@ -56,24 +57,21 @@ impl Redactor {
     }
 
     /// Learns the forge token and the webhook secret the way the daemon reads them: the
-    /// systemd credentials (`$CREDENTIALS_DIRECTORY/forge-token`, `webhook-secret`) and the
-    /// files the config names. A run never needs them, but a recipe can echo whatever reaches
-    /// it, and every file a run writes is served to the pull request. Unreadable files teach
-    /// nothing (the daemon refuses to start without them; a run by hand may not have them).
+    /// systemd credentials (`$CREDENTIALS_DIRECTORY/forge-token`, `webhook-secret`) and
+    /// `files`, the secret files the config names (`forge.token_file`, `forge.webhook_secret_file`:
+    /// the config's `[forge]` belongs to the daemon, so its edge hands over only these paths). A
+    /// run never needs the values, but a recipe can echo whatever reaches it, and every file a
+    /// run writes is served to the pull request. Unreadable files teach nothing (the daemon
+    /// refuses to start without them; a run by hand may not have them).
     pub fn learn_forge_secrets(
         &self,
-        forge: &crate::config::ForgeConfig,
+        files: &[std::path::PathBuf],
         credentials_directory: Option<&std::path::Path>,
     ) {
-        let creds = credentials_directory;
-        let mut files: Vec<std::path::PathBuf> = Vec::new();
-        if let Some(d) = &creds {
-            files.push(d.join(FORGE_TOKEN_CREDENTIAL));
-            files.push(d.join(WEBHOOK_SECRET_CREDENTIAL));
-        }
-        files.extend(forge.token_file.iter().cloned());
-        files.extend(forge.webhook_secret_file.iter().cloned());
-        for f in files {
+        let creds = credentials_directory
+            .into_iter()
+            .flat_map(|d| [FORGE_TOKEN_CREDENTIAL, WEBHOOK_SECRET_CREDENTIAL].map(|n| d.join(n)));
+        for f in creds.chain(files.iter().cloned()) {
             if let Ok(v) = crate::safefs::read_regular(&f, &f.display().to_string(), 64 << 10, true)
             {
                 self.add(&v);
@@ -179,27 +177,24 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(d.path().join("token"), "tok-3f9a8b7c6d\n").unwrap();
         std::fs::write(d.path().join("hook"), "  hook-secret-xyz  ").unwrap();
-        let forge = crate::config::ForgeConfig {
-            token_file: Some(d.path().join("token")),
-            webhook_secret_file: Some(d.path().join("hook")),
-            ..Default::default()
-        };
+        let files = [d.path().join("token"), d.path().join("hook")];
         let r = Redactor::new();
-        r.learn_forge_secrets(&forge, None);
+        r.learn_forge_secrets(&files, None);
         assert_eq!(
             r.redact("a tok-3f9a8b7c6d b hook-secret-xyz"),
             format!("a {MASK} b {MASK}")
         );
         // Missing files teach nothing and do not fail.
         let r = Redactor::new();
-        r.learn_forge_secrets(
-            &crate::config::ForgeConfig {
-                token_file: Some(d.path().join("missing")),
-                ..Default::default()
-            },
-            None,
-        );
+        r.learn_forge_secrets(&[d.path().join("missing")], None);
         assert!(r.is_empty());
+        // The systemd credentials are read too.
+        let creds = d.path().join("creds");
+        std::fs::create_dir(&creds).unwrap();
+        std::fs::write(creds.join(FORGE_TOKEN_CREDENTIAL), "cred-token-1234\n").unwrap();
+        let r = Redactor::new();
+        r.learn_forge_secrets(&[], Some(&creds));
+        assert_eq!(r.redact("x cred-token-1234"), format!("x {MASK}"));
     }
 
     #[test]

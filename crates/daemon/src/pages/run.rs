@@ -34,7 +34,7 @@ pub(super) fn page(shared: &Arc<State>, id: i64) -> hyper::Response<Body> {
     };
     let dir = runner::run_dir(&shared.settings.state_dir, id);
     let (log, log_end) = read_tail(&dir.join("log.txt"), LOG_TAIL);
-    let log = shared.settings.secrets.redact(&log);
+    let log = shared.settings.redactor.redact(&log);
     let live = run.state != RunState::Done;
     let body = format!(
         "<div id=\"live\">{}</div>\
@@ -118,7 +118,7 @@ fn facts_table(
     repo_url: &str,
     pr_url: &str,
 ) -> String {
-    let red = |s: &str| esc(&shared.settings.secrets.redact(s));
+    let red = |s: &str| esc(&shared.settings.redactor.redact(s));
     let mut facts = vec![
         (
             "recipe",
@@ -346,7 +346,7 @@ fn steps_html(shared: &State, run: &RunRow, steps: &[(f64, String)]) -> String {
         let next = steps.get(i + 1).map(|s| s.0).unwrap_or(end);
         let took = (next - t).max(0.0);
         let kind = step_kind(msg);
-        let msg = esc(&shared.settings.secrets.redact(msg));
+        let msg = esc(&shared.settings.redactor.redact(msg));
         let x = t / end * w;
         let len = (took / end * w).max(1.0);
         svg.push_str(&format!(
@@ -400,9 +400,9 @@ fn checks(shared: &State, tiers: &[TierReport]) -> String {
             c.verdict.as_str(),
             if rank(c.verdict) == 0 { " open" } else { "" },
             badge(c.verdict.as_str()),
-            esc(&shared.settings.secrets.redact(&c.name)),
+            esc(&shared.settings.redactor.redact(&c.name)),
             esc(tier),
-            esc(&shared.settings.secrets.redact(&c.detail)),
+            esc(&shared.settings.redactor.redact(&c.detail)),
         ));
     }
     out.push_str("</section>");
@@ -421,7 +421,7 @@ fn teardown_and_notes(shared: &State, r: &RunReport) -> String {
         for l in &r.teardown.leftovers {
             out.push_str(&format!(
                 "<li><code>{}</code></li>",
-                esc(&shared.settings.secrets.redact(l))
+                esc(&shared.settings.redactor.redact(l))
             ));
         }
         out.push_str("</ul>");
@@ -431,7 +431,7 @@ fn teardown_and_notes(shared: &State, r: &RunReport) -> String {
         for n in &r.notes {
             out.push_str(&format!(
                 "<li>{}</li>",
-                esc(&shared.settings.secrets.redact(n))
+                esc(&shared.settings.redactor.redact(n))
             ));
         }
         out.push_str("</ul>");
@@ -470,7 +470,7 @@ fn diagnostics(shared: &State, dir: &Path, run: &RunRow) -> String {
         out.push_str(&format!(
             "<details class=\"diag\"{open}><summary>{}</summary><pre>{}</pre></details>",
             esc(&name),
-            esc(&shared.settings.secrets.redact(&text))
+            esc(&shared.settings.redactor.redact(&text))
         ));
     }
     out.push_str("</section>");
@@ -521,7 +521,7 @@ pub(super) fn download(shared: &Arc<State>, id: i64, file: &str) -> hyper::Respo
         Ok(bytes) => {
             let text = shared
                 .settings
-                .secrets
+                .redactor
                 .redact(&String::from_utf8_lossy(&bytes));
             let mut r = respond(StatusCode::OK, ct, text);
             if let Ok(v) =
@@ -625,7 +625,7 @@ pub(super) fn events(shared: Arc<State>, id: i64, from: u64) -> hyper::Response<
                 pos += chunk.len() as u64;
                 let text = shared
                     .settings
-                    .secrets
+                    .redactor
                     .redact(&String::from_utf8_lossy(&chunk));
                 if tx.send(sse("log", Some(pos), &text.into())).await.is_err() {
                     return;

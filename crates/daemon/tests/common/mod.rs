@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use cc_ci_daemon::config::Config;
 use cc_ci_daemon::{Daemon, ServeOptions, Tuning};
-use cc_ci_harness::config::Config;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
@@ -1052,6 +1052,7 @@ impl Env {
                 gc_timeout: Duration::from_secs(30),
                 final_report_timeout: Duration::from_secs(5),
             },
+            host: cc_ci_harness::hostenv::HostEnv::from_process(),
         }
     }
 

@@ -22,7 +22,7 @@ impl Job {
         self.abra
             .abra_dir()
             .join("servers")
-            .join(&self.opts.config.harness.server)
+            .join(&self.opts.config.server)
             .join(format!("{}.env", self.domain))
     }
 

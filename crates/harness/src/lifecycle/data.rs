@@ -309,7 +309,7 @@ impl Job {
         service: &str,
         cmd: &[String],
     ) -> Result<Result<crate::engine::ExecOutput, String>, Stop> {
-        let Some(image) = self.opts.config.harness.http_probe_image.clone() else {
+        let Some(image) = self.opts.config.http_probe_image.clone() else {
             let r = self.exec_in(service, cmd).await?;
             return Ok(match r {
                 Ok(o) if lacks_program(&o, "wget") => Err(format!(

@@ -143,7 +143,7 @@ impl Job {
     /// Stability window (no task may be replaced and none may turn unhealthy), then the version
     /// labels.
     async fn stable_and_labelled(&self, target: &Target) -> Result<Vec<CheckResult>, Stop> {
-        let window = self.opts.config.harness.stability_window_secs;
+        let window = self.opts.config.stability_window_secs;
         self.progress
             .step(&format!("stability window: no restarts for {window} s"));
         let stable = match self.stability().await? {
@@ -198,7 +198,7 @@ impl Job {
     /// A hung engine ends the watch too (`Err`): abra talks to the same engine and would only
     /// hang until its own, much longer, deadline.
     async fn watch_for_failure(&self, before: &BTreeSet<String>) -> Result<String, EngineError> {
-        let interval = Duration::from_millis(self.opts.config.harness.poll_interval_ms);
+        let interval = Duration::from_millis(self.opts.config.poll_interval_ms);
         loop {
             tokio::time::sleep(interval).await;
             let mut snap = match self.engine.snapshot(&self.stack).await {
@@ -218,7 +218,7 @@ impl Job {
 
     /// `Err` only when the engine is gone or hangs: that is no verdict on the recipe.
     pub(super) async fn wait_converged(&self) -> Result<Result<(), String>, Stop> {
-        let h = &self.opts.config.harness;
+        let h = &self.opts.config;
         let r = wait_for(
             &format!("stack {} to converge", self.stack),
             Duration::from_secs(h.converge_timeout_secs),
@@ -242,7 +242,7 @@ impl Job {
     }
 
     async fn stability(&self) -> Result<Result<(), String>, Stop> {
-        let h = &self.opts.config.harness;
+        let h = &self.opts.config;
         let before = self.engine.snapshot(&self.stack).await?;
         let window = Duration::from_secs(h.stability_window_secs);
         // The window is a wait for a violation that must *not* come: a timeout is the pass.

@@ -203,7 +203,7 @@ impl Job {
         self.abra_version = self.abra.version().await.ok().filter(|v| !v.is_empty());
         self.inputs = self.record_inputs(checkout).await;
         self.abra.server_add_local().await.map_err(abra_infra)?;
-        let server = self.opts.config.harness.server.clone();
+        let server = self.opts.config.server.clone();
         self.abra
             .app_new(&self.recipe, &server, &self.domain)
             .await
@@ -290,7 +290,7 @@ impl Job {
     }
 
     fn load_overlay(&mut self, checkout: &Checkout) -> Result<(), Stop> {
-        let h = &self.opts.config.harness;
+        let h = &self.opts.config;
         let mut dirs: Vec<PathBuf> = self.opts.shipped_overlays.iter().cloned().collect();
         dirs.extend(h.overlay_dirs.iter().cloned());
         let local = checkout.dir.join(".cc-ci/overlay.toml");

@@ -18,7 +18,6 @@ impl Job {
             .map(|r| {
                 self.opts
                     .config
-                    .harness
                     .compose_allow
                     .iter()
                     .filter(|(k, _)| k.eq_ignore_ascii_case(r))

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::abra::{Abra, AbraError};
-use crate::config::Config;
+use crate::config::HarnessConfig;
 use crate::contract::Stage;
 use crate::engine::{Engine, EngineError};
 use crate::hostenv::HostEnv;
@@ -23,7 +23,11 @@ pub struct RunOptions {
     pub stages: Vec<Stage>,
     pub report_dir: PathBuf,
     pub abra: Option<String>,
-    pub config: Config,
+    /// `[harness]` of the config file.
+    pub config: HarnessConfig,
+    /// The files holding the forge token and the webhook secret (`forge.token_file`,
+    /// `forge.webhook_secret_file`): their values are masked in everything the run writes.
+    pub forge_secret_files: Vec<PathBuf>,
     pub keep_on_failure: bool,
     pub skip_generic: bool,
     pub base: Option<String>,
@@ -113,7 +117,7 @@ impl Job {
     }
 
     pub(super) fn generic_enabled(&self) -> bool {
-        !(self.opts.skip_generic || self.opts.config.harness.skip_generic.contains(&self.recipe))
+        !(self.opts.skip_generic || self.opts.config.skip_generic.contains(&self.recipe))
     }
 
     pub(super) async fn teardown(&mut self, run_dir: RunDir) -> TeardownReport {
@@ -126,8 +130,7 @@ impl Job {
                 if answered.is_ok() {
                     let _ = self.abra.undeploy(&self.domain).await;
                 }
-                let timeout =
-                    Duration::from_secs(self.opts.config.harness.converge_timeout_secs.max(60));
+                let timeout = Duration::from_secs(self.opts.config.converge_timeout_secs.max(60));
                 teardown::teardown_stack(&self.engine, &self.stack, timeout).await
             }
         };

@@ -24,7 +24,7 @@ impl Job {
             return Ok(());
         }
         let work = work_dir(&self.opts.config, &self.opts.host);
-        let h = &self.opts.config.harness;
+        let h = &self.opts.config;
         let wanted = keys
             .iter()
             .map(|(p, proto)| format!("{p}/{proto}"))
@@ -92,7 +92,7 @@ impl Job {
             &keys,
             &holders,
             &self.stack,
-            &self.opts.config.harness.domain_suffix,
+            &self.opts.config.domain_suffix,
         );
         if problems.is_empty() {
             Ok(())

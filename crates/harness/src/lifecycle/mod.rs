@@ -66,7 +66,7 @@ where
 {
     let redactor = Redactor::new();
     redactor.learn_forge_secrets(
-        &opts.config.forge,
+        &opts.forge_secret_files,
         opts.host.credentials_directory.as_deref(),
     );
     redactor.learn_from_fd(opts.host.secrets_fd.as_deref());
@@ -129,7 +129,7 @@ async fn set_up(
     let infra = |msg: String| (exit::INFRA, msg);
     let engine = Engine::connect(opts.host.docker_host.as_deref())
         .map_err(|e| infra(e.to_string()))?
-        .with_timeout(Duration::from_secs(opts.config.harness.engine_timeout_secs));
+        .with_timeout(Duration::from_secs(opts.config.engine_timeout_secs));
     match engine.check_swarm().await {
         Ok(Ok(())) => {}
         Ok(Err(msg)) => return Err(infra(msg)),
@@ -137,7 +137,7 @@ async fn set_up(
     }
     let abra_bin = crate::abra::resolve_binary(
         opts.abra.as_deref(),
-        opts.config.harness.abra.as_deref(),
+        opts.config.abra.as_deref(),
         &opts.host,
     )
     .map_err(|e| infra(e.to_string()))?;
@@ -151,7 +151,7 @@ async fn set_up(
         )
     })?;
     output::check_writable(&opts.report_dir).map_err(infra)?;
-    let h = &opts.config.harness;
+    let h = &opts.config;
     // The recipe's name is `TYPE=` of its `.env.sample`, known once it is cloned; until then the
     // repository's name stands in (it only prefixes the app domain).
     let recipe = names::recipe_name_from_source(&opts.recipe_source).to_ascii_lowercase();

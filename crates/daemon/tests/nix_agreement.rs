@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use cc_ci_harness::config::known_keys;
+use cc_ci_daemon::config::known_keys;
 
 fn repo_file(rel: &str) -> String {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -232,7 +232,7 @@ settingsOptions = {
     );
 }
 
-/// The listen rule of `check-config` (crates/harness/src/listen.rs) against the shared cases
+/// The listen rule of `check-config` (crates/daemon/src/config/listen.rs) against the shared cases
 /// that scripts/check-nix also runs through the module's rule (nixos/listen.nix).
 #[test]
 fn listen_rule_agrees_with_the_shared_cases() {
@@ -253,11 +253,11 @@ fn listen_rule_agrees_with_the_shared_cases() {
     );
     let refused: Vec<_> = valid
         .iter()
-        .filter(|s| cc_ci_harness::listen::check(s).is_err())
+        .filter(|s| cc_ci_daemon::config::listen::check(s).is_err())
         .collect();
     let accepted: Vec<_> = invalid
         .iter()
-        .filter(|s| cc_ci_harness::listen::check(s).is_ok())
+        .filter(|s| cc_ci_daemon::config::listen::check(s).is_ok())
         .collect();
     assert!(
         refused.is_empty() && accepted.is_empty(),

@@ -2,7 +2,7 @@
 //! 1–65535) or an absolute unix-socket path. The NixOS module's socket unit takes the same value,
 //! and systemd refuses at activation what its own parser does not know (`localhost:8088`, port
 //! 99999), so `check-config` refuses it first. `nixos/listen.nix` is the module's copy of this
-//! rule; both are held to `tests/listen-cases.json` (crates/harness/tests/nix_agreement.rs and
+//! rule; both are held to `tests/listen-cases.json` (crates/daemon/tests/nix_agreement.rs and
 //! scripts/check-nix).
 
 use std::net::{Ipv4Addr, Ipv6Addr};
