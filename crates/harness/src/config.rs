@@ -86,18 +86,17 @@ impl HarnessConfig {
             key: key.to_string(),
             problem,
         };
-        let h = self;
-        if !crate::names::is_valid_domain_suffix(&h.domain_suffix) {
+        if !crate::names::is_valid_domain_suffix(&self.domain_suffix) {
             return Err(invalid(
                 "harness.domain_suffix",
                 format!(
                     "`{}` is not a DNS name of lower-case letters, digits, `-` and `.` (at most 40 characters)",
-                    h.domain_suffix
+                    self.domain_suffix
                 ),
             ));
         }
-        if h.server.is_empty()
-            || !h
+        if self.server.is_empty()
+            || !self
                 .server
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
@@ -108,18 +107,21 @@ impl HarnessConfig {
             ));
         }
         for (key, v) in [
-            ("harness.abra_timeout_secs", h.abra_timeout_secs),
-            ("harness.converge_timeout_secs", h.converge_timeout_secs),
-            ("harness.poll_interval_ms", h.poll_interval_ms),
-            ("harness.engine_timeout_secs", h.engine_timeout_secs),
-            ("harness.port_lease_timeout_secs", h.port_lease_timeout_secs),
+            ("harness.abra_timeout_secs", self.abra_timeout_secs),
+            ("harness.converge_timeout_secs", self.converge_timeout_secs),
+            ("harness.poll_interval_ms", self.poll_interval_ms),
+            ("harness.engine_timeout_secs", self.engine_timeout_secs),
+            (
+                "harness.port_lease_timeout_secs",
+                self.port_lease_timeout_secs,
+            ),
         ] {
             if v == 0 {
                 return Err(invalid(key, "must be greater than 0".into()));
             }
         }
         // Keyed by the full repository: a recipe name would trust every fork of that name.
-        if let Some(bad) = h
+        if let Some(bad) = self
             .repo_local_allowlist
             .iter()
             .find(|r| !crate::names::is_owner_slash_repo(r))
@@ -129,7 +131,7 @@ impl HarnessConfig {
                 format!("`{bad}` is not of the form owner/name (list repositories, not recipes)"),
             ));
         }
-        if let Some(img) = &h.http_probe_image
+        if let Some(img) = &self.http_probe_image
             && (img.is_empty()
                 || img.starts_with('-')
                 || img.chars().any(|c| c.is_whitespace() || c.is_control()))
@@ -139,7 +141,7 @@ impl HarnessConfig {
                 format!("`{img}` is not an image reference"),
             ));
         }
-        for (key, list) in [("harness.skip_generic", &h.skip_generic)] {
+        for (key, list) in [("harness.skip_generic", &self.skip_generic)] {
             if let Some(bad) = list
                 .iter()
                 .find(|r| crate::names::validate_recipe_name(r).is_err())
@@ -147,7 +149,7 @@ impl HarnessConfig {
                 return Err(invalid(key, format!("`{bad}` is not a recipe name")));
             }
         }
-        for (repo, rules) in &h.compose_allow {
+        for (repo, rules) in &self.compose_allow {
             if !crate::names::is_owner_slash_repo(repo) {
                 return Err(invalid(
                     "harness.compose_allow",

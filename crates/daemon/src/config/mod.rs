@@ -199,18 +199,20 @@ impl Config {
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         self.harness
             .validate()
-            .map_err(|Invalid { key, problem }| (key, problem))
             .and_then(|()| self.validate_daemon())
             .and_then(|()| self.validate_forge())
-            .map_err(|(key, problem)| ConfigError::Invalid {
+            .map_err(|Invalid { key, problem }| ConfigError::Invalid {
                 path: path.to_path_buf(),
                 key,
                 problem,
             })
     }
 
-    fn validate_daemon(&self) -> Result<(), (String, String)> {
-        let invalid = |key: &str, problem: String| (key.to_string(), problem);
+    fn validate_daemon(&self) -> Result<(), Invalid> {
+        let invalid = |key: &str, problem: String| Invalid {
+            key: key.to_string(),
+            problem,
+        };
         let d = &self.daemon;
         for (key, v) in [
             ("daemon.run_timeout_secs", d.run_timeout_secs),
@@ -247,8 +249,11 @@ impl Config {
         Ok(())
     }
 
-    fn validate_forge(&self) -> Result<(), (String, String)> {
-        let invalid = |key: &str, problem: String| (key.to_string(), problem);
+    fn validate_forge(&self) -> Result<(), Invalid> {
+        let invalid = |key: &str, problem: String| Invalid {
+            key: key.to_string(),
+            problem,
+        };
         let f = &self.forge;
         if !(f.url.starts_with("http://") || f.url.starts_with("https://")) {
             return Err(invalid(
