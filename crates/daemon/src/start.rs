@@ -89,6 +89,23 @@ fn secrets_for(config: &Config, host: &HostEnv) -> Result<(Secrets, String, bool
     Ok((secrets, token, polling))
 }
 
+/// The program run as `<exe> run ...` and `<exe> gc ...`: `run_exe` (tests), else this
+/// program as the edge found it.
+fn run_exe(opts: &ServeOptions) -> Result<PathBuf, DaemonError> {
+    opts.run_exe
+        .clone()
+        .or_else(|| opts.host.current_exe.clone())
+        .ok_or_else(|| {
+            DaemonError::io(
+                "finding the cc-ci executable",
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "/proc/self/exe cannot be read; is /proc mounted?",
+                ),
+            )
+        })
+}
+
 impl Daemon {
     /// Open the state, take the listener (socket activation, else `--listen`/`daemon.listen`),
     /// reconcile runs a previous daemon left `running`, start every task and tell systemd
@@ -105,22 +122,7 @@ impl Daemon {
         for w in crate::cli::config_warnings(&config) {
             tracing::warn!("{w}");
         }
-        let exe = match opts
-            .run_exe
-            .clone()
-            .or_else(|| opts.host.current_exe.clone())
-        {
-            Some(p) => p,
-            None => {
-                return Err(DaemonError::io(
-                    "finding the cc-ci executable",
-                    std::io::Error::new(
-                        std::io::ErrorKind::NotFound,
-                        "/proc/self/exe cannot be read; is /proc mounted?",
-                    ),
-                ));
-            }
-        };
+        let exe = run_exe(&opts)?;
         let store = Store::open(&database_path(&state_dir))?;
         let forge = GiteaClient::new(
             &config.forge.url,
