@@ -1,12 +1,11 @@
 //! The fixture recipes under `tests/fixtures/recipes` and `scripts/make-fixture-repo`: every
 //! fixture builds into a repository whose commits hold exactly its steps, and bad input is refused.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::{git, repo_root};
+use cc_ci_testkit::cmd::git;
+use cc_ci_testkit::repo_root;
 
 fn make(fixture_dir: &Path, out: &Path) -> std::process::Output {
     Command::new(repo_root().join("scripts/make-fixture-repo"))

@@ -1,12 +1,19 @@
 //! The stand-in's behaviour on the real swarm (run `scripts/setup-swarm` first). Each test uses its
 //! own `ABRA_DIR` and a unique domain, and removes what it created even when it fails.
 
-mod common;
-
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{App, BIN, docker, git};
+use cc_ci_testkit::cmd::{docker, git};
+use cc_ci_testkit::standin::App;
+
+const BIN: &str = env!("CARGO_BIN_EXE_abra-standin");
+
+/// An app of fixture `fixture` in a fresh `ABRA_DIR`, run by this build's stand-in.
+fn fixture_app(fixture: &str, prefix: &str) -> App {
+    App::new(Path::new(BIN), fixture, prefix)
+}
 
 #[test]
 fn refuses_to_run_without_a_terminal() {
@@ -38,7 +45,7 @@ fn refuses_to_run_without_a_terminal() {
 
 #[test]
 fn app_new_env_secrets_versions_and_removal() {
-    let app = App::new("web", "new");
+    let app = fixture_app("web", "new");
     // `-n` is accepted anywhere.
     let versions = app.ok(&["-n", "recipe", "versions", "web"]);
     assert_eq!(
@@ -97,7 +104,7 @@ fn app_new_env_secrets_versions_and_removal() {
 
 #[test]
 fn deploy_release_then_chaos_labels_type_line_and_teardown() {
-    let app = App::new("web", "dep");
+    let app = fixture_app("web", "dep");
     app.new_app();
     let d = app.domain.as_str();
 
@@ -180,7 +187,7 @@ fn deploy_release_then_chaos_labels_type_line_and_teardown() {
 
 #[test]
 fn convergence_monitor_gives_up_inside_start_period_unless_c() {
-    let app = App::new("web-unhealthy", "unh");
+    let app = fixture_app("web-unhealthy", "unh");
     app.new_app();
     git(&app.recipe_dir(), &["checkout", "-q", "main"]);
     let started = Instant::now();
@@ -200,7 +207,7 @@ fn convergence_monitor_gives_up_inside_start_period_unless_c() {
 
 #[test]
 fn domain_checks_and_redeploys_need_flags() {
-    let app = App::new("web", "dom");
+    let app = fixture_app("web", "dom");
     app.new_app();
     let d = app.domain.as_str();
     let out = app.fails(&["app", "deploy", d, "-c", "-n"]);
@@ -233,7 +240,7 @@ fn domain_checks_and_redeploys_need_flags() {
 
 #[test]
 fn real_shaped_recipe_v_tags_compose_versions_generate_false_and_secret_insert() {
-    let app = App::new("web-newsecret", "wns");
+    let app = fixture_app("web-newsecret", "wns");
     let versions = app.ok(&["recipe", "versions", "web-newsecret", "-n"]);
     assert_eq!(versions.trim(), "v1.0.0");
     let generated = app.new_app();
@@ -300,7 +307,7 @@ fn real_shaped_recipe_v_tags_compose_versions_generate_false_and_secret_insert()
 
 #[test]
 fn backups_need_backup_bot_two_on_the_server() {
-    let app = App::new("web", "bbt");
+    let app = fixture_app("web", "bbt");
     app.new_app();
     app.deploy(&[]);
     let d = app.domain.as_str();
@@ -326,7 +333,7 @@ fn backups_need_backup_bot_two_on_the_server() {
 
 #[test]
 fn monitor_may_return_mid_update_and_swarm_rolls_back_afterwards() {
-    let app = App::new("web-upgrade-broken", "ubr");
+    let app = fixture_app("web-upgrade-broken", "ubr");
     app.new_app();
     app.deploy(&["1.0.0+1.0"]);
     assert_eq!(app.label("app", "version").as_deref(), Some("1.0.0+1.0"));
@@ -362,7 +369,7 @@ fn monitor_may_return_mid_update_and_swarm_rolls_back_afterwards() {
 
 #[test]
 fn main_service_not_called_app_gets_no_labels() {
-    let app = App::new("web-nolabel", "nol");
+    let app = fixture_app("web-nolabel", "nol");
     app.new_app();
     let out = app.deploy(&[]);
     assert!(out.contains("no `app` service"), "{out}");
@@ -372,7 +379,7 @@ fn main_service_not_called_app_gets_no_labels() {
         !keys.iter().any(|k| k.starts_with("coop-cloud.")),
         "{keys:?}"
     );
-    let bad = App::new("web-badcompose", "bad");
+    let bad = fixture_app("web-badcompose", "bad");
     bad.new_app();
     let out = bad.fails(&["app", "deploy", &bad.domain, "-D", "-n"]);
     assert!(out.contains("compose.yml is not valid YAML"), "{out}");
@@ -396,7 +403,7 @@ fn last_line(s: &str) -> String {
 
 #[test]
 fn backup_and_restore_run_hooks_and_bring_data_back() {
-    let app = App::new("two-service", "two");
+    let app = fixture_app("two-service", "two");
     app.new_app();
     let d = app.domain.as_str();
     app.deploy(&[]);
@@ -466,7 +473,7 @@ fn backup_and_restore_run_hooks_and_bring_data_back() {
 
 #[test]
 fn backup_label_errors_and_empty_snapshots() {
-    let missing = App::new("web-backup-missing-volume", "bmv");
+    let missing = fixture_app("web-backup-missing-volume", "bmv");
     missing.new_app();
     missing.deploy(&[]);
     let out = missing.fails(&["app", "backup", "create", &missing.domain, "-n"]);
@@ -478,7 +485,7 @@ fn backup_label_errors_and_empty_snapshots() {
         ""
     );
 
-    let empty = App::new("web-backup-empty", "bem");
+    let empty = fixture_app("web-backup-empty", "bem");
     empty.new_app();
     empty.deploy(&[]);
     let out = empty.ok(&["app", "backup", "create", &empty.domain, "-n"]);
@@ -494,7 +501,7 @@ fn backup_label_errors_and_empty_snapshots() {
     assert!(none.contains("no snapshot"), "{none}");
 
     // No stack, no backup.
-    let web = App::new("web", "nob");
+    let web = fixture_app("web", "nob");
     web.new_app();
     let out = web.fails(&["app", "backup", "create", &web.domain, "-n"]);
     assert!(out.contains("not deployed"), "{out}");
@@ -502,7 +509,7 @@ fn backup_label_errors_and_empty_snapshots() {
 
 #[test]
 fn an_image_only_on_the_node_still_deploys_unpinned() {
-    let app = App::new("web", "loc");
+    let app = fixture_app("web", "loc");
     app.new_app();
     let repo = app.recipe_dir();
     git(&repo, &["checkout", "-q", "main"]);

@@ -1,6 +1,6 @@
 //! End-to-end tests of `cc-ci serve`: the real `cc-ci` binary as the daemon, its real
 //! `cc-ci run` children on the real swarm with the stand-in abra, and an in-process
-//! Gitea/Forgejo double (crates/daemon/tests/common) that also serves the recipe repositories
+//! Gitea/Forgejo double (`cc_ci_testkit::forge`) that also serves the recipe repositories
 //! over git's "dumb" HTTP protocol, so a run clones `<forge>/<owner>/<repo>.git` at
 //! `refs/pull/<n>/head` exactly as it would from a real forge.
 //!
@@ -10,70 +10,28 @@
 //! suites on the same swarm; each removes what it deployed even when it fails (a guard that
 //! kills its daemon and runs `cc-ci gc` with its config).
 
-// The daemon's test helpers still call libc directly (crates/daemon is not under the lint yet).
-#[allow(unsafe_code)]
-#[path = "../../daemon/tests/browser/mod.rs"]
-mod browser;
-// The daemon's test helpers still call libc directly (crates/daemon is not under the lint yet).
-#[allow(unsafe_code)]
-#[path = "../../daemon/tests/common/mod.rs"]
-mod common;
-
 use std::collections::BTreeMap;
-use std::hash::{BuildHasher, RandomState};
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cc_ci_daemon::config::Config;
 use cc_ci_harness::engine::Engine;
 use cc_ci_harness::names;
-use common::{Flavour, Gitea, SECRET, StatusRec, TOKEN, comment_payload, eventually, read};
+use cc_ci_testkit::cmd::{alive, free_port, git, random_hex, read};
+use cc_ci_testkit::fixtures::{ForgeRepo, make_fixture_repo, recipe_dir};
+use cc_ci_testkit::forge::{CommentRec, Gitea, StatusRec, TOKEN};
+use cc_ci_testkit::hooks::{Comment, Flavour, SECRET, comment_payload, deliver};
+use cc_ci_testkit::serve::{Notifications, Serve, gc_until_clean, logged_run_pid, logs};
+use cc_ci_testkit::wait::eventually;
 use serde_json::Value;
 
 /// Longest a real run may take here (all four tiers, on a busy two-core machine).
 const RUN_SECS: u64 = 300;
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
 fn cc_ci() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_cc-ci"))
-}
-
-fn standin() -> PathBuf {
-    let p = cc_ci().with_file_name("abra-standin");
-    assert!(
-        p.is_file(),
-        "{} is missing: run `cargo build -p abra-standin` first (the README's test command does)",
-        p.display()
-    );
-    p
-}
-
-fn random_hex() -> String {
-    let n = RandomState::new().hash_one((std::process::id(), Instant::now()));
-    format!("{:08x}", n as u32)
-}
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .output()
-        .expect("run git");
-    assert!(
-        out.status.success(),
-        "git {args:?} in {}: {}",
-        dir.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// A pull request on the double: repository `repo` (its name is the recipe name) built from
@@ -85,38 +43,6 @@ struct Pr {
     rev: &'static str,
 }
 
-/// A unix datagram socket standing in for systemd's NOTIFY_SOCKET; collects every message.
-fn notify_socket(dir: &Path) -> (PathBuf, Arc<Mutex<Vec<String>>>) {
-    let path = dir.join("notify.sock");
-    let sock = std::os::unix::net::UnixDatagram::bind(&path).expect("bind the notify socket");
-    let msgs = Arc::new(Mutex::new(Vec::new()));
-    let m = msgs.clone();
-    std::thread::spawn(move || {
-        let mut buf = vec![0u8; 4096];
-        while let Ok(n) = sock.recv(&mut buf) {
-            m.lock()
-                .unwrap()
-                .push(String::from_utf8_lossy(&buf[..n]).into_owned());
-        }
-    });
-    (path, msgs)
-}
-
-fn has_notification(msgs: &Arc<Mutex<Vec<String>>>, line: &str) -> bool {
-    msgs.lock()
-        .unwrap()
-        .iter()
-        .any(|m| m.lines().any(|l| l == line))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// One test's world: forge double with the recipe repositories, config, daemon process.
 struct Suite {
     dir: tempfile::TempDir,
@@ -125,7 +51,7 @@ struct Suite {
     config: Config,
     config_path: PathBuf,
     addr: SocketAddr,
-    daemon: Option<Child>,
+    daemon: Option<Serve>,
     /// (repo, pr) → head commit.
     heads: BTreeMap<(String, i64), String>,
     engine: Engine,
@@ -133,7 +59,7 @@ struct Suite {
 
 impl Suite {
     async fn new(prs: &[Pr], tweak: impl FnOnce(&mut Config)) -> Self {
-        let standin = standin();
+        let standin = cc_ci_testkit::standin_beside(&cc_ci());
         let dir = tempfile::tempdir().expect("tempdir");
         let suffix = format!("t{}.ci.local", random_hex());
         let gitea = Gitea::start().await;
@@ -141,48 +67,20 @@ impl Suite {
         gitea.serve_git(&git_root);
 
         let mut heads = BTreeMap::new();
-        let mut bare_repos = Vec::new();
+        let mut repos: BTreeMap<&str, ForgeRepo> = BTreeMap::new();
         for p in prs {
-            let bare = git_root.join(format!("{}.git", p.repo));
-            if !bare.exists() {
+            let repo = repos.entry(p.repo).or_insert_with(|| {
                 let (_, name) = p.repo.split_once('/').unwrap();
                 assert_eq!(name, p.fixture, "the repository name is the recipe name");
                 let src = dir.path().join("src").join(p.repo);
-                let out = Command::new(repo_root().join("scripts/make-fixture-repo"))
-                    .arg(repo_root().join("tests/fixtures/recipes").join(p.fixture))
-                    .arg(&src)
-                    .output()
-                    .expect("run scripts/make-fixture-repo");
-                assert!(
-                    out.status.success(),
-                    "make-fixture-repo {}: {}",
-                    p.fixture,
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                std::fs::create_dir_all(bare.parent().unwrap()).unwrap();
-                git(
-                    dir.path(),
-                    &[
-                        "clone",
-                        "--quiet",
-                        "--bare",
-                        src.to_str().unwrap(),
-                        bare.to_str().unwrap(),
-                    ],
-                );
-                bare_repos.push(bare.clone());
-            }
-            let sha = git(&bare, &["rev-parse", &format!("{}^{{commit}}", p.rev)]);
-            git(
-                &bare,
-                &["update-ref", &format!("refs/pull/{}/head", p.pr), &sha],
-            );
-            gitea.add_pr(p.repo, p.pr, &sha);
+                make_fixture_repo(&recipe_dir(p.fixture), &src);
+                ForgeRepo::publish(&git_root, p.repo, &src)
+            });
+            let sha = repo.pull_request(&gitea, p.repo, p.pr, p.rev);
             heads.insert((p.repo.to_string(), p.pr), sha);
         }
-        for bare in &bare_repos {
-            // What the dumb protocol reads instead of asking the server.
-            git(bare, &["update-server-info"]);
+        for repo in repos.values() {
+            repo.update_server_info();
         }
 
         std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).unwrap();
@@ -230,14 +128,6 @@ impl Suite {
         self.dir.path().join("daemon.log")
     }
 
-    fn log_file(&self) -> std::fs::File {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.daemon_log())
-            .unwrap()
-    }
-
     fn state_dir(&self) -> PathBuf {
         self.dir.path().join("state")
     }
@@ -245,130 +135,46 @@ impl Suite {
     /// `cc-ci serve` binding `daemon.listen` itself.
     fn start_plain(&mut self) {
         assert!(self.daemon.is_none(), "a daemon is already running");
-        let mut f = self.log_file();
-        writeln!(f, "---- test: starting cc-ci serve").unwrap();
-        let child = Command::new(cc_ci())
-            .arg("serve")
-            .arg("--config")
-            .arg(&self.config_path)
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("LISTEN_FDS")
-            .env_remove("LISTEN_PID")
-            .env_remove("LISTEN_FDNAMES")
-            .env_remove("WATCHDOG_USEC")
-            .env_remove("CC_CI_ABRA")
-            .stdin(Stdio::null())
-            .stdout(self.log_file())
-            .stderr(self.log_file())
-            .spawn()
-            .expect("start cc-ci serve");
-        self.daemon = Some(child);
+        self.daemon = Some(Serve::plain(
+            &cc_ci(),
+            &self.config_path,
+            &self.daemon_log(),
+        ));
     }
 
-    /// `cc-ci serve` under `systemd-socket-activate`, which binds `daemon.listen`'s address and
-    /// execs the daemon (same pid) with the socket as fd 3.
+    /// `cc-ci serve` under `systemd-socket-activate` on `daemon.listen`'s address.
     fn start_socket_activated(&mut self, notify: &Path) {
         assert!(self.daemon.is_none(), "a daemon is already running");
-        let mut cmd = Command::new("systemd-socket-activate");
-        cmd.arg("-l")
-            .arg(self.addr.to_string())
-            .arg("-E")
-            .arg(format!("NOTIFY_SOCKET={}", notify.display()))
-            .args(["-E", "PATH", "-E", "HOME"]);
-        for var in ["DOCKER_HOST", "CC_CI_LOG"] {
-            if std::env::var_os(var).is_some() {
-                cmd.arg("-E").arg(var);
-            }
-        }
-        let child = cmd
-            .arg(cc_ci())
-            .arg("serve")
-            .arg("--config")
-            .arg(&self.config_path)
-            // Proof that the socket came from systemd: this address is never bound.
-            .arg("--listen")
-            .arg(self.dir.path().join("unused.sock"))
-            .stdin(Stdio::null())
-            .stdout(self.log_file())
-            .stderr(self.log_file())
-            .spawn()
-            .expect("systemd-socket-activate (Debian package `systemd`; scripts/setup-swarm installs it)");
-        self.daemon = Some(child);
+        self.daemon = Some(Serve::socket_activated(
+            &cc_ci(),
+            &self.config_path,
+            self.addr,
+            notify,
+            &self.dir.path().join("unused.sock"),
+            &self.daemon_log(),
+        ));
     }
 
     fn kill9(&mut self) {
-        let mut d = self.daemon.take().expect("no daemon running");
-        d.kill().unwrap();
-        d.wait().unwrap();
+        self.daemon.take().expect("no daemon running").kill9();
     }
 
     /// SIGTERM, then wait for a clean exit.
     async fn stop(&mut self) {
         let mut d = self.daemon.take().expect("no daemon running");
-        rustix::process::kill_process(
-            rustix::process::Pid::from_child(&d),
-            rustix::process::Signal::TERM,
-        )
-        .expect("SIGTERM to our own child");
-        let status = eventually(
-            "the daemon to exit after SIGTERM",
-            60,
-            || d.try_wait().unwrap(),
-            || self.state(),
-        )
-        .await;
-        assert!(
-            status.success(),
-            "the daemon exited with {status:?}\n{}",
-            self.state()
-        );
+        d.stop(|| self.state()).await;
     }
 
     async fn wait_healthy(&mut self) {
-        let url = format!("http://{}/healthz", self.addr);
-        let client = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(r) = client.get(&url).send().await
-                && r.status().as_u16() == 200
-            {
-                return;
-            }
-            if let Some(d) = self.daemon.as_mut()
-                && let Some(status) = d.try_wait().unwrap()
-            {
-                panic!("the daemon exited with {status:?}\n{}", self.state());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the daemon did not answer {url} within 30 s\n{}",
-                self.state()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let mut d = self.daemon.take().expect("no daemon running");
+        d.wait_healthy(self.addr, || self.state()).await;
+        self.daemon = Some(d);
     }
 
     /// A comment delivery signed with the webhook secret.
-    async fn comment(
-        &self,
-        flavour: Flavour,
-        repo: &str,
-        pr: i64,
-        comment_id: i64,
-        user: &str,
-        body: &str,
-    ) -> (u16, String) {
-        let payload = comment_payload("created", repo, pr, comment_id, user, body, true);
-        common::deliver(
-            self.addr,
-            flavour,
-            "issue_comment",
-            "pull_request_comment",
-            &format!("{}-{comment_id}", random_hex()),
-            &payload,
-            None,
-        )
-        .await
+    async fn comment(&self, flavour: Flavour, c: Comment<'_>) -> (u16, String) {
+        let delivery = format!("{}-{}", random_hex(), c.id);
+        c.deliver(self.addr, flavour, &delivery).await
     }
 
     fn statuses(&self, repo: &str, sha: &str) -> Vec<StatusRec> {
@@ -410,7 +216,7 @@ impl Suite {
         r.json().await.unwrap()
     }
 
-    fn bot_comments_on(&self, repo: &str, pr: i64) -> Vec<common::CommentRec> {
+    fn bot_comments_on(&self, repo: &str, pr: i64) -> Vec<CommentRec> {
         self.gitea
             .bot_comments()
             .into_iter()
@@ -510,30 +316,13 @@ impl Suite {
 
     /// Everything that helps understand a failure.
     fn state(&self) -> String {
-        let mut out = format!(
-            "suffix {}\n{}git requests: {}\n",
+        format!(
+            "suffix {}\n{}git requests: {}\n{}",
             self.suffix,
             self.gitea.describe(),
-            self.gitea.state.lock().unwrap().git_requests.len()
-        );
-        let tail = |text: &str, n: usize| {
-            let lines: Vec<&str> = text.lines().collect();
-            lines[lines.len().saturating_sub(n)..].join("\n")
-        };
-        out.push_str(&format!(
-            "daemon log (tail):\n{}\n",
-            tail(&read(&self.daemon_log()), 60)
-        ));
-        if let Ok(entries) = std::fs::read_dir(self.state_dir().join("runs")) {
-            for e in entries.flatten() {
-                out.push_str(&format!(
-                    "run {} log (tail):\n{}\n",
-                    e.file_name().to_string_lossy(),
-                    tail(&read(&e.path().join("log.txt")), 40)
-                ));
-            }
-        }
-        out
+            self.gitea.state.lock().unwrap().git_requests.len(),
+            logs(&self.daemon_log(), &self.state_dir())
+        )
     }
 
     /// Neither secret may appear in anything the daemon or its runs wrote.
@@ -567,53 +356,9 @@ impl Suite {
 impl Drop for Suite {
     /// Kill the daemon (its runs die with it) and tear down whatever this test deployed.
     fn drop(&mut self) {
-        if let Some(mut d) = self.daemon.take() {
-            let _ = d.kill();
-            let _ = d.wait();
-        }
-        // A run killed with the daemon releases its lock as it dies; until then gc leaves it.
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let out = Command::new(cc_ci())
-                .arg("gc")
-                .arg("--config")
-                .arg(&self.config_path)
-                .output();
-            let (ok, stderr) = match out {
-                Ok(o) => (
-                    o.status.success(),
-                    String::from_utf8_lossy(&o.stderr).into_owned(),
-                ),
-                Err(e) => (false, e.to_string()),
-            };
-            if ok && stderr.contains(" 0 alive") {
-                return;
-            }
-            if Instant::now() > deadline {
-                eprintln!(
-                    "cleanup: `cc-ci gc --config {}` did not finish the job: {stderr}",
-                    self.config_path.display()
-                );
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
+        drop(self.daemon.take());
+        gc_until_clean(&cc_ci(), &self.config_path);
     }
-}
-
-/// The process id the daemon logged for run `id` (`run started run_id=1 ... pid=Some(123)`).
-fn run_pid(daemon_log: &str, id: i64) -> Option<i32> {
-    daemon_log
-        .lines()
-        .filter(|l| l.contains("run started") && l.contains(&format!("run_id={id} ")))
-        .filter_map(|l| l.split("pid=Some(").nth(1)?.split(')').next()?.parse().ok())
-        .next_back()
-}
-
-/// Alive and not a zombie.
-fn process_alive(pid: i32) -> bool {
-    let stat = read(Path::new(&format!("/proc/{pid}/stat")));
-    !stat.is_empty() && !stat.split(") ").nth(1).is_some_and(|s| s.starts_with('Z'))
 }
 
 /// The id in a run link `<public_url>/runs/<id>`.
@@ -664,13 +409,13 @@ async fn full_path_socket_activated_pass_and_fail() {
     .await;
     // Carol may trigger as a member of an allowlisted organisation.
     s.gitea.add_member("coop", "carol");
-    let (notify, msgs) = notify_socket(s.dir.path());
-    s.start_socket_activated(&notify);
+    let notify = Notifications::bind(s.dir.path());
+    s.start_socket_activated(&notify.path);
     s.wait_healthy().await;
     eventually(
         "READY=1",
         10,
-        || has_notification(&msgs, "READY=1").then_some(()),
+        || notify.has("READY=1").then_some(()),
         || s.state(),
     )
     .await;
@@ -686,33 +431,27 @@ async fn full_path_socket_activated_pass_and_fail() {
     let (code, body) = s
         .comment(
             Flavour::Gitea,
-            "coop/web",
-            1,
-            501,
-            "alice",
-            "!testme install",
+            Comment::new("coop/web", 1, 501, "alice", "!testme install"),
         )
         .await;
     assert_eq!(code, 202, "{body}\n{}", s.state());
     let (code, body) = s
         .comment(
             Flavour::Forgejo,
-            "forgejo/web",
-            3,
-            502,
-            "carol",
-            "Looks good.\n\n!testme install\n",
+            Comment::new(
+                "forgejo/web",
+                3,
+                502,
+                "carol",
+                "Looks good.\n\n!testme install\n",
+            ),
         )
         .await;
     assert_eq!(code, 202, "{body}\n{}", s.state());
     let (code, body) = s
         .comment(
             Flavour::Gitea,
-            "coop/web-nolabel",
-            2,
-            503,
-            "alice",
-            "!testme install",
+            Comment::new("coop/web-nolabel", 2, 503, "alice", "!testme install"),
         )
         .await;
     assert_eq!(code, 202, "{body}\n{}", s.state());
@@ -720,11 +459,7 @@ async fn full_path_socket_activated_pass_and_fail() {
     let (code, body) = s
         .comment(
             Flavour::Forgejo,
-            "coop/web-badcompose",
-            4,
-            504,
-            "alice",
-            "!testme",
+            Comment::new("coop/web-badcompose", 4, 504, "alice", "!testme"),
         )
         .await;
     assert_eq!(code, 202, "{body}\n{}", s.state());
@@ -825,7 +560,7 @@ async fn full_path_socket_activated_pass_and_fail() {
     // A real run's page in a real browser (crates/daemon/tests/pages.rs covers the pages in
     // depth with made-up runs), and /metrics counting the real runs.
     let fin = s.wait_final("coop/web", &web).await;
-    let b = browser::Browser::start().await;
+    let b = cc_ci_testkit::browser::Browser::start().await;
     b.goto(&fin.target_url).await;
     assert_eq!(
         b.js("return document.querySelector('#state').dataset.state + ' ' + Array.from(document.querySelectorAll('#timeline tr.tier')).map(r => r.dataset.tier + ':' + r.cells[1].textContent).join(' ')").await,
@@ -875,11 +610,7 @@ async fn full_path_socket_activated_pass_and_fail() {
     );
 
     s.stop().await;
-    assert!(
-        has_notification(&msgs, "STOPPING=1"),
-        "{:?}",
-        msgs.lock().unwrap()
-    );
+    assert!(notify.has("STOPPING=1"), "{:?}", notify.all());
 }
 
 /// kill -9 of the daemon while a run deploys, with a second trigger queued: after a restart
@@ -915,7 +646,10 @@ async fn sigkill_mid_run_then_restart_leaves_nothing_and_loses_nothing() {
     s.wait_healthy().await;
 
     let (code, body) = s
-        .comment(Flavour::Gitea, "coop/web", 1, 601, "alice", "!testme")
+        .comment(
+            Flavour::Gitea,
+            Comment::new("coop/web", 1, 601, "alice", "!testme"),
+        )
         .await;
     assert_eq!(code, 202, "{body}\n{}", s.state());
     s.wait_status("coop/web", &sha1, 60, |st| {
@@ -925,11 +659,7 @@ async fn sigkill_mid_run_then_restart_leaves_nothing_and_loses_nothing() {
     let (code, body) = s
         .comment(
             Flavour::Gitea,
-            "coop/web",
-            2,
-            602,
-            "alice",
-            "!testme install",
+            Comment::new("coop/web", 2, 602, "alice", "!testme install"),
         )
         .await;
     assert_eq!(code, 202, "{body}\n{}", s.state());
@@ -939,9 +669,9 @@ async fn sigkill_mid_run_then_restart_leaves_nothing_and_loses_nothing() {
     .await;
     // Mid-deploy: the stack exists.
     let killed_stack = s.wait_stack("run 1", &[]).await;
-    let run_pid = run_pid(&read(&s.daemon_log()), 1)
+    let run_pid = logged_run_pid(&read(&s.daemon_log()), 1)
         .unwrap_or_else(|| panic!("no `run started` line for run 1\n{}", s.state()));
-    assert!(process_alive(run_pid), "run 1 ({run_pid}) is not running");
+    assert!(alive(run_pid), "run 1 ({run_pid}) is not running");
     s.kill9();
     assert!(
         s.statuses("coop/web", &sha1)
@@ -957,7 +687,7 @@ async fn sigkill_mid_run_then_restart_leaves_nothing_and_loses_nothing() {
     eventually(
         &format!("the run process {run_pid} to die with the daemon"),
         20,
-        || (!process_alive(run_pid)).then_some(()),
+        || (!alive(run_pid)).then_some(()),
         || s.state(),
     )
     .await;
@@ -1059,22 +789,14 @@ async fn the_approved_commit_is_the_commit_that_runs() {
     let (code, body) = s
         .comment(
             Flavour::Gitea,
-            "coop/web",
-            1,
-            901,
-            "alice",
-            "!testme install",
+            Comment::new("coop/web", 1, 901, "alice", "!testme install"),
         )
         .await;
     assert_eq!(code, 202, "{body}\n{}", s.state());
     let (code, body) = s
         .comment(
             Flavour::Forgejo,
-            "coop/web",
-            9,
-            902,
-            "alice",
-            "!testme install",
+            Comment::new("coop/web", 9, 902, "alice", "!testme install"),
         )
         .await;
     assert_eq!(code, 202, "{body}\n{}", s.state());
@@ -1120,7 +842,7 @@ async fn invalid_deliveries_get_4xx_and_start_nothing() {
     let send = |flavour, body: Vec<u8>, sig: Option<String>| {
         let addr = s.addr;
         async move {
-            common::deliver(
+            deliver(
                 addr,
                 flavour,
                 "issue_comment",
@@ -1313,11 +1035,7 @@ async fn supersede_cancel_and_graceful_stop_tear_real_runs_down() {
     let (code, body) = s
         .comment(
             Flavour::Gitea,
-            "coop/web",
-            1,
-            801,
-            "alice",
-            "!testme install",
+            Comment::new("coop/web", 1, 801, "alice", "!testme install"),
         )
         .await;
     assert_eq!(code, 202, "{body}\n{}", s.state());
@@ -1325,11 +1043,7 @@ async fn supersede_cancel_and_graceful_stop_tear_real_runs_down() {
     let (code, body) = s
         .comment(
             Flavour::Gitea,
-            "coop/web",
-            1,
-            802,
-            "carol",
-            "!testme install",
+            Comment::new("coop/web", 1, 802, "carol", "!testme install"),
         )
         .await;
     // Accepted at once; refused after the answer (carol is no member yet): she gets a reply.
@@ -1349,11 +1063,7 @@ async fn supersede_cancel_and_graceful_stop_tear_real_runs_down() {
     let (code, body) = s
         .comment(
             Flavour::Gitea,
-            "coop/web",
-            1,
-            803,
-            "carol",
-            "!testme install",
+            Comment::new("coop/web", 1, 803, "carol", "!testme install"),
         )
         .await;
     assert_eq!(code, 202, "{body}\n{}", s.state());
@@ -1387,11 +1097,7 @@ async fn supersede_cancel_and_graceful_stop_tear_real_runs_down() {
     let (code, body) = s
         .comment(
             Flavour::Forgejo,
-            "coop/web",
-            2,
-            804,
-            "alice",
-            "!testme install",
+            Comment::new("coop/web", 2, 804, "alice", "!testme install"),
         )
         .await;
     assert_eq!(code, 202, "{body}\n{}", s.state());
@@ -1423,11 +1129,7 @@ async fn supersede_cancel_and_graceful_stop_tear_real_runs_down() {
     let (code, body) = s
         .comment(
             Flavour::Gitea,
-            "coop/web",
-            3,
-            805,
-            "alice",
-            "!testme install",
+            Comment::new("coop/web", 3, 805, "alice", "!testme install"),
         )
         .await;
     assert_eq!(code, 202, "{body}\n{}", s.state());

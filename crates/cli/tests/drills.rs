@@ -8,24 +8,29 @@
 //! drill's config when it ends, also on failure. `CC_CI_DRILL_SEED=<n>` changes the seed of the
 //! random kill points (bench/drill-kill prints the outcome of many seeds).
 
-// The daemon's test helpers still call libc directly (crates/daemon is not under the lint yet).
-#[allow(unsafe_code)]
-#[path = "../../daemon/tests/common/mod.rs"]
-mod common;
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use cc_ci_daemon::config::Config;
 use cc_ci_daemon::store::{RunState, RunVerdict, Store};
-use common::{Flavour, Gitea, SECRET, TOKEN, comment_payload, eventually, read};
+use cc_ci_testkit::cmd::{free_port, read, sh};
+use cc_ci_testkit::fixtures::{ForgeRepo, make_fixture_repo};
+use cc_ci_testkit::forge::{Gitea, TOKEN};
+use cc_ci_testkit::hooks::{Comment, Flavour, SECRET, comment_payload};
+use cc_ci_testkit::proxy::EngineProxy;
+use cc_ci_testkit::repo_root;
+use cc_ci_testkit::sandbox::Sandbox;
+use cc_ci_testkit::serve::Serve;
+use cc_ci_testkit::wait::eventually;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+/// Every tier: what `cc-ci run` runs without `--stages`.
+const ALL_STAGES: &str = "install,upgrade,backup,restore";
 
 /// The drills' default seed; `CC_CI_DRILL_SEED` replaces it.
 const SEED: u64 = 0x00c0_ffee_d311_0006;
@@ -54,235 +59,14 @@ impl Rng {
     }
 }
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
 fn cc_ci() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_cc-ci"))
 }
 
-fn standin() -> PathBuf {
-    let p = cc_ci().with_file_name("abra-standin");
-    assert!(
-        p.is_file(),
-        "{} is missing: run `cargo build -p abra-standin` first (the README's test command does)",
-        p.display()
-    );
-    p
-}
-
-fn sh(script: &str) -> String {
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(script)
-        .output()
-        .expect("run sh");
-    assert!(
-        out.status.success(),
-        "`{script}` failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn make_fixture(src: &Path, out: &Path) {
-    let o = Command::new(repo_root().join("scripts/make-fixture-repo"))
-        .arg(src)
-        .arg(out)
-        .output()
-        .expect("run scripts/make-fixture-repo");
-    assert!(
-        o.status.success(),
-        "make-fixture-repo {}: {}",
-        src.display(),
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
-/// One drill's sandbox: a temporary directory, a domain suffix no other test uses, the config,
-/// and an abra wrapper that records every generated secret value (through a `docker` shim in
-/// front of `docker secret create`, independent of what abra prints) so texts can be scanned
-/// for them. Dropping it runs `cc-ci gc` with the drill's config until nothing of it is alive.
-struct Drill {
-    dir: tempfile::TempDir,
-    suffix: String,
-    config_path: PathBuf,
-    config: Config,
-}
-
-impl Drill {
-    fn new(tag: &str, tweak: impl FnOnce(&mut Config)) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let suffix = format!("{tag}{:x}.drill", std::process::id() ^ nanos);
-        let bin = dir.path().join("bin");
-        let shim = dir.path().join("shim");
-        let secrets = dir.path().join("generated-secrets");
-        for d in [&bin, &shim, &secrets] {
-            std::fs::create_dir_all(d).unwrap();
-        }
-        let docker = sh("command -v docker");
-        write_exe(
-            &shim.join("docker"),
-            &format!(
-                "#!/bin/sh\n# Records the value of every secret the stand-in creates, then is docker.\n\
-                 if [ \"$1\" = secret ] && [ \"$2\" = create ]; then\n\
-                 \x20 f=$(mktemp '{secrets}/value.XXXXXX')\n\
-                 \x20 tee \"$f\" | '{docker}' \"$@\"\n\
-                 \x20 exit $?\n\
-                 fi\n\
-                 exec '{docker}' \"$@\"\n",
-                secrets = secrets.display(),
-            ),
-        );
-        // `<dir>/gate-<command>` makes `abra app <command>` wait for `<dir>/go` (after creating
-        // `<dir>/at-<command>`), so a drill can act while that call is running.
-        write_exe(
-            &bin.join("abra"),
-            &format!(
-                "#!/bin/sh\nif [ \"$1\" = app ] && [ -e '{dir}/gate-'\"$2\" ]; then\n\
-                 \x20 touch '{dir}/at-'\"$2\"\n\
-                 \x20 while [ ! -e '{dir}/go' ]; do sleep 0.05; done\n\
-                 fi\n\
-                 PATH='{}':\"$PATH\" exec '{}' \"$@\"\n",
-                shim.display(),
-                standin().display(),
-                dir = dir.path().display(),
-            ),
-        );
-        let mut config = Config::default();
-        config.harness.abra = Some(bin.join("abra").display().to_string());
-        config.harness.domain_suffix = suffix.clone();
-        config.harness.work_dir = Some(dir.path().join("work"));
-        config.harness.stability_window_secs = 0;
-        tweak(&mut config);
-        let config_path = dir.path().join("config.toml");
-        std::fs::write(&config_path, toml::to_string(&config).unwrap()).unwrap();
-        Drill {
-            dir,
-            suffix,
-            config_path,
-            config,
-        }
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
-    /// A fixture recipe of tests/fixtures as a git repository.
-    fn fixture(&self, name: &str) -> PathBuf {
-        let out = self.path("recipes").join(name);
-        make_fixture(&repo_root().join("tests/fixtures/recipes").join(name), &out);
-        out
-    }
-
-    /// Swarm objects named after this drill's stacks (`<app>_<suffix with _>`), by the docker
-    /// CLI: independent of the harness's own listing.
-    fn leftovers(&self) -> Vec<String> {
-        let needle = format!("_{}", self.suffix.replace('.', "_"));
-        let mut out = Vec::new();
-        for (kind, args) in [
-            ("service", &["service", "ls", "--format", "{{.Name}}"][..]),
-            ("network", &["network", "ls", "--format", "{{.Name}}"]),
-            ("secret", &["secret", "ls", "--format", "{{.Name}}"]),
-            ("config", &["config", "ls", "--format", "{{.Name}}"]),
-            ("volume", &["volume", "ls", "--format", "{{.Name}}"]),
-            ("container", &["ps", "-a", "--format", "{{.Names}}"]),
-        ] {
-            let o = Command::new("docker").args(args).output().expect("docker");
-            assert!(o.status.success(), "docker {args:?} failed");
-            out.extend(
-                String::from_utf8_lossy(&o.stdout)
-                    .lines()
-                    .filter(|l| l.contains(&needle))
-                    .map(|l| format!("{kind} {l}")),
-            );
-        }
-        out
-    }
-
-    /// Run directories still in the work dir.
-    fn run_dirs(&self) -> Vec<String> {
-        std::fs::read_dir(self.path("work/runs"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect()
-    }
-
-    fn gc(&self) -> (i32, String) {
-        let o = Command::new(cc_ci())
-            .args(["gc", "--config"])
-            .arg(&self.config_path)
-            .output()
-            .expect("run cc-ci gc");
-        (
-            o.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&o.stderr).into_owned(),
-        )
-    }
-
-    /// The secret values generated during this drill.
-    fn secrets(&self) -> Vec<String> {
-        std::fs::read_dir(self.path("generated-secrets"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
-            .map(|v| v.trim().to_string())
-            .filter(|v| !v.is_empty())
-            .collect()
-    }
-
-    /// `cc-ci run` of `recipe` with this drill's config; stderr (the progress lines) to a file.
-    fn spawn_run(&self, recipe: &Path, report: &Path, stderr: &Path, stages: &str) -> Child {
-        Command::new(cc_ci())
-            .arg("run")
-            .arg("--recipe")
-            .arg(recipe)
-            .arg("--report-dir")
-            .arg(report)
-            .arg("--config")
-            .arg(&self.config_path)
-            .arg("--stages")
-            .arg(stages)
-            .env_remove("CC_CI_ABRA")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(stderr).unwrap())
-            .spawn()
-            .expect("start cc-ci run")
-    }
-}
-
-impl Drop for Drill {
-    fn drop(&mut self) {
-        // A killed run releases its lock as it dies; until then gc leaves it alone.
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let (code, stderr) = self.gc();
-            if code == 0 && stderr.contains(" 0 alive") {
-                return;
-            }
-            if Instant::now() > deadline {
-                eprintln!("drill cleanup: cc-ci gc did not finish: {stderr}");
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
-    }
-}
-
-fn write_exe(path: &Path, text: &str) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::write(path, text).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+/// One drill's sandbox (domain suffix `<tag><hex>.drill`) with an abra wrapper that records
+/// every generated secret value, so texts can be scanned for them; `tweak` changes its config.
+fn drill(tag: &str, tweak: impl FnOnce(&mut Config)) -> Sandbox {
+    Sandbox::new(&cc_ci(), tag, "drill", true, |_, c| tweak(c))
 }
 
 /// Every file under `roots` (recursively) and every extra text that contains one of `secrets`.
@@ -335,7 +119,7 @@ fn last_step(stderr: &str) -> String {
 /// here with a zero stability window (clone, app new, deploys, checks, backup, restore,
 /// teardown), then runs `cc-ci gc` once: nothing of the run may remain.
 fn kill_run_drill(drill_no: u64) {
-    let d = Drill::new(&format!("kr{drill_no}-"), |_| {});
+    let d = drill(&format!("kr{drill_no}-"), |_| {});
     let recipe = d.fixture("web");
     let mut rng = Rng(seed(drill_no));
     // Half the kills in the first 3 s (clone, app new, the first deploy), half over the rest of
@@ -348,12 +132,7 @@ fn kill_run_drill(drill_no: u64) {
     };
     let stderr = d.path("run.stderr");
     let start = Instant::now();
-    let mut child = d.spawn_run(
-        &recipe,
-        &d.path("report"),
-        &stderr,
-        "install,upgrade,backup,restore",
-    );
+    let mut child = d.spawn_run(&recipe, &d.path("report"), &stderr, ALL_STAGES);
     let finished = loop {
         if let Some(st) = child.try_wait().unwrap() {
             break Some(st);
@@ -413,12 +192,12 @@ fn sigkill_run_at_a_random_point_then_gc_leaves_nothing_3() {
 
 #[test]
 fn generated_secrets_never_reach_the_reports_of_a_passing_run() {
-    let d = Drill::new("sp-", |_| {});
+    let d = drill("sp-", |_| {});
     let recipe = d.fixture("web");
     let report = d.path("report");
     let stderr = d.path("run.stderr");
     let st = d
-        .spawn_run(&recipe, &report, &stderr, "install,upgrade,backup,restore")
+        .spawn_run(&recipe, &report, &stderr, ALL_STAGES)
         .wait()
         .unwrap();
     assert_eq!(st.code(), Some(0), "run failed:\n{}", read(&stderr));
@@ -449,7 +228,7 @@ fn generated_secrets_never_reach_the_reports_of_a_passing_run() {
 
 /// A recipe whose service prints its secret to its log and then exits: the install fails, so
 /// the harness writes diagnostics (task states and service logs), which must be masked.
-fn leaky_fixture(d: &Drill) -> PathBuf {
+fn leaky_fixture(d: &Sandbox) -> PathBuf {
     let web = repo_root().join("tests/fixtures/recipes/web/01-1.0.0+1.0");
     let src = d.path("fixture-src/leaky");
     for step in ["01-1.0.0+1.0", "02-head"] {
@@ -479,13 +258,13 @@ fn leaky_fixture(d: &Drill) -> PathBuf {
         std::fs::write(dir.join("compose.yml"), leaky).unwrap();
     }
     let out = d.path("recipes/leaky");
-    make_fixture(&src, &out);
+    make_fixture_repo(&src, &out);
     out
 }
 
 #[test]
 fn generated_secrets_never_reach_the_diagnostics_of_a_failing_run() {
-    let d = Drill::new("sf-", |_| {});
+    let d = drill("sf-", |_| {});
     let recipe = leaky_fixture(&d);
     let report = d.path("report");
     let stderr = d.path("run.stderr");
@@ -533,127 +312,21 @@ fn generated_secrets_never_reach_the_diagnostics_of_a_failing_run() {
 // ------------------------------------------------------------------------------------------
 // SIGKILL of the daemon at a random point of a real run, then a restart.
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Daemon {
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn start(d: &Drill) -> Self {
-        let log = d.path("daemon.log");
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
-        let child = Command::new(cc_ci())
-            .args(["serve", "--config"])
-            .arg(&d.config_path)
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("LISTEN_FDS")
-            .env_remove("LISTEN_PID")
-            .env_remove("CC_CI_ABRA")
-            .stdin(Stdio::null())
-            .stdout(f.try_clone().unwrap())
-            .stderr(f)
-            .spawn()
-            .expect("start cc-ci serve");
-        Daemon {
-            child: Some(child),
-            log,
-        }
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill().unwrap();
-            c.wait().unwrap();
-        }
-    }
-
-    fn alive(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| c.try_wait().unwrap().is_none())
-    }
-
-    async fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            rustix::process::kill_process(
-                rustix::process::Pid::from_child(&c),
-                rustix::process::Signal::TERM,
-            )
-            .expect("SIGTERM to our own child");
-            let st = eventually(
-                "the daemon to exit after SIGTERM",
-                60,
-                || c.try_wait().unwrap(),
-                || read(&self.log),
-            )
-            .await;
-            assert!(
-                st.success(),
-                "the daemon exited with {st:?}\n{}",
-                read(&self.log)
-            );
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-async fn wait_healthy(addr: SocketAddr, daemon: &mut Daemon) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = reqwest::get(format!("http://{addr}/healthz")).await
-            && r.status().as_u16() == 200
-        {
-            return;
-        }
-        assert!(daemon.alive(), "the daemon exited:\n{}", read(&daemon.log));
-        assert!(
-            Instant::now() < deadline,
-            "no /healthz answer within 30 s:\n{}",
-            read(&daemon.log)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// `cc-ci serve` with the drill's config, its output in `<drill>/daemon.log`.
+fn serve(d: &Sandbox) -> Serve {
+    Serve::plain(&cc_ci(), &d.config_path, &d.path("daemon.log"))
 }
 
 /// Starts the forge double with the web fixture at `refs/pull/1/head` (HEAD) and
 /// `refs/pull/2/head` (the 1.1.0 release), served over git's dumb HTTP protocol.
-async fn forge_with_web(d: &Drill) -> (Gitea, String, String) {
+async fn forge_with_web(d: &Sandbox) -> (Gitea, String, String) {
     let gitea = Gitea::start().await;
     let git_root = d.path("git");
     gitea.serve_git(&git_root);
-    let src = d.fixture("web");
-    let bare = git_root.join("coop/web.git");
-    std::fs::create_dir_all(bare.parent().unwrap()).unwrap();
-    sh(&format!(
-        "git clone --quiet --bare '{}' '{}'",
-        src.display(),
-        bare.display()
-    ));
-    let g = |args: &str| sh(&format!("git -C '{}' {args}", bare.display()));
-    let sha1 = g("rev-parse HEAD^{commit}");
-    let sha2 = g("rev-parse 1.1.0+1.1^{commit}");
-    g(&format!("update-ref refs/pull/1/head {sha1}"));
-    g(&format!("update-ref refs/pull/2/head {sha2}"));
-    g("update-server-info");
-    gitea.add_pr("coop/web", 1, &sha1);
-    gitea.add_pr("coop/web", 2, &sha2);
+    let web = ForgeRepo::publish(&git_root, "coop/web", &d.fixture("web"));
+    let sha1 = web.pull_request(&gitea, "coop/web", 1, "HEAD");
+    let sha2 = web.pull_request(&gitea, "coop/web", 2, "1.1.0+1.1");
+    web.update_server_info();
     (gitea, sha1, sha2)
 }
 
@@ -679,21 +352,14 @@ fn daemon_drill_config(d_path: &Path, gitea: &Gitea, addr: SocketAddr) -> impl F
 }
 
 async fn trigger(addr: SocketAddr, pr: i64, comment_id: i64, body: &str) {
-    let payload = comment_payload("created", "coop/web", pr, comment_id, "alice", body, true);
-    let (code, answer) = common::deliver(
-        addr,
-        Flavour::Gitea,
-        "issue_comment",
-        "pull_request_comment",
-        &format!("drill-{comment_id}"),
-        &payload,
-        None,
-    )
-    .await;
+    let c = Comment::new("coop/web", pr, comment_id, "alice", body);
+    let (code, answer) = c
+        .deliver(addr, Flavour::Gitea, &format!("drill-{comment_id}"))
+        .await;
     assert_eq!(code, 202, "{answer}");
 }
 
-fn store(d: &Drill) -> Store {
+fn store(d: &Sandbox) -> Store {
     Store::open_existing(&cc_ci_daemon::database_path(
         d.config.daemon.state_dir.as_ref().unwrap(),
     ))
@@ -709,15 +375,16 @@ async fn sigkill_daemon_at_a_random_point_of_a_real_run_then_restart() {
     let tmp_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     // The config needs the forge's address and the forge needs the fixture, which needs the
     // drill's directory: build the drill first with a placeholder, then rewrite its config.
-    let mut d = Drill::new("kd-", |_| {});
+    let mut d = drill("kd-", |_| {});
     let (gitea, sha1, sha2) = forge_with_web(&d).await;
     let tweak = daemon_drill_config(d.dir.path(), &gitea, tmp_addr);
     tweak(&mut d.config);
-    std::fs::write(&d.config_path, toml::to_string(&d.config).unwrap()).unwrap();
+    d.save_config();
+    let daemon_log = d.path("daemon.log");
     let addr = tmp_addr;
 
-    let mut daemon = Daemon::start(&d);
-    wait_healthy(addr, &mut daemon).await;
+    let mut daemon = serve(&d);
+    daemon.wait_healthy(addr, || read(&daemon_log)).await;
     trigger(addr, 1, 701, "!testme install").await;
     trigger(addr, 2, 702, "!testme install").await;
     let runs_dir = d.path("work/runs");
@@ -730,7 +397,7 @@ async fn sigkill_daemon_at_a_random_point_of_a_real_run_then_restart() {
                 .next()
                 .map(|_| Instant::now())
         },
-        || read(&daemon.log),
+        || read(&daemon_log),
     )
     .await;
     let mut rng = Rng(seed(10));
@@ -746,8 +413,8 @@ async fn sigkill_daemon_at_a_random_point_of_a_real_run_then_restart() {
         .unwrap()
         .is_some_and(|r| r.state == RunState::Done);
     daemon.kill9();
-    let mut daemon = Daemon::start(&d);
-    wait_healthy(addr, &mut daemon).await;
+    let mut daemon = serve(&d);
+    daemon.wait_healthy(addr, || read(&daemon_log)).await;
 
     let done = eventually(
         "runs 1 and 2 to finish after the restart",
@@ -758,7 +425,7 @@ async fn sigkill_daemon_at_a_random_point_of_a_real_run_then_restart() {
             let r2 = s.get_run(2).ok()??;
             (r1.state == RunState::Done && r2.state == RunState::Done).then_some((r1, r2))
         },
-        || read(&daemon.log),
+        || read(&daemon_log),
     )
     .await;
     let (r1, r2) = done;
@@ -797,13 +464,13 @@ async fn sigkill_daemon_at_a_random_point_of_a_real_run_then_restart() {
         r2.verdict,
         Some(RunVerdict::Pass),
         "the queued run 2: {r2:?}\n{}",
-        read(&daemon.log)
+        read(&daemon_log)
     );
     assert_eq!(
         r1.verdict,
         Some(RunVerdict::Pass),
         "run 1: {r1:?}\n{}",
-        read(&daemon.log)
+        read(&daemon_log)
     );
     if !finished_before {
         assert_eq!(
@@ -814,7 +481,7 @@ async fn sigkill_daemon_at_a_random_point_of_a_real_run_then_restart() {
     assert!(
         left.is_empty(),
         "objects remain: {left:?}\n{}",
-        read(&daemon.log)
+        read(&daemon_log)
     );
     assert!(
         d.run_dirs().is_empty(),
@@ -835,9 +502,9 @@ async fn sigkill_daemon_at_a_random_point_of_a_real_run_then_restart() {
             .into_iter()
             .map(|s| ("status".to_string(), s.description)),
     );
-    let hits = secret_hits(&[d.path("state"), daemon.log.clone()], &texts, &secrets);
+    let hits = secret_hits(&[d.path("state"), daemon_log.clone()], &texts, &secrets);
     assert!(hits.is_empty(), "{hits:?}");
-    daemon.stop().await;
+    daemon.stop(|| read(&daemon_log)).await;
 }
 
 // ------------------------------------------------------------------------------------------
@@ -888,16 +555,17 @@ fn head(len: usize, signature: Option<&str>, delivery: &str) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_flood_is_refused_and_the_daemon_stays_responsive() {
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let mut d = Drill::new("fl-", |_| {});
+    let mut d = drill("fl-", |_| {});
     let gitea = Gitea::start().await;
     gitea.add_pr("coop/web", 1, "0123456789abcdef0123456789abcdef01234567");
     let tweak = daemon_drill_config(d.dir.path(), &gitea, addr);
     tweak(&mut d.config);
     d.config.daemon.max_body_bytes = 4096;
     d.config.daemon.request_timeout_secs = 2;
-    std::fs::write(&d.config_path, toml::to_string(&d.config).unwrap()).unwrap();
-    let mut daemon = Daemon::start(&d);
-    wait_healthy(addr, &mut daemon).await;
+    d.save_config();
+    let daemon_log = d.path("daemon.log");
+    let mut daemon = serve(&d);
+    daemon.wait_healthy(addr, || read(&daemon_log)).await;
 
     let good = comment_payload("created", "coop/web", 1, 9000, "alice", "!testme", true);
     let sign = |b: &[u8]| cc_ci_daemon::trigger::sign(SECRET.as_bytes(), b);
@@ -1073,7 +741,7 @@ async fn webhook_flood_is_refused_and_the_daemon_stays_responsive() {
     assert!(
         daemon.alive(),
         "the daemon died in the flood:\n{}",
-        read(&daemon.log)
+        read(&daemon_log)
     );
 
     let s = store(&d);
@@ -1107,74 +775,17 @@ async fn webhook_flood_is_refused_and_the_daemon_stays_responsive() {
         "{}",
         gitea.describe()
     );
-    daemon.stop().await;
+    daemon.stop(|| read(&daemon_log)).await;
 }
 
 // ------------------------------------------------------------------------------------------
 // The Docker engine goes away in the middle of a run.
 
-/// A unix-socket proxy in front of the Docker engine that can be cut: while it is down its
-/// socket is gone and every open connection is dropped, as when dockerd restarts, but the real
-/// engine (shared with other tests) is never touched. bench/drill-dockerd-restart restarts a
-/// real (private) dockerd instead.
-struct EngineProxy {
-    path: PathBuf,
-    up: tokio::sync::watch::Sender<bool>,
-}
-
-impl EngineProxy {
-    fn start(path: PathBuf) -> Self {
-        let upstream = std::env::var("DOCKER_HOST")
-            .ok()
-            .and_then(|h| h.strip_prefix("unix://").map(PathBuf::from))
-            .unwrap_or_else(|| "/var/run/docker.sock".into());
-        let (up, mut rx) = tokio::sync::watch::channel(true);
-        let p = path.clone();
-        tokio::spawn(async move {
-            loop {
-                let _ = std::fs::remove_file(&p);
-                let listener = tokio::net::UnixListener::bind(&p).expect("bind the engine proxy");
-                let mut conns = tokio::task::JoinSet::new();
-                loop {
-                    tokio::select! {
-                        _ = rx.changed() => if !*rx.borrow() { break },
-                        a = listener.accept() => if let Ok((mut client, _)) = a {
-                            let upstream = upstream.clone();
-                            conns.spawn(async move {
-                                if let Ok(mut engine) = tokio::net::UnixStream::connect(&upstream).await {
-                                    let _ = tokio::io::copy_bidirectional(&mut client, &mut engine).await;
-                                }
-                            });
-                        },
-                    }
-                }
-                // Down: no socket, no connection survives.
-                drop(listener);
-                let _ = std::fs::remove_file(&p);
-                conns.abort_all();
-                loop {
-                    if rx.changed().await.is_err() {
-                        return;
-                    }
-                    if *rx.borrow() {
-                        break;
-                    }
-                }
-            }
-        });
-        EngineProxy { path, up }
-    }
-
-    fn set_up(&self, up: bool) {
-        let _ = self.up.send(up);
-    }
-}
-
 /// A full run whose engine disappears for 3 s at a seeded random moment: the run must end as an
 /// infrastructure error (exit 3, verdict error, not a failed tier: the recipe is not to blame),
 /// and `cc-ci gc` must then leave nothing behind.
 async fn engine_outage_drill(drill_no: u64) {
-    let d = Drill::new(&format!("eo{drill_no}-"), |_| {});
+    let d = drill(&format!("eo{drill_no}-"), |_| {});
     let recipe = d.fixture("web");
     let proxy = EngineProxy::start(d.path("engine.sock"));
     let mut rng = Rng(seed(20 + drill_no));
@@ -1182,21 +793,7 @@ async fn engine_outage_drill(drill_no: u64) {
     let stderr = d.path("run.stderr");
     let report = d.path("report");
     let start = Instant::now();
-    let mut child = Command::new(cc_ci())
-        .arg("run")
-        .arg("--recipe")
-        .arg(&recipe)
-        .arg("--report-dir")
-        .arg(&report)
-        .arg("--config")
-        .arg(&d.config_path)
-        .env("DOCKER_HOST", format!("unix://{}", proxy.path.display()))
-        .env_remove("CC_CI_ABRA")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&stderr).unwrap())
-        .spawn()
-        .expect("start cc-ci run");
+    let mut child = d.spawn_run_behind(&proxy.path, &recipe, &report, &stderr, ALL_STAGES);
     let mut ended_before = None;
     while start.elapsed() < outage_at {
         if let Some(st) = child.try_wait().unwrap() {
@@ -1264,27 +861,13 @@ async fn engine_outage_mid_run_is_an_infrastructure_error_and_gc_cleans_2() {
 /// see that the engine is gone and report an infrastructure error, not a failed restore tier.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn engine_outage_during_an_abra_call_is_not_blamed_on_the_recipe() {
-    let d = Drill::new("ea-", |_| {});
+    let d = drill("ea-", |_| {});
     let recipe = d.fixture("web");
     let proxy = EngineProxy::start(d.path("engine.sock"));
     std::fs::write(d.path("gate-restore"), "").unwrap();
     let stderr = d.path("run.stderr");
     let report = d.path("report");
-    let mut child = Command::new(cc_ci())
-        .arg("run")
-        .arg("--recipe")
-        .arg(&recipe)
-        .arg("--report-dir")
-        .arg(&report)
-        .arg("--config")
-        .arg(&d.config_path)
-        .env("DOCKER_HOST", format!("unix://{}", proxy.path.display()))
-        .env_remove("CC_CI_ABRA")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&stderr).unwrap())
-        .spawn()
-        .expect("start cc-ci run");
+    let mut child = d.spawn_run_behind(&proxy.path, &recipe, &report, &stderr, ALL_STAGES);
     let at = d.path("at-restore");
     eventually(
         "the run to call abra app restore",
@@ -1328,7 +911,7 @@ async fn engine_outage_during_an_abra_call_is_not_blamed_on_the_recipe() {
 /// whole teardown timeout (it took 300 s, found by bench/drill-dockerd-restart).
 #[test]
 fn gc_removes_a_container_orphaned_by_its_service_without_waiting_out_the_timeout() {
-    let d = Drill::new("or-", |c| c.harness.converge_timeout_secs = 120);
+    let d = drill("or-", |c| c.harness.converge_timeout_secs = 120);
     let stack = format!("orph-a1b2c3_{}", d.suffix.replace('.', "_"));
     let ns = format!("com.docker.stack.namespace={stack}");
     sh(&format!(

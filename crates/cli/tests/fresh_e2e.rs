@@ -8,61 +8,26 @@
 //! drift` say which image moved between which digests, and the daemon's drift sweep queues a
 //! re-run and says the same on the pull request. The shared fixture tags are never re-pushed.
 
-// The daemon's test helpers still call libc directly (crates/daemon is not under the lint yet).
-#[allow(unsafe_code)]
-#[path = "../../daemon/tests/common/mod.rs"]
-mod common;
-
-use std::hash::{BuildHasher, RandomState};
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Instant;
 
 use cc_ci_daemon::config::Config;
 use cc_ci_harness::engine::Engine;
-use common::{Flavour, Gitea, SECRET, StatusRec, TOKEN, comment_payload, eventually, read};
+use cc_ci_testkit::cmd::{docker, free_port, git, random_hex, read};
+use cc_ci_testkit::fixtures::{ForgeRepo, make_fixture_repo, recipe_dir};
+use cc_ci_testkit::forge::{Gitea, StatusRec, TOKEN};
+use cc_ci_testkit::hooks::{Comment, Flavour, SECRET};
+use cc_ci_testkit::serve::{Serve, gc_until_clean, logs};
+use cc_ci_testkit::wait::eventually;
 
 const RUN_SECS: u64 = 300;
 const FIXTURE_IMAGE: &str = "127.0.0.1:5000/cc-ci-fixture/web:2";
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
 fn cc_ci() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_cc-ci"))
-}
-
-fn random_hex() -> String {
-    let n = RandomState::new().hash_one((std::process::id(), Instant::now()));
-    format!("{:08x}", n as u32)
-}
-
-fn run(cmd: &mut Command, what: &str) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(
-        out.status.success(),
-        "{what}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    run(
-        Command::new("git").arg("-C").arg(dir).args(args),
-        &format!("git {args:?}"),
-    )
-}
-
-fn docker(args: &[&str]) -> String {
-    run(
-        Command::new("docker").args(args),
-        &format!("docker {args:?}"),
-    )
 }
 
 /// The digest the registry serves for `image` (what the freshness check compares).
@@ -103,7 +68,7 @@ struct World {
     gitea: Gitea,
     config_path: PathBuf,
     addr: SocketAddr,
-    daemon: Option<Child>,
+    daemon: Option<Serve>,
     image: String,
     sha: String,
     engine: Engine,
@@ -111,20 +76,22 @@ struct World {
 
 impl World {
     fn state(&self) -> String {
-        let mut out = format!("{}\n", self.gitea.describe());
-        let log = read(&self.dir.path().join("daemon.log"));
-        let lines: Vec<&str> = log.lines().collect();
-        out.push_str(&lines[lines.len().saturating_sub(60)..].join("\n"));
-        if let Ok(entries) = std::fs::read_dir(self.dir.path().join("state/runs")) {
-            for e in entries.flatten() {
-                out.push_str(&format!(
-                    "\nrun {} log:\n{}",
-                    e.file_name().to_string_lossy(),
-                    read(&e.path().join("log.txt"))
-                ));
-            }
-        }
-        out
+        format!(
+            "{}\n{}",
+            self.gitea.describe(),
+            logs(&self.daemon_log(), &self.dir.path().join("state"))
+        )
+    }
+
+    fn daemon_log(&self) -> PathBuf {
+        self.dir.path().join("daemon.log")
+    }
+
+    /// `cc-ci serve`, answering `/healthz`.
+    async fn start(&mut self) {
+        let mut d = Serve::plain(&cc_ci(), &self.config_path, &self.daemon_log());
+        d.wait_healthy(self.addr, || self.state()).await;
+        self.daemon = Some(d);
     }
 
     fn statuses(&self) -> Vec<StatusRec> {
@@ -151,17 +118,9 @@ impl World {
     }
 
     async fn testme(&self, comment_id: i64, body: &str) {
-        let payload = comment_payload("created", "coop/web", 1, comment_id, "alice", body, true);
-        let (code, answer) = common::deliver(
-            self.addr,
-            Flavour::Gitea,
-            "issue_comment",
-            "pull_request_comment",
-            &format!("{}-{comment_id}", random_hex()),
-            &payload,
-            None,
-        )
-        .await;
+        let c = Comment::new("coop/web", 1, comment_id, "alice", body);
+        let delivery = format!("{}-{comment_id}", random_hex());
+        let (code, answer) = c.deliver(self.addr, Flavour::Gitea, &delivery).await;
         assert_eq!(code, 202, "{answer}\n{}", self.state());
     }
 
@@ -186,23 +145,8 @@ impl World {
 
 impl Drop for World {
     fn drop(&mut self) {
-        if let Some(mut d) = self.daemon.take() {
-            let _ = d.kill();
-            let _ = d.wait();
-        }
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while Instant::now() < deadline {
-            let out = Command::new(cc_ci())
-                .arg("gc")
-                .arg("--config")
-                .arg(&self.config_path)
-                .output();
-            if matches!(&out, Ok(o) if o.status.success() && String::from_utf8_lossy(&o.stderr).contains(" 0 alive"))
-            {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
+        drop(self.daemon.take());
+        gc_until_clean(&cc_ci(), &self.config_path);
         // The test's own image tag; the registry keeps its blobs (no delete API is enabled).
         let _ = Command::new("docker").args(["rmi", &self.image]).output();
     }
@@ -228,12 +172,7 @@ async fn unchanged_pr_is_answered_from_the_result_and_a_repushed_image_makes_it_
     // The recipe: the `web` fixture whose head names that image.
     let dir = tempfile::tempdir().expect("tempdir");
     let src = dir.path().join("src/web");
-    run(
-        Command::new(repo_root().join("scripts/make-fixture-repo"))
-            .arg(repo_root().join("tests/fixtures/recipes/web"))
-            .arg(&src),
-        "make-fixture-repo web",
-    );
+    make_fixture_repo(&recipe_dir("web"), &src);
     let compose = src.join("compose.yml");
     let text = std::fs::read_to_string(&compose).expect("compose.yml");
     assert!(text.contains(FIXTURE_IMAGE), "{text}");
@@ -255,30 +194,15 @@ async fn unchanged_pr_is_answered_from_the_result_and_a_repushed_image_makes_it_
     let gitea = Gitea::start().await;
     let git_root = dir.path().join("git");
     gitea.serve_git(&git_root);
-    let bare = git_root.join("coop/web.git");
-    std::fs::create_dir_all(bare.parent().expect("parent")).expect("mkdir");
-    git(
-        dir.path(),
-        &[
-            "clone",
-            "--quiet",
-            "--bare",
-            src.to_str().expect("utf-8"),
-            bare.to_str().expect("utf-8"),
-        ],
-    );
-    let sha = git(&bare, &["rev-parse", "HEAD^{commit}"]);
-    git(&bare, &["update-ref", "refs/pull/1/head", &sha]);
-    git(&bare, &["update-server-info"]);
-    gitea.add_pr("coop/web", 1, &sha);
+    let web = ForgeRepo::publish(&git_root, "coop/web", &src);
+    let sha = web.pull_request(&gitea, "coop/web", 1, "HEAD");
+    web.update_server_info();
 
     std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).expect("token");
     std::fs::write(dir.path().join("secret"), SECRET).expect("secret");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port())
+        .parse()
+        .expect("address");
     let mut config = Config::default();
     config.harness.abra = Some(standin.display().to_string());
     config.harness.domain_suffix = format!("f{hex}.ci.local");
@@ -307,46 +231,7 @@ async fn unchanged_pr_is_answered_from_the_result_and_a_repushed_image_makes_it_
         sha: sha.clone(),
         engine,
     };
-    let start = |w: &mut World| {
-        let log = || {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(w.dir.path().join("daemon.log"))
-                .expect("daemon.log")
-        };
-        let child = Command::new(cc_ci())
-            .arg("serve")
-            .arg("--config")
-            .arg(&w.config_path)
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("LISTEN_FDS")
-            .env_remove("LISTEN_PID")
-            .env_remove("CC_CI_ABRA")
-            .stdin(Stdio::null())
-            .stdout(log())
-            .stderr(log())
-            .spawn()
-            .expect("start cc-ci serve");
-        w.daemon = Some(child);
-    };
-    let wait_healthy = |w: &World| {
-        let url = format!("http://{}/healthz", w.addr);
-        async move {
-            common::eventually_async(
-                "the daemon to answer /healthz",
-                30,
-                || {
-                    let url = url.clone();
-                    async move { (common::get_status(url).await == Some(200)).then_some(()) }
-                },
-                String::new,
-            )
-            .await
-        }
-    };
-    start(&mut w);
-    wait_healthy(&w).await;
+    w.start().await;
 
     // 1. A full run records its inputs: this test's image at the digest the registry serves.
     let first_digest = registry_digest(&w.engine, &image).await;
@@ -456,17 +341,12 @@ async fn unchanged_pr_is_answered_from_the_result_and_a_repushed_image_makes_it_
 
     // 5. The daemon's sweep sees it too: a re-run is queued and the pull request told what moved.
     if let Some(mut d) = w.daemon.take() {
-        let _ = rustix::process::kill_process(
-            rustix::process::Pid::from_child(&d),
-            rustix::process::Signal::TERM,
-        );
-        let _ = d.wait();
+        d.stop(|| w.state()).await;
     }
     let mut config = Config::load(&w.config_path).expect("config");
     config.daemon.drift_interval_secs = 1;
     std::fs::write(&w.config_path, toml::to_string(&config).expect("toml")).expect("config");
-    start(&mut w);
-    wait_healthy(&w).await;
+    w.start().await;
     let told = eventually(
         "a comment saying the image moved",
         120,
@@ -501,12 +381,7 @@ fn cc_ci_run_reuses_a_fresh_result_unless_told_not_to() {
     assert!(standin.is_file(), "{} is missing", standin.display());
     let dir = tempfile::tempdir().expect("tempdir");
     let repo = dir.path().join("web");
-    run(
-        Command::new(repo_root().join("scripts/make-fixture-repo"))
-            .arg(repo_root().join("tests/fixtures/recipes/web"))
-            .arg(&repo),
-        "make-fixture-repo web",
-    );
+    make_fixture_repo(&recipe_dir("web"), &repo);
     let config = dir.path().join("config.toml");
     std::fs::write(
         &config,

@@ -16,216 +16,26 @@
 //! abra-standin`. Each test has its own `harness.domain_suffix` and directories; a guard runs
 //! `cc-ci gc` with the test's config when it ends.
 
-// The daemon's test helpers still call libc directly (crates/daemon is not under the lint yet).
-#[allow(unsafe_code)]
-#[path = "../../daemon/tests/common/mod.rs"]
-mod common;
-
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Instant;
 
 use cc_ci_daemon::config::Config;
-use common::{Env, SECRET, SHA, TOKEN, comment, eventually, read};
-
-use cc_ci_testkit::repo_root;
+use cc_ci_testkit::cmd::{read, sh, sigterm, write_exe};
+use cc_ci_testkit::daemon::Env;
+use cc_ci_testkit::forge::{SHA, TOKEN};
+use cc_ci_testkit::hooks::{SECRET, testme};
+use cc_ci_testkit::proxy::HangingProxy;
+use cc_ci_testkit::sandbox::Sandbox;
+use cc_ci_testkit::wait::eventually;
 
 fn cc_ci() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_cc-ci"))
 }
 
-fn standin() -> PathBuf {
-    cc_ci_testkit::standin_beside(&cc_ci())
-}
-
-fn sh(script: &str) -> String {
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(script)
-        .output()
-        .expect("run sh");
-    assert!(
-        out.status.success(),
-        "`{script}` failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn write_exe(path: &Path, text: &str) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::write(path, text).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
-}
-
-/// One test's sandbox: a temporary directory, a domain suffix no other test uses, the config
-/// file, and an abra wrapper (the stand-in) with a gate: `<dir>/gate-<command>` makes `abra app
-/// <command>` wait for `<dir>/go` after creating `<dir>/at-<command>`. Dropping it runs `cc-ci
-/// gc` with the test's config until nothing of it is alive.
-struct Sandbox {
-    dir: tempfile::TempDir,
-    suffix: String,
-    config_path: PathBuf,
-}
-
-impl Sandbox {
-    fn new(tag: &str, tweak: impl FnOnce(&Path, &mut Config)) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let suffix = format!("{tag}{:x}.sec", std::process::id() ^ nanos);
-        let bin = dir.path().join("bin");
-        std::fs::create_dir_all(&bin).unwrap();
-        write_exe(
-            &bin.join("abra"),
-            &format!(
-                "#!/bin/sh\nif [ \"$1\" = app ] && [ -e '{dir}/gate-'\"$2\" ]; then\n\
-                 \x20 touch '{dir}/at-'\"$2\"\n\
-                 \x20 while [ ! -e '{dir}/go' ]; do sleep 0.05; done\n\
-                 fi\n\
-                 exec '{}' \"$@\"\n",
-                standin().display(),
-                dir = dir.path().display(),
-            ),
-        );
-        let mut config = Config::default();
-        config.harness.abra = Some(bin.join("abra").display().to_string());
-        config.harness.domain_suffix = suffix.clone();
-        config.harness.work_dir = Some(dir.path().join("work"));
-        config.harness.stability_window_secs = 0;
-        tweak(dir.path(), &mut config);
-        let config_path = dir.path().join("config.toml");
-        std::fs::write(&config_path, toml::to_string(&config).unwrap()).unwrap();
-        Sandbox {
-            dir,
-            suffix,
-            config_path,
-        }
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
-    /// The `web` fixture's head as a one-commit repository `<case>/web` (so its repository is
-    /// `<case>/web`), after `edit` changed its files. Symlinks are committed as symlinks.
-    fn recipe(&self, case: &str, edit: impl FnOnce(&Path)) -> PathBuf {
-        let out = self.path(&format!("recipes/{case}/web"));
-        std::fs::create_dir_all(out.parent().unwrap()).unwrap();
-        sh(&format!(
-            "cp -a '{}' '{}'",
-            repo_root()
-                .join("tests/fixtures/recipes/web/03-head")
-                .display(),
-            out.display()
-        ));
-        edit(&out);
-        sh(&format!(
-            "cd '{}' && git init -q -b main && git add -A && \
-             git -c user.name=t -c user.email=t@localhost -c commit.gpgsign=false commit -qm hostile",
-            out.display()
-        ));
-        out
-    }
-
-    fn command(&self, recipe: &Path, report: &Path, stages: &str) -> Command {
-        let mut c = Command::new(cc_ci());
-        c.arg("run")
-            .arg("--recipe")
-            .arg(recipe)
-            .arg("--report-dir")
-            .arg(report)
-            .arg("--config")
-            .arg(&self.config_path)
-            .arg("--stages")
-            .arg(stages)
-            .env_remove("CC_CI_ABRA")
-            .stdin(Stdio::null());
-        c
-    }
-
-    fn run(&self, recipe: &Path, report: &Path, stages: &str) -> Output {
-        self.command(recipe, report, stages)
-            .output()
-            .expect("run cc-ci run")
-    }
-
-    /// Swarm objects named after this sandbox's stacks, by the docker CLI.
-    fn leftovers(&self) -> Vec<String> {
-        let needle = format!("_{}", self.suffix.replace('.', "_"));
-        let mut out = Vec::new();
-        for args in [
-            &["service", "ls", "--format", "{{.Name}}"][..],
-            &["network", "ls", "--format", "{{.Name}}"],
-            &["secret", "ls", "--format", "{{.Name}}"],
-            &["config", "ls", "--format", "{{.Name}}"],
-            &["volume", "ls", "--format", "{{.Name}}"],
-            &["ps", "-a", "--format", "{{.Names}}"],
-        ] {
-            let o = Command::new("docker").args(args).output().expect("docker");
-            assert!(o.status.success(), "docker {args:?} failed");
-            out.extend(
-                String::from_utf8_lossy(&o.stdout)
-                    .lines()
-                    .filter(|l| l.contains(&needle))
-                    .map(|l| format!("{} {l}", args[0])),
-            );
-        }
-        out
-    }
-
-    fn gc(&self) -> (i32, String) {
-        let o = Command::new(cc_ci())
-            .args(["gc", "--config"])
-            .arg(&self.config_path)
-            .output()
-            .expect("run cc-ci gc");
-        (
-            o.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&o.stderr).into_owned(),
-        )
-    }
-
-    fn run_dirs(&self) -> Vec<String> {
-        std::fs::read_dir(self.path("work/runs"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect()
-    }
-
-    /// gc, then nothing of this sandbox may be on the swarm or in the work dir.
-    fn assert_clean(&self, what: &str) {
-        let (code, out) = self.gc();
-        assert_eq!(code, 0, "{what}: cc-ci gc failed:\n{out}");
-        let left = self.leftovers();
-        assert!(left.is_empty(), "{what}: objects remain: {left:?}\n{out}");
-        assert!(
-            self.run_dirs().is_empty(),
-            "{what}: run directories remain: {:?}",
-            self.run_dirs()
-        );
-    }
-}
-
-impl Drop for Sandbox {
-    fn drop(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let (code, stderr) = self.gc();
-            if code == 0 && stderr.contains(" 0 alive") {
-                return;
-            }
-            if Instant::now() > deadline {
-                eprintln!("sandbox cleanup: cc-ci gc did not finish: {stderr}");
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
-    }
+/// One test's sandbox (domain suffix `<tag><hex>.sec`); `tweak` changes its config.
+fn sandbox(tag: &str, tweak: impl FnOnce(&Path, &mut Config)) -> Sandbox {
+    Sandbox::new(&cc_ci(), tag, "sec", false, tweak)
 }
 
 fn edit_file(path: &Path, from: &str, to: &str) {
@@ -377,7 +187,7 @@ fn hostile_cases() -> Vec<(&'static str, Edit, Vec<&'static str>)> {
 /// what it found, and nothing reaches the swarm.
 #[test]
 fn hostile_recipes_are_refused_before_anything_is_deployed() {
-    let s = Sandbox::new("pol-", |_, _| {});
+    let s = sandbox("pol-", |_, _| {});
     // What the `compose-outside` symlink points at, should it be followed.
     std::fs::write(
         s.path("outside.yml"),
@@ -423,7 +233,7 @@ fn hostile_recipes_are_refused_before_anything_is_deployed() {
 /// report says what was allowed; the same compose file in another repository stays refused.
 #[test]
 fn an_operator_allowance_is_honoured_and_shown() {
-    let s = Sandbox::new("alw-", |_, c| {
+    let s = sandbox("alw-", |_, c| {
         c.harness
             .compose_allow
             .insert("trusted/web".into(), vec!["docker-socket".into()]);
@@ -465,7 +275,7 @@ fn an_operator_allowance_is_honoured_and_shown() {
 fn forge_secrets_never_reach_reports_diagnostics_or_stderr() {
     const TOKEN: &str = "forge-tok-5e1c9a7b3d2f";
     const HOOK: &str = "hook-sec|ret│8c4d"; // table separators inside: masked whole
-    let s = Sandbox::new("tok-", |dir, c| {
+    let s = sandbox("tok-", |dir, c| {
         std::fs::write(dir.join("token"), format!("{TOKEN}\n")).unwrap();
         std::fs::write(dir.join("hook"), HOOK).unwrap();
         c.forge.token_file = Some(dir.join("token"));
@@ -537,50 +347,6 @@ fn forge_secrets_never_reach_reports_diagnostics_or_stderr() {
 // ------------------------------------------------------------------------------------------
 // A hung engine.
 
-/// A unix-socket proxy in front of the Docker engine that can hang: while hung it accepts
-/// connections and holds them without a byte of answer, and requests in flight stop getting
-/// answers, as an engine that is wedged. The real engine is never touched.
-struct HangingProxy {
-    path: PathBuf,
-    hung: tokio::sync::watch::Sender<bool>,
-}
-
-impl HangingProxy {
-    fn start(path: PathBuf) -> Self {
-        let upstream = std::env::var("DOCKER_HOST")
-            .ok()
-            .and_then(|h| h.strip_prefix("unix://").map(PathBuf::from))
-            .unwrap_or_else(|| "/var/run/docker.sock".into());
-        let (hung, rx) = tokio::sync::watch::channel(false);
-        let _ = std::fs::remove_file(&path);
-        let listener = tokio::net::UnixListener::bind(&path).expect("bind the engine proxy");
-        tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                let mut rx = rx.clone();
-                let upstream = upstream.clone();
-                tokio::spawn(async move {
-                    let hung_now = *rx.borrow();
-                    if !hung_now
-                        && let Ok(mut engine) = tokio::net::UnixStream::connect(&upstream).await
-                    {
-                        tokio::select! {
-                            _ = tokio::io::copy_bidirectional(&mut client, &mut engine) => return,
-                            _ = rx.wait_for(|h| *h) => {}
-                        }
-                    }
-                    // Hung: hold the client, answer nothing, until the engine recovers.
-                    let _ = rx.wait_for(|h| !*h).await;
-                });
-            }
-        });
-        HangingProxy { path, hung }
-    }
-
-    fn set_hung(&self, hung: bool) {
-        let _ = self.hung.send(hung);
-    }
-}
-
 const ENGINE_TIMEOUT_SECS: u64 = 3;
 
 /// Starts a run through a hanging proxy and waits until `abra app deploy` is about to run,
@@ -590,13 +356,7 @@ async fn run_into_a_hung_engine(s: &Sandbox) -> (std::process::Child, HangingPro
     let proxy = HangingProxy::start(s.path("engine.sock"));
     std::fs::write(s.path("gate-deploy"), "").unwrap();
     let stderr = s.path("run.stderr");
-    let child = s
-        .command(&recipe, &s.path("report"), "install")
-        .env("DOCKER_HOST", format!("unix://{}", proxy.path.display()))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&stderr).unwrap())
-        .spawn()
-        .expect("start cc-ci run");
+    let child = s.spawn_run_behind(&proxy.path, &recipe, &s.path("report"), &stderr, "install");
     let at = s.path("at-deploy");
     eventually(
         "the run to call abra app deploy",
@@ -621,7 +381,7 @@ fn hung_config(_: &Path, c: &mut Config) {
 /// (not abra's or the convergence deadline), and once the engine is back gc leaves nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_engine_is_an_infrastructure_error_within_the_engine_deadline() {
-    let s = Sandbox::new("hng-", hung_config);
+    let s = sandbox("hng-", hung_config);
     let (mut child, proxy, stderr) = run_into_a_hung_engine(&s).await;
     let hung_at = Instant::now();
     let status = eventually(
@@ -651,13 +411,9 @@ async fn a_hung_engine_is_an_infrastructure_error_within_the_engine_deadline() {
 /// engine, and says so) instead of waiting forever, and gc cleans up once the engine is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_a_hung_engine_still_ends_the_run() {
-    let s = Sandbox::new("hnt-", hung_config);
+    let s = sandbox("hnt-", hung_config);
     let (mut child, proxy, stderr) = run_into_a_hung_engine(&s).await;
-    rustix::process::kill_process(
-        rustix::process::Pid::from_child(&child),
-        rustix::process::Signal::TERM,
-    )
-    .expect("SIGTERM to our own child");
+    sigterm(child.id());
     let status = eventually(
         "the run to end after SIGTERM",
         60,
@@ -678,7 +434,7 @@ async fn sigterm_during_a_hung_engine_still_ends_the_run() {
 /// A read-only report directory: exit 3 with a message before anything is deployed.
 #[test]
 fn a_read_only_report_dir_is_exit_3_before_anything_is_deployed() {
-    let s = Sandbox::new("rro-", |_, _| {});
+    let s = sandbox("rro-", |_, _| {});
     let recipe = s.recipe("ro", |_| {});
     let report = s.path("report");
     std::fs::create_dir_all(&report).unwrap();
@@ -707,7 +463,7 @@ fn a_read_only_report_dir_is_exit_3_before_anything_is_deployed() {
 /// passes its tiers, but a missing report is exit 3 with a message, never exit 0.
 #[test]
 fn a_full_report_dir_is_exit_3_never_a_silent_pass() {
-    let s = Sandbox::new("rfu-", |_, _| {});
+    let s = sandbox("rfu-", |_, _| {});
     let recipe = s.recipe("full", |_| {});
     let report = s.path("report");
     std::fs::create_dir_all(&report).unwrap();
@@ -753,12 +509,7 @@ async fn a_run_that_dies_of_a_signal_is_followed_by_gc() {
     env.exe = crash;
     let d = env.start().await;
     let addr = d.local_addr().unwrap();
-    assert_eq!(
-        comment(addr, "coop/web", 1, 9001, "alice", "!testme")
-            .await
-            .0,
-        202
-    );
+    testme(addr, "coop/web", 1, 9001).await;
     env.wait_status(SHA, "error", "signal").await;
     eventually(
         "gc after the run died",
@@ -794,12 +545,7 @@ async fn a_run_learns_the_forge_secrets_only_through_its_pipe() {
     env.exe = exe;
     let d = env.start().await;
     let addr = d.local_addr().unwrap();
-    assert_eq!(
-        comment(addr, "coop/web", 1, 9002, "alice", "!testme")
-            .await
-            .0,
-        202
-    );
+    testme(addr, "coop/web", 1, 9002).await;
     env.wait_status(SHA, "error", "infrastructure").await;
     let seen = read(&marks.join("seen"));
     assert!(seen.starts_with("fd=3\n"), "{seen}");

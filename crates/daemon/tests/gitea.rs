@@ -5,11 +5,15 @@
 //! daemon-side defences of issue 12: the approved commit is the commit that runs; connection
 //! and log-follower limits.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use cc_ci_testkit::cmd::read;
+use cc_ci_testkit::daemon::Env;
+use cc_ci_testkit::forge::{BOT, SHA, SHA2, TOKEN};
+use cc_ci_testkit::hooks::{
+    Flavour, SECRET, comment, comment_payload, deliver_comment, deliver_form, push, testme,
+};
+use cc_ci_testkit::wait::{eventually, eventually_async, get_status};
 
 /// Send a fixture delivery (crates/daemon/tests/fixtures/payloads) with its exact headers.
 async fn deliver_fixture(addr: std::net::SocketAddr, name: &str, delivery: &str) -> (u16, String) {
@@ -67,12 +71,7 @@ async fn rename_mid_run(redirect: u16) {
     env.gitea.state.lock().unwrap().redirect_status = redirect;
     let d = env.start().await;
     let addr = d.local_addr().unwrap();
-    assert_eq!(
-        comment(addr, "coop/web", 1, 200, "alice", "!testme")
-            .await
-            .0,
-        202
-    );
+    testme(addr, "coop/web", 1, 200).await;
     env.wait_comment(1, "⏳ running").await;
     env.gitea.rename("coop/web", "coop-renamed/web");
     env.release().await;
@@ -126,12 +125,7 @@ async fn reports_the_forge_keeps_refusing_are_given_up_visibly() {
         .await
         .unwrap();
     let addr = d.local_addr().unwrap();
-    assert_eq!(
-        comment(addr, "coop/web", 1, 210, "alice", "!testme")
-            .await
-            .0,
-        202
-    );
+    testme(addr, "coop/web", 1, 210).await;
     env.wait_comment(1, "⏳ running").await;
     env.gitea.state.lock().unwrap().down = true;
     env.release().await;
@@ -158,12 +152,7 @@ async fn push_events_are_checked_against_the_current_head() {
     env.set_mode(None, "hang");
     let d = env.start().await;
     let addr = d.local_addr().unwrap();
-    assert_eq!(
-        comment(addr, "coop/web", 1, 220, "alice", "!testme")
-            .await
-            .0,
-        202
-    );
+    testme(addr, "coop/web", 1, 220).await;
     env.wait_hanging(1).await;
     let pr_reads = || {
         env.gitea
@@ -178,17 +167,7 @@ async fn push_events_are_checked_against_the_current_head() {
     // A replayed or late `synchronized` for a head the pull request no longer has: the API
     // still says SHA, which run 1 tests, so nothing is cancelled.
     let before = pr_reads();
-    let stale = pull_request_payload("synchronized", "coop/web", 1, SHA2);
-    let (code, body) = deliver(
-        addr,
-        Flavour::Gitea,
-        "pull_request",
-        "pull_request_sync",
-        "stale-1",
-        &stale,
-        None,
-    )
-    .await;
+    let (code, body) = push(addr, Flavour::Gitea, "stale-1", "coop/web", 1, SHA2).await;
     assert_eq!(code, 202, "{body}");
     eventually(
         "the pull request to be read",
@@ -208,17 +187,7 @@ async fn push_events_are_checked_against_the_current_head() {
     // Out of order the other way: the push really happened (the API says SHA2) but the
     // delivery that arrives carries the old head. The API decides: run 1 is superseded.
     env.gitea.set_head("coop/web", 1, SHA2);
-    let old = pull_request_payload("synchronized", "coop/web", 1, SHA);
-    let (code, body) = deliver(
-        addr,
-        Flavour::Forgejo,
-        "pull_request",
-        "pull_request_sync",
-        "late-2",
-        &old,
-        None,
-    )
-    .await;
+    let (code, body) = push(addr, Flavour::Forgejo, "late-2", "coop/web", 1, SHA).await;
     assert_eq!(code, 202, "{body}");
     let c = env.wait_comment(1, "🛑 cancelled").await;
     assert!(c.body.contains("fedcba9876"), "{}", c.body);
@@ -241,18 +210,8 @@ async fn polling_pages_through_capped_lists_and_never_skips_a_comment() {
     config.forge.poll_repos = vec!["coop/web".into()];
     config.daemon.poll_interval_secs = 1;
     config.daemon.concurrency = 4;
-    let d = cc_ci_daemon::Daemon::start(config.clone(), env.options())
-        .await
-        .unwrap();
-    let db = cc_ci_daemon::store::Store::open_existing(&cc_ci_daemon::database_path(d.state_dir()))
-        .unwrap();
-    eventually(
-        "the first poll",
-        10,
-        || db.poll_since("coop/web").unwrap(),
-        || env.state(),
-    )
-    .await;
+    let d = env.daemon(config.clone()).await;
+    let db = env.wait_first_poll("coop/web").await;
 
     // The trigger is on the last pull request (page 3) and after four other comments there
     // (its own page 3).
@@ -315,9 +274,7 @@ async fn own_comments_public_members_and_one_refusal_an_hour() {
     }
     let mut config = env.config.clone();
     config.forge.org_allowlist.push("friends".into());
-    let d = cc_ci_daemon::Daemon::start(config, env.options())
-        .await
-        .unwrap();
+    let d = env.daemon(config).await;
     env.gitea.state.lock().unwrap().hook = d.local_addr();
     let addr = d.local_addr().unwrap();
 
@@ -353,21 +310,9 @@ async fn own_comments_public_members_and_one_refusal_an_hour() {
         let (code, body) = comment(addr, "coop/web", 1, cid, "mallory", "!testme").await;
         assert_eq!(code, 202, "{i}: {body}");
     }
-    eventually(
-        "a reply to mallory",
-        10,
-        || {
-            env.gitea
-                .bot_comments()
-                .into_iter()
-                .find(|c| c.body.contains("@mallory"))
-        },
-        || env.state(),
-    )
-    .await;
+    env.wait_reply("@mallory").await;
     // The last of mallory's triggers is decided once the intake has gone through all three.
-    let db = cc_ci_daemon::store::Store::open_existing(&cc_ci_daemon::database_path(d.state_dir()))
-        .unwrap();
+    let db = env.store();
     eventually(
         "mallory's triggers to be decided",
         10,
@@ -424,16 +369,7 @@ async fn form_content_type_and_large_descriptions_are_accepted() {
         .replace('<', "\\u003c")
         .replace('>', "\\u003e");
     assert!(big.len() > 8 << 20, "{}", big.len());
-    let (code, body) = deliver(
-        addr,
-        Flavour::Forgejo,
-        "issue_comment",
-        "pull_request_comment",
-        "big-1",
-        big.as_bytes(),
-        None,
-    )
-    .await;
+    let (code, body) = deliver_comment(addr, Flavour::Forgejo, "big-1", big.as_bytes(), None).await;
     assert_eq!(code, 202, "{body}");
     d.shutdown().await;
 }
@@ -445,12 +381,7 @@ async fn the_status_goes_only_on_the_commit_that_was_tested() {
     env.set_mode(None, "othersha");
     let d = env.start().await;
     let addr = d.local_addr().unwrap();
-    assert_eq!(
-        comment(addr, "coop/web", 1, 250, "alice", "!testme")
-            .await
-            .0,
-        202
-    );
+    testme(addr, "coop/web", 1, 250).await;
     let st = env.wait_status(SHA, "error", "").await;
     let c = env.wait_comment(1, "⚠️ error").await;
     assert!(c.body.contains("approved for"), "{}", c.body);
@@ -475,16 +406,9 @@ async fn connection_and_log_follower_limits_answer_503() {
     let mut config = env.config.clone();
     config.daemon.max_connections = 3;
     config.daemon.max_log_followers = 1;
-    let d = cc_ci_daemon::Daemon::start(config, env.options())
-        .await
-        .unwrap();
+    let d = env.daemon(config).await;
     let addr = d.local_addr().unwrap();
-    assert_eq!(
-        comment(addr, "coop/web", 1, 260, "alice", "!testme")
-            .await
-            .0,
-        202
-    );
+    testme(addr, "coop/web", 1, 260).await;
     env.wait_comment(1, "⏳ running").await;
 
     // One follower is allowed; a second is refused while the first streams.

@@ -3,14 +3,14 @@
 //! runs list with its filters, the board, and `/metrics` parsed. The same test writes the
 //! screenshots in docs/screenshots/, so they show the pages as they are.
 
-mod browser;
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use browser::Browser;
-use common::*;
+use cc_ci_testkit::browser::Browser;
+use cc_ci_testkit::cmd::{mkfifo, write_exe};
+use cc_ci_testkit::daemon::Env;
+use cc_ci_testkit::forge::{SHA, SHA2, TOKEN};
+use cc_ci_testkit::hooks::{Flavour, comment, push, testme};
 
 /// What the hostile recipe prints into its health check and its logs.
 const HOSTILE: &str =
@@ -110,9 +110,7 @@ exit 2
         ),
     );
     let path = marks.join("pages-cc-ci");
-    std::fs::write(&path, script).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    write_exe(&path, &script);
     path
 }
 
@@ -178,9 +176,7 @@ fn samples(text: &str) -> Vec<(String, f64)> {
 async fn run_pages_in_a_real_browser() {
     let mut env = Env::new().await;
     env.exe = pages_exe(&env.marks());
-    let fifo = env.marks().join("step");
-    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    mkfifo(&env.marks().join("step"));
     std::fs::write(env.marks().join("mode.1"), "hostile").unwrap();
     std::fs::write(env.marks().join("mode.2"), "live").unwrap();
     env.gitea.add_pr("coop/web", 2, SHA2);
@@ -191,12 +187,7 @@ async fn run_pages_in_a_real_browser() {
     let base = format!("http://{addr}");
 
     // A finished, failed run whose recipe printed markup.
-    assert_eq!(
-        comment(addr, "coop/web", 1, 301, "alice", "!testme")
-            .await
-            .0,
-        202
-    );
+    testme(addr, "coop/web", 1, 301).await;
     wait_state(addr, 1, "done").await;
     // A running one.
     assert_eq!(
@@ -393,17 +384,7 @@ async fn run_pages_in_a_real_browser() {
 
     // The board: the latest run of each pull request; PR 1 got new commits since its run.
     env.gitea.set_head("coop/web", 1, SHA2);
-    let payload = pull_request_payload("synchronized", "coop/web", 1, SHA2);
-    let (code, body) = deliver(
-        addr,
-        Flavour::Gitea,
-        "pull_request",
-        "pull_request_sync",
-        "sync-1",
-        &payload,
-        None,
-    )
-    .await;
+    let (code, body) = push(addr, Flavour::Gitea, "sync-1", "coop/web", 1, SHA2).await;
     assert_eq!(code, 202, "{body}");
     // The push is answered at once and the pull request's head read from the forge after the
     // answer: reload the board until it shows the new head, or fail saying what it showed.

@@ -1,8 +1,9 @@
 //! The polling fallback: no webhook, the daemon reads open pull requests' comments.
 
-mod common;
-
-use common::*;
+use cc_ci_testkit::cmd::read;
+use cc_ci_testkit::daemon::Env;
+use cc_ci_testkit::forge::{SHA, SHA2};
+use cc_ci_testkit::hooks::comment;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn polling_triggers_on_new_comments_only_and_follows_head_changes() {
@@ -14,19 +15,9 @@ async fn polling_triggers_on_new_comments_only_and_follows_head_changes() {
     config.forge.poll_repos = vec!["coop/web".into()];
     config.daemon.poll_interval_secs = 1;
     env.set_mode(None, "pass");
-    let d = cc_ci_daemon::Daemon::start(config.clone(), env.options())
-        .await
-        .unwrap();
+    let d = env.daemon(config.clone()).await;
     let addr = d.local_addr().unwrap();
-    let db = cc_ci_daemon::store::Store::open_existing(&cc_ci_daemon::database_path(d.state_dir()))
-        .unwrap();
-    eventually(
-        "the first poll",
-        10,
-        || db.poll_since("coop/web").unwrap(),
-        || env.state(),
-    )
-    .await;
+    env.wait_first_poll("coop/web").await;
 
     // Without a webhook secret every delivery is refused.
     assert_eq!(
@@ -40,18 +31,7 @@ async fn polling_triggers_on_new_comments_only_and_follows_head_changes() {
     env.gitea.add_comment("coop/web", 1, "mallory", "!testme");
     env.gitea.add_comment("coop/web", 1, "alice", "!testme");
     env.wait_status(SHA, "success", "run #1").await;
-    eventually(
-        "one reply to mallory",
-        10,
-        || {
-            env.gitea
-                .bot_comments()
-                .into_iter()
-                .find(|c| c.body.contains("@mallory"))
-        },
-        || env.state(),
-    )
-    .await;
+    env.wait_reply("@mallory").await;
 
     // A hanging run is superseded when the poll sees a new head.
     env.set_mode(None, "hang");

@@ -5,17 +5,19 @@
 //! set, the test binary *is* the daemon (`serve` with the fake run command), so these tests
 //! need no `cc-ci` binary.
 
-mod common;
-
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cc_ci_daemon::config::Config;
 use cc_ci_daemon::{ServeOptions, Tuning};
-use common::*;
+use cc_ci_testkit::cmd::{alive, free_port, read, sigterm};
+use cc_ci_testkit::daemon::{Env, run_pid};
+use cc_ci_testkit::forge::{SHA, SHA2};
+use cc_ci_testkit::hooks::{comment, testme};
+use cc_ci_testkit::serve::Notifications;
+use cc_ci_testkit::wait::eventually;
 
 const CHILD_CONFIG: &str = "CC_CI_TEST_DAEMON_CONFIG";
 const CHILD_EXE: &str = "CC_CI_TEST_DAEMON_EXE";
@@ -102,31 +104,6 @@ fn main() {
     std::process::exit(if failed == 0 { 0 } else { 101 });
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A unix datagram socket standing in for systemd's NOTIFY_SOCKET; collects every message.
-fn notify_socket(dir: &Path) -> (PathBuf, Arc<Mutex<Vec<String>>>) {
-    let path = dir.join("notify.sock");
-    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
-    let msgs = Arc::new(Mutex::new(Vec::new()));
-    let m = msgs.clone();
-    std::thread::spawn(move || {
-        let mut buf = vec![0u8; 4096];
-        while let Ok(n) = sock.recv(&mut buf) {
-            m.lock()
-                .unwrap()
-                .push(String::from_utf8_lossy(&buf[..n]).into_owned());
-        }
-    });
-    (path, msgs)
-}
-
 fn write_config(env: &Env, config: &Config) -> PathBuf {
     let path = env.dir.path().join("config.toml");
     std::fs::write(&path, toml::to_string(config).unwrap()).unwrap();
@@ -172,11 +149,11 @@ fn wait_exit(child: &mut Child, secs: u64, what: &str) -> std::process::ExitStat
     }
 }
 
-fn state(env: &Env, msgs: Option<&Arc<Mutex<Vec<String>>>>) -> String {
+fn state(env: &Env, notify: Option<&Notifications>) -> String {
     format!(
         "{}notifications: {:?}\ndaemon log:\n{}",
         env.state(),
-        msgs.map(|m| m.lock().unwrap().clone()).unwrap_or_default(),
+        notify.map(Notifications::all).unwrap_or_default(),
         read(&daemon_log(env))
     )
 }
@@ -210,7 +187,7 @@ fn socket_activation() {
         config.daemon.listen = unused.display().to_string();
         config.daemon.cancel_grace_secs = 1;
         let cfg = write_config(&env, &config);
-        let (notify, msgs) = notify_socket(env.dir.path());
+        let notify = Notifications::bind(env.dir.path());
         let port = free_port();
         let me = std::env::current_exe().unwrap();
         // `exec` keeps one pid from sh to the daemon, so WATCHDOG_PID can name it.
@@ -219,7 +196,7 @@ fn socket_activation() {
              -E NOTIFY_SOCKET='{}' -E WATCHDOG_USEC=400000 -E WATCHDOG_PID=$$ -E HOME -E PATH '{}'",
             cfg.display(),
             env.exe.display(),
-            notify.display(),
+            notify.path.display(),
             me.display()
         );
         let mut child = std::process::Command::new("sh")
@@ -231,36 +208,33 @@ fn socket_activation() {
             .spawn()
             .expect("systemd-socket-activate (Debian package `systemd`; scripts/setup-swarm installs it)");
         wait_http(port, &env).await;
-        let has = |m: &str| msgs.lock().unwrap().iter().any(|x| x.lines().any(|l| l == m));
+        let has = |m: &str| notify.has(m);
         eventually("READY=1, STATUS=idle and WATCHDOG=1", 10, || {
             (has("READY=1") && has("STATUS=idle") && has("WATCHDOG=1")).then_some(())
-        }, || state(&env, Some(&msgs))).await;
+        }, || state(&env, Some(&notify))).await;
         assert!(!unused.exists(), "the daemon bound daemon.listen despite socket activation");
 
         let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let (code, body) = comment(addr, "coop/web", 1, 300, "alice", "!testme").await;
-        assert_eq!(code, 202, "{body}\n{}", state(&env, Some(&msgs)));
+        assert_eq!(code, 202, "{body}\n{}", state(&env, Some(&notify)));
         env.wait_status(SHA, "success", "passed").await;
         assert_eq!(env.gitea.statuses()[0].state, "pending");
         env.wait_comment(1, "✅ pass").await;
 
         let (code, body) = comment(addr, "coop/web", 2, 301, "alice", "!testme").await;
         assert_eq!(code, 202, "{body}");
-        eventually("STATUS=running 1, queued 0", 10, || has("STATUS=running 1, queued 0").then_some(()), || state(&env, Some(&msgs))).await;
+        eventually("STATUS=running 1, queued 0", 10, || has("STATUS=running 1, queued 0").then_some(()), || state(&env, Some(&notify))).await;
         env.wait_hanging(2).await;
         let run_pid = run_pid(&env.marks(), 2).unwrap();
 
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        eventually("STOPPING=1", 10, || has("STOPPING=1").then_some(()), || state(&env, Some(&msgs))).await;
+        sigterm(child.id());
+        eventually("STOPPING=1", 10, || has("STOPPING=1").then_some(()), || state(&env, Some(&notify))).await;
         let status = wait_exit(&mut child, 30, "after SIGTERM");
-        assert!(status.success(), "{status:?}\n{}", state(&env, Some(&msgs)));
-        assert!(read(&env.marks().join("term.log")).contains("term 2"), "{}", state(&env, Some(&msgs)));
+        assert!(status.success(), "{status:?}\n{}", state(&env, Some(&notify)));
+        assert!(read(&env.marks().join("term.log")).contains("term 2"), "{}", state(&env, Some(&notify)));
         assert!(!alive(run_pid), "run process {run_pid} outlived the daemon");
         // The interrupted run is back in the queue for the next start.
-        let db = cc_ci_daemon::store::Store::open_existing(&cc_ci_daemon::database_path(
-            config.daemon.state_dir.as_ref().unwrap(),
-        ))
-        .unwrap();
+        let db = env.store();
         let r = db.get_run(2).unwrap().unwrap();
         assert_eq!(r.state, cc_ci_daemon::store::RunState::Queued, "{r:?}");
     });
@@ -281,19 +255,9 @@ fn sigkill_and_restart() {
         // Life 1: run 1 running, run 2 queued behind it; then kill -9.
         let mut d = spawn_plain(&env, &cfg);
         wait_http(port, &env).await;
-        assert_eq!(
-            comment(addr, "coop/web", 1, 400, "alice", "!testme")
-                .await
-                .0,
-            202
-        );
+        testme(addr, "coop/web", 1, 400).await;
         env.wait_comment(1, "⏳ running").await;
-        assert_eq!(
-            comment(addr, "coop/other", 5, 401, "alice", "!testme")
-                .await
-                .0,
-            202
-        );
+        testme(addr, "coop/other", 5, 401).await;
         env.wait_comment(2, "⏳ queued").await;
         let pid1 = eventually(
             "run 1 to start",
@@ -360,7 +324,7 @@ fn sigkill_and_restart() {
         env.wait_status(SHA2, "success", "run #2").await;
         assert_eq!(read(&env.marks().join("gc.log")).lines().count(), 3);
         assert_eq!(env.gitea.bot_comments().len(), 2, "{}", state(&env, None));
-        unsafe { libc::kill(d.id() as i32, libc::SIGTERM) };
+        sigterm(d.id());
         let status = wait_exit(&mut d, 30, "after SIGTERM");
         assert!(status.success(), "{status:?}\n{}", state(&env, None));
     });

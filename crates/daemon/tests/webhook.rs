@@ -1,9 +1,14 @@
 //! The daemon end to end in-process: signed deliveries from a Gitea/Forgejo double, runs as a
 //! fake `cc-ci run` child, statuses and comments back on the double.
 
-mod common;
-
-use common::*;
+use cc_ci_testkit::cmd::{exists, mkfifo, read};
+use cc_ci_testkit::daemon::{Env, run_pid};
+use cc_ci_testkit::forge::{SHA, SHA2, TOKEN};
+use cc_ci_testkit::hooks::{
+    Flavour, SECRET, comment, comment_payload, deliver, deliver_comment, pull_request_payload,
+    push, testme,
+};
+use cc_ci_testkit::wait::eventually;
 
 async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     let r = reqwest::get(format!("http://{addr}{path}")).await.unwrap();
@@ -98,16 +103,7 @@ async fn forgejo_delivery_with_stages_runs_those_stages() {
         "!testme upgrade backup",
         true,
     );
-    let (code, body) = deliver(
-        addr,
-        Flavour::Forgejo,
-        "issue_comment",
-        "pull_request_comment",
-        "f-1",
-        &payload,
-        None,
-    )
-    .await;
+    let (code, body) = deliver_comment(addr, Flavour::Forgejo, "f-1", &payload, None).await;
     assert_eq!(code, 202, "{body}");
     env.wait_status(SHA, "success", "passed").await;
     let runs = read(&env.marks().join("runs.log"));
@@ -127,16 +123,8 @@ async fn bad_signatures_get_401_and_nothing_else() {
         .enumerate()
     {
         for flavour in [Flavour::Gitea, Flavour::Forgejo] {
-            let (code, body) = deliver(
-                addr,
-                flavour,
-                "issue_comment",
-                "pull_request_comment",
-                &format!("bad-{i}"),
-                &payload,
-                sig,
-            )
-            .await;
+            let (code, body) =
+                deliver_comment(addr, flavour, &format!("bad-{i}"), &payload, sig).await;
             assert_eq!(code, 401, "{sig:?} {flavour:?}: {body}");
         }
     }
@@ -144,16 +132,7 @@ async fn bad_signatures_get_401_and_nothing_else() {
     let good = cc_ci_daemon::trigger::sign(SECRET.as_bytes(), &payload);
     let mut tampered = payload.clone();
     tampered.extend_from_slice(b" ");
-    let (code, _) = deliver(
-        addr,
-        Flavour::Gitea,
-        "issue_comment",
-        "pull_request_comment",
-        "t",
-        &tampered,
-        Some(&good),
-    )
-    .await;
+    let (code, _) = deliver_comment(addr, Flavour::Gitea, "t", &tampered, Some(&good)).await;
     assert_eq!(code, 401);
     // No signature header at all.
     let r = reqwest::Client::new()
@@ -167,29 +146,11 @@ async fn bad_signatures_get_401_and_nothing_else() {
     assert_eq!(r.status().as_u16(), 401);
     // Too large: one byte over the default limit, answered 413 after the sender sent it all.
     let big = vec![b' '; (16 << 20) + 1];
-    let (code, _) = deliver(
-        addr,
-        Flavour::Gitea,
-        "issue_comment",
-        "pull_request_comment",
-        "big",
-        &big,
-        None,
-    )
-    .await;
+    let (code, _) = deliver_comment(addr, Flavour::Gitea, "big", &big, None).await;
     assert_eq!(code, 413);
     // A correctly signed delivery of this very comment still works afterwards: the rejected
     // ones were not recorded as seen.
-    let (code, body) = deliver(
-        addr,
-        Flavour::Gitea,
-        "issue_comment",
-        "pull_request_comment",
-        "good",
-        &payload,
-        None,
-    )
-    .await;
+    let (code, body) = deliver_comment(addr, Flavour::Gitea, "good", &payload, None).await;
     assert_eq!(code, 202, "{body}");
     env.wait_status(SHA, "success", "passed").await;
     assert_eq!(env.gitea.bot_comments().len(), 1, "{}", env.state());
@@ -267,42 +228,15 @@ async fn replays_and_non_triggers_are_acknowledged_and_start_nothing() {
     assert!(env.gitea.bot_comments().is_empty(), "{}", env.state());
 
     let payload = comment_payload("created", "coop/web", 1, 96, "alice", "!testme", true);
-    let (code, body) = deliver(
-        addr,
-        Flavour::Gitea,
-        "issue_comment",
-        "pull_request_comment",
-        "r-1",
-        &payload,
-        None,
-    )
-    .await;
+    let (code, body) = deliver_comment(addr, Flavour::Gitea, "r-1", &payload, None).await;
     assert_eq!(code, 202, "{body}");
     // A replay from the hook's settings page resends the old payload under a NEW delivery id
     // (r-2 below): the comment id deduplicates it. The same delivery id twice (r-1) is not
     // something Gitea sends, but is deduplicated too. Both are acknowledged (2xx: nothing is
     // wrong with them) and start nothing.
-    let (code, _) = deliver(
-        addr,
-        Flavour::Gitea,
-        "issue_comment",
-        "pull_request_comment",
-        "r-1",
-        &payload,
-        None,
-    )
-    .await;
+    let (code, _) = deliver_comment(addr, Flavour::Gitea, "r-1", &payload, None).await;
     assert_eq!(code, 200);
-    let (code, _) = deliver(
-        addr,
-        Flavour::Forgejo,
-        "issue_comment",
-        "pull_request_comment",
-        "r-2",
-        &payload,
-        None,
-    )
-    .await;
+    let (code, _) = deliver_comment(addr, Flavour::Forgejo, "r-2", &payload, None).await;
     assert_eq!(code, 200);
     env.wait_comment(1, "running").await;
     let runs = eventually(
@@ -338,26 +272,13 @@ async fn authorisation_by_user_allowlist_and_org_membership() {
         .insert("secret-org".into());
     let mut config = env.config.clone();
     config.forge.org_allowlist.push("secret-org".into());
-    let d = cc_ci_daemon::Daemon::start(config, env.options())
-        .await
-        .unwrap();
+    let d = env.daemon(config).await;
     let addr = d.local_addr().unwrap();
 
     // Org membership needs the forge, asked after the answer: accepted, then refused.
     let (code, body) = comment(addr, "coop/web", 1, 100, "mallory", "!testme").await;
     assert_eq!(code, 202, "{body}");
-    let reply = eventually(
-        "one reply to mallory",
-        10,
-        || {
-            env.gitea
-                .bot_comments()
-                .into_iter()
-                .find(|c| c.body.contains("@mallory"))
-        },
-        || env.state(),
-    )
-    .await;
+    let reply = env.wait_reply("@mallory").await;
     assert!(
         reply.body.contains("not") || reply.body.contains("only"),
         "{}",
@@ -412,23 +333,13 @@ async fn failing_and_broken_runs_never_report_success() {
     env.set_mode(Some(2), "infra");
     let d = env.start().await;
     let addr = d.local_addr().unwrap();
-    assert_eq!(
-        comment(addr, "coop/web", 1, 110, "alice", "!testme")
-            .await
-            .0,
-        202
-    );
+    testme(addr, "coop/web", 1, 110).await;
     let st = env.wait_status(SHA, "failure", "failed: install").await;
     assert!(st.description.contains("run #1"), "{st:?}");
     let c = env.wait_comment(1, "❌ fail").await;
     assert!(c.body.contains("never became healthy"), "{}", c.body);
 
-    assert_eq!(
-        comment(addr, "coop/web", 2, 111, "alice", "!testme")
-            .await
-            .0,
-        202
-    );
+    testme(addr, "coop/web", 2, 111).await;
     env.wait_status(SHA2, "error", "infrastructure").await;
     let c = env.wait_comment(2, "⚠️ error").await;
     assert!(
@@ -451,20 +362,10 @@ async fn new_trigger_supersedes_the_running_run() {
     env.set_mode(Some(1), "hang");
     let d = env.start().await;
     let addr = d.local_addr().unwrap();
-    assert_eq!(
-        comment(addr, "coop/web", 1, 120, "alice", "!testme")
-            .await
-            .0,
-        202
-    );
+    testme(addr, "coop/web", 1, 120).await;
     env.wait_comment(1, "⏳ running").await;
     env.wait_hanging(1).await;
-    assert_eq!(
-        comment(addr, "coop/web", 1, 121, "alice", "!testme")
-            .await
-            .0,
-        202
-    );
+    testme(addr, "coop/web", 1, 121).await;
     let c1 = env.wait_comment(1, "🛑 cancelled").await;
     assert!(c1.body.contains("superseded by run #2"), "{}", c1.body);
     assert!(!c1.body.contains("cc-ci: ✅"), "{}", c1.body);
@@ -497,28 +398,13 @@ async fn new_commits_cancel_the_running_run() {
     env.set_mode(None, "hang");
     let d = env.start().await;
     let addr = d.local_addr().unwrap();
-    assert_eq!(
-        comment(addr, "coop/web", 1, 130, "alice", "!testme")
-            .await
-            .0,
-        202
-    );
+    testme(addr, "coop/web", 1, 130).await;
     env.wait_comment(1, "⏳ running").await;
     // The child must be running: a head moved before it starts stops the run with another
     // reason (the runner's own check), which is not what this test is about.
     env.wait_hanging(1).await;
     env.gitea.set_head("coop/web", 1, SHA2);
-    let payload = pull_request_payload("synchronized", "coop/web", 1, SHA2);
-    let (code, body) = deliver(
-        addr,
-        Flavour::Gitea,
-        "pull_request",
-        "pull_request_sync",
-        "sync-1",
-        &payload,
-        None,
-    )
-    .await;
+    let (code, body) = push(addr, Flavour::Gitea, "sync-1", "coop/web", 1, SHA2).await;
     assert_eq!(code, 202, "{body}");
     let c = env.wait_comment(1, "🛑 cancelled").await;
     assert!(c.body.contains("new commits"), "{}", c.body);
@@ -535,22 +421,10 @@ async fn deadline_and_operator_cancel_tear_the_run_down() {
     let mut config = env.config.clone();
     config.daemon.cancel_grace_secs = 1;
     config.daemon.concurrency = 2;
-    let d = cc_ci_daemon::Daemon::start(config.clone(), env.options())
-        .await
-        .unwrap();
+    let d = env.daemon(config.clone()).await;
     let addr = d.local_addr().unwrap();
-    assert_eq!(
-        comment(addr, "coop/web", 1, 140, "alice", "!testme")
-            .await
-            .0,
-        202
-    );
-    assert_eq!(
-        comment(addr, "coop/web", 2, 141, "alice", "!testme")
-            .await
-            .0,
-        202
-    );
+    testme(addr, "coop/web", 1, 140).await;
+    testme(addr, "coop/web", 2, 141).await;
     env.wait_hanging(1).await;
     env.wait_hanging(2).await;
 
@@ -569,11 +443,7 @@ async fn deadline_and_operator_cancel_tear_the_run_down() {
     assert_eq!(gc_after, gc_before + 1, "gc did not run after SIGKILL");
     // Run 1's own process (runs 1 and 2 start together, in either order).
     let pid: i32 = run_pid(&env.marks(), 1).unwrap();
-    assert_ne!(
-        unsafe { libc::kill(pid, 0) },
-        0,
-        "the stubborn run process {pid} survived"
-    );
+    assert!(!exists(pid), "the stubborn run process {pid} survived");
     assert!(matches!(
         cc_ci_daemon::cancel(&config, &Default::default(), 1),
         Err(cc_ci_daemon::DaemonError::RunFinished { .. })
@@ -591,9 +461,7 @@ async fn deadline_and_operator_cancel_tear_the_run_down() {
     // A run that outlives its deadline is an error, not a pass.
     config.daemon.run_timeout_secs = 1;
     std::fs::write(env.marks().join("mode"), "hang").unwrap();
-    let d = cc_ci_daemon::Daemon::start(config.clone(), env.options())
-        .await
-        .unwrap();
+    let d = env.daemon(config.clone()).await;
     let addr = d.local_addr().unwrap();
     env.gitea.add_pr("coop/web", 3, SHA2);
     let (code, body) = comment(addr, "coop/web", 3, 142, "alice", "!testme").await;
@@ -611,33 +479,19 @@ async fn queued_trigger_and_interrupted_run_survive_a_restart() {
     env.set_mode(None, "hang");
     let mut config = env.config.clone();
     config.daemon.cancel_grace_secs = 1;
-    let d = cc_ci_daemon::Daemon::start(config.clone(), env.options())
-        .await
-        .unwrap();
+    let d = env.daemon(config.clone()).await;
     let addr = d.local_addr().unwrap();
-    assert_eq!(
-        comment(addr, "coop/web", 1, 150, "alice", "!testme")
-            .await
-            .0,
-        202
-    );
+    testme(addr, "coop/web", 1, 150).await;
     let before = env.wait_comment(1, "⏳ running").await;
     env.wait_hanging(1).await;
-    assert_eq!(
-        comment(addr, "coop/other", 5, 151, "alice", "!testme")
-            .await
-            .0,
-        202
-    );
+    testme(addr, "coop/other", 5, 151).await;
     env.wait_comment(2, "⏳ queued").await;
     d.shutdown().await;
     assert!(read(&env.marks().join("term.log")).contains("term 1"));
 
     // Restart: run 1 (interrupted, re-queued) and run 2 (still queued) both run.
     env.set_mode(None, "pass");
-    let d = cc_ci_daemon::Daemon::start(config.clone(), env.options())
-        .await
-        .unwrap();
+    let d = env.daemon(config.clone()).await;
     env.wait_status(SHA, "success", "run #1").await;
     env.wait_status(SHA2, "success", "run #2").await;
     let c = env.wait_comment(1, "✅ pass").await;
@@ -661,12 +515,7 @@ async fn a_forge_outage_delays_reports_but_loses_none() {
     let addr = d.local_addr().unwrap();
     // One failed status post is retried within the call.
     env.gitea.state.lock().unwrap().fail_statuses = 1;
-    assert_eq!(
-        comment(addr, "coop/web", 1, 160, "alice", "!testme")
-            .await
-            .0,
-        202
-    );
+    testme(addr, "coop/web", 1, 160).await;
     env.wait_status(SHA, "pending", "").await;
     env.wait_comment(1, "⏳ running").await;
     // While the forge is down the run finishes; the result waits in the store.
@@ -702,16 +551,10 @@ async fn live_log_follow_streams_until_the_run_ends() {
     let env = Env::new().await;
     env.set_mode(None, "gated");
     let fifo = env.marks().join("go");
-    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    mkfifo(&fifo);
     let d = env.start().await;
     let addr = d.local_addr().unwrap();
-    assert_eq!(
-        comment(addr, "coop/web", 1, 170, "alice", "!testme")
-            .await
-            .0,
-        202
-    );
+    testme(addr, "coop/web", 1, 170).await;
     // The running comment shows the tiers done so far from progress.json.
     let c = env.wait_comment(1, "| install | ✅ pass |").await;
     assert!(c.body.contains("⏳ running"), "{}", c.body);
@@ -748,9 +591,7 @@ async fn unix_socket_listener_and_slow_senders() {
     let mut config = env.config.clone();
     config.daemon.listen = sock.display().to_string();
     config.daemon.request_timeout_secs = 1;
-    let d = cc_ci_daemon::Daemon::start(config, env.options())
-        .await
-        .unwrap();
+    let d = env.daemon(config).await;
     assert!(d.local_addr().is_none());
     let mut s = tokio::net::UnixStream::connect(&sock).await.unwrap();
     s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")

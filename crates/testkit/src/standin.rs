@@ -1,76 +1,51 @@
-//! Test scaffolding: a per-test `ABRA_DIR` with a fixture recipe checked out, the stand-in run under
-//! a pseudo-terminal (`script` from util-linux), and removal of every swarm object of the test's
-//! stack on drop, pass or fail. Needs `scripts/setup-swarm` to have run.
-
-#![allow(dead_code)]
+//! The stand-in's test scaffolding: a per-test `ABRA_DIR` with a fixture recipe checked out, the
+//! stand-in run under a pseudo-terminal (`script` from util-linux), and removal of every swarm
+//! object of the test's stack on drop, pass or fail. Needs `scripts/setup-swarm` to have run.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_abra-standin");
-
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+use crate::cmd::docker;
+use crate::fixtures::{make_fixture_repo, recipe_dir};
 
 /// Single-quotes `s` for `sh`.
 pub fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
+/// What a stand-in command did.
 pub struct Out {
     pub code: i32,
     /// stdout and stderr as the terminal showed them, without carriage returns.
     pub text: String,
 }
 
+/// An app of a fixture recipe in its own `ABRA_DIR`; its stack is removed on drop.
 pub struct App {
+    /// The stand-in binary (`CARGO_BIN_EXE_abra-standin` of the stand-in's tests).
+    pub bin: PathBuf,
     pub abra_dir: tempfile::TempDir,
     pub recipe: String,
     pub domain: String,
     pub stack: String,
 }
 
-/// Runs a command and returns its stdout, panicking with its stderr when it fails.
-pub fn sh(cmd: &mut Command) -> String {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-pub fn docker(args: &[&str]) -> String {
-    sh(Command::new("docker").args(args))
-}
-
-pub fn git(dir: &Path, args: &[&str]) -> String {
-    sh(Command::new("git").arg("-C").arg(dir).args(args))
-        .trim()
-        .to_string()
-}
-
 impl App {
     /// A fresh `ABRA_DIR` with server `default` and the fixture recipe `fixture` cloned into
-    /// `recipes/`; `prefix` starts the app's unique domain.
-    pub fn new(fixture: &str, prefix: &str) -> App {
+    /// `recipes/`; `prefix` starts the app's unique domain; `bin` is the stand-in.
+    pub fn new(bin: &Path, fixture: &str, prefix: &str) -> App {
         let abra_dir = tempfile::tempdir().expect("tempdir");
-        let recipe_dir = abra_dir.path().join("recipes").join(fixture);
-        sh(Command::new(repo_root().join("scripts/make-fixture-repo"))
-            .arg(repo_root().join("tests/fixtures/recipes").join(fixture))
-            .arg(&recipe_dir));
+        make_fixture_repo(
+            &recipe_dir(fixture),
+            &abra_dir.path().join("recipes").join(fixture),
+        );
         let domain = format!(
             "{prefix}-{:06x}.standin.test",
             rand::random::<u32>() & 0xff_ffff
         );
         let app = App {
+            bin: bin.to_path_buf(),
             abra_dir,
             recipe: fixture.to_string(),
             stack: domain.replace('.', "_"),
@@ -157,7 +132,7 @@ impl App {
 
     /// Like [`App::run`], with extra environment for the stand-in.
     pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Out {
-        let mut cmd = sh_quote(BIN);
+        let mut cmd = sh_quote(&self.bin.to_string_lossy());
         for a in args {
             cmd.push(' ');
             cmd.push_str(&sh_quote(a));

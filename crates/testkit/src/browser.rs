@@ -1,11 +1,13 @@
-//! A minimal W3C WebDriver client (the handful of commands the page tests use) over reqwest,
-//! driving Debian's `chromedriver` and headless `chromium` (installed by scripts/setup-swarm).
-#![allow(dead_code)]
+//! A browser session for page tests: a minimal W3C WebDriver client (the handful of commands
+//! the page tests use) over reqwest, driving Debian's `chromedriver` and headless `chromium`
+//! (installed by scripts/setup-swarm).
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+
+use crate::cmd::free_port;
 
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -25,19 +27,13 @@ const FLAGS: &[&str] = &[
     "--window-size=1100,900",
 ];
 
+/// A chromedriver process and one browser session; both killed on drop.
 pub struct Browser {
     driver: Child,
     base: String,
     session: String,
     http: reqwest::Client,
     _profile: tempfile::TempDir,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free local port for chromedriver")
 }
 
 impl Browser {
@@ -189,7 +185,13 @@ impl Browser {
     }
 
     fn kill(&mut self) {
-        unsafe { libc::kill(-(self.driver.id() as i32), libc::SIGKILL) };
+        // The driver leads its own process group: the browser it started goes with it.
+        if let Some(group) = i32::try_from(self.driver.id())
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+        {
+            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+        }
         let _ = self.driver.wait();
     }
 }
@@ -227,9 +229,14 @@ fn base64_decode(s: &str) -> Vec<u8> {
     out
 }
 
-#[test]
-fn base64_round_trip() {
-    assert_eq!(base64_decode("aGVsbG8="), b"hello");
-    assert_eq!(base64_decode("aGk="), b"hi");
-    assert_eq!(base64_decode("YWJj"), b"abc");
+#[cfg(test)]
+mod tests {
+    use super::base64_decode;
+
+    #[test]
+    fn base64_round_trip() {
+        assert_eq!(base64_decode("aGVsbG8="), b"hello");
+        assert_eq!(base64_decode("aGk="), b"hi");
+        assert_eq!(base64_decode("YWJj"), b"abc");
+    }
 }
