@@ -3,8 +3,6 @@
 //! child process and reports commit statuses and one comment per run back to the forge.
 //! See docs/daemon.md.
 
-#![deny(unsafe_code)]
-
 mod cli;
 /// The configuration file: the whole file, `[daemon]` and `[forge]` (the harness owns
 /// `[harness]`).
