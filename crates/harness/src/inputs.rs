@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 use crate::appconfig::{interpolate, parse_env};
 use crate::config::Config;
 use crate::engine::Engine;
+use crate::swarm::Swarm;
 use crate::lifecycle::Stage;
 use crate::overlay;
 use crate::recipe::{self, Checkout};
@@ -257,7 +258,7 @@ pub fn service_images(checkout: &Checkout) -> Result<BTreeMap<String, String>, I
 }
 
 /// One registry request per image (the Engine API's distribution endpoint: no pull).
-async fn digests(engine: &Engine, images: BTreeMap<String, String>) -> Vec<ServiceImage> {
+async fn digests(engine: &dyn Swarm, images: BTreeMap<String, String>) -> Vec<ServiceImage> {
     let mut out = Vec::new();
     for (service, image) in images {
         let (digest, unresolved) = match engine.distribution_digest(&image).await {
@@ -279,7 +280,7 @@ async fn digests(engine: &Engine, images: BTreeMap<String, String>) -> Vec<Servi
 pub async fn resolve_at(
     checkout: &Checkout,
     req: &Request<'_>,
-    engine: &Engine,
+    engine: &dyn Swarm,
 ) -> Result<Inputs, InputsError> {
     let wants_upgrade = req.stages.contains(&Stage::Upgrade);
     let tags = checkout.tags().await?;

@@ -14,7 +14,7 @@ impl Job {
     /// Looks at the deployed stack's backupbot labels before the backup tiers: the reason to
     /// skip both when the recipe declares no backups, and a note for labels backup-bot-two ignores.
     pub(super) async fn backup_labels_review(&mut self) -> Result<Option<String>, Stop> {
-        let snap = self.engine.snapshot(&self.stack).await?;
+        let snap = self.swarm.snapshot(&self.stack).await?;
         let (skip, notes) = backup_labels_review(&snap);
         self.notes.extend(notes);
         Ok(skip)
@@ -67,7 +67,7 @@ impl Job {
     }
 
     async fn backup_labels_check(&self) -> Result<CheckResult, Stop> {
-        let snap = self.engine.snapshot(&self.stack).await?;
+        let snap = self.swarm.snapshot(&self.stack).await?;
         let unknown = unknown_backup_volumes(&snap, &self.stack);
         Ok(if unknown.is_empty() {
             CheckResult::generic(
@@ -124,7 +124,7 @@ impl Job {
         files: &[String],
         canaries: bool,
     ) -> Result<CheckResult, Stop> {
-        let snap = self.engine.snapshot(&self.stack).await?;
+        let snap = self.swarm.snapshot(&self.stack).await?;
         let selection = backup_selection(&snap, &self.stack);
         let mut problems = Vec::new();
         for (vol, paths) in &selection {
@@ -210,7 +210,7 @@ impl Job {
         };
         let full = format!("{target}/{p}");
         let r = self
-            .engine
+            .swarm
             .exec(
                 &container,
                 &[

@@ -24,7 +24,7 @@ impl Job {
         &mut self,
         backed_up_only: Option<bool>,
     ) -> Result<Result<(), String>, Stop> {
-        let snap = self.engine.snapshot(&self.stack).await?;
+        let snap = self.swarm.snapshot(&self.stack).await?;
         let targets: Vec<(String, String, String)> = if backed_up_only.is_some() {
             backup_selection(&snap, &self.stack)
                 .into_iter()
@@ -39,7 +39,7 @@ impl Job {
             let value = format!("cc-ci-{:016x}", rand::random::<u64>());
             let cmd = format!("printf %s '{value}' > '{target}/{CANARY_FILE}'");
             match self
-                .engine
+                .swarm
                 .exec(&container, &["sh", "-c", &cmd], Duration::from_secs(30))
                 .await
             {
@@ -72,7 +72,7 @@ impl Job {
                 "the stack has no named volumes to check",
             ));
         }
-        let snap = self.engine.snapshot(&self.stack).await?;
+        let snap = self.swarm.snapshot(&self.stack).await?;
         let mut problems = Vec::new();
         for (vol, value) in expected {
             let short_vol = vol.strip_prefix(&format!("{}_", self.stack)).unwrap_or(vol);
@@ -83,7 +83,7 @@ impl Job {
                 continue;
             };
             let r = self
-                .engine
+                .swarm
                 .exec(
                     &container,
                     &["sh", "-c", &format!("cat '{target}/{CANARY_FILE}'")],
@@ -115,7 +115,7 @@ impl Job {
     }
 
     pub(super) async fn container_of(&self, service: &str) -> Result<Result<String, String>, Stop> {
-        let snap = self.engine.snapshot(&self.stack).await?;
+        let snap = self.swarm.snapshot(&self.stack).await?;
         let Some(s) = snap.service(service) else {
             return Ok(Err(format!("no service `{service}` in the stack")));
         };
@@ -135,7 +135,7 @@ impl Job {
         };
         let args: Vec<&str> = cmd.iter().map(String::as_str).collect();
         match self
-            .engine
+            .swarm
             .exec(&container, &args, Duration::from_secs(120))
             .await
         {
@@ -329,7 +329,7 @@ impl Job {
             self.stack.clone(),
         )]);
         match self
-            .engine
+            .swarm
             .run_probe(&image, &container, &args, &labels, Duration::from_secs(120))
             .await
         {

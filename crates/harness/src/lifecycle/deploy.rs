@@ -85,7 +85,7 @@ impl Job {
     async fn deploy(&mut self, target: &Target) -> Result<Result<AbraOutput, DeployFailed>, Stop> {
         let is_fresh = self.deploy_count == 0;
         let before: BTreeSet<String> = self
-            .engine
+            .swarm
             .snapshot(&self.stack)
             .await?
             .services
@@ -126,7 +126,7 @@ impl Job {
     /// abra gave up; one look tells which service is the cause. The failed `deploy` check and
     /// the reason.
     async fn why_abra_gave_up(&self, e: &AbraError) -> Result<(CheckResult, String), Stop> {
-        let snap = self.engine.snapshot(&self.stack).await?;
+        let snap = self.swarm.snapshot(&self.stack).await?;
         let why = match checks::convergence(&snap) {
             Convergence::Converged => "the stack looks converged now".to_string(),
             Convergence::Pending(w) | Convergence::Failed(w) => w,
@@ -154,7 +154,7 @@ impl Job {
             ),
             Err(v) => CheckResult::generic("stable", Verdict::Fail, v),
         };
-        let snap = self.engine.snapshot(&self.stack).await?;
+        let snap = self.swarm.snapshot(&self.stack).await?;
         let expected = match target {
             Target::Release(b) => Expected::Release(b),
             Target::Head => Expected::Commit(&self.head_sha),
@@ -169,7 +169,7 @@ impl Job {
     /// `; <service>: health unhealthy, last healthcheck exit 1: ...` for the newest task of each
     /// service that has a healthcheck and is not healthy; empty when there is nothing to add.
     async fn health_hint(&self) -> String {
-        let Ok(snap) = self.engine.snapshot(&self.stack).await else {
+        let Ok(snap) = self.swarm.snapshot(&self.stack).await else {
             return String::new();
         };
         let mut out = String::new();
@@ -181,7 +181,7 @@ impl Job {
                 continue;
             }
             if let Some(cid) = &t.container_id
-                && let Ok(Some(h)) = self.engine.health_log(cid).await
+                && let Ok(Some(h)) = self.swarm.health_log(cid).await
             {
                 out.push_str(&format!(
                     "; {}: {}",
@@ -201,7 +201,7 @@ impl Job {
         let interval = Duration::from_millis(self.opts.config.harness.poll_interval_ms);
         loop {
             tokio::time::sleep(interval).await;
-            let mut snap = match self.engine.snapshot(&self.stack).await {
+            let mut snap = match self.swarm.snapshot(&self.stack).await {
                 Ok(s) => s,
                 Err(e) if e.is_hung() => return Err(e),
                 // A restarting engine refuses connections for a moment; abra notices for itself.
@@ -224,7 +224,7 @@ impl Job {
             Duration::from_secs(h.converge_timeout_secs),
             Duration::from_millis(h.poll_interval_ms),
             || async {
-                let snap = self.engine.snapshot(&self.stack).await?;
+                let snap = self.swarm.snapshot(&self.stack).await?;
                 Ok::<_, EngineError>(match checks::convergence(&snap) {
                     Convergence::Converged => Probe::Done(()),
                     Convergence::Pending(w) => Probe::Pending(w),
@@ -243,7 +243,7 @@ impl Job {
 
     async fn stability(&self) -> Result<Result<(), String>, Stop> {
         let h = &self.opts.config.harness;
-        let before = self.engine.snapshot(&self.stack).await?;
+        let before = self.swarm.snapshot(&self.stack).await?;
         let window = Duration::from_secs(h.stability_window_secs);
         // The window is a wait for a violation that must *not* come: a timeout is the pass.
         let r = wait_for(
@@ -251,7 +251,7 @@ impl Job {
             window,
             Duration::from_millis(h.poll_interval_ms),
             || async {
-                let now = self.engine.snapshot(&self.stack).await?;
+                let now = self.swarm.snapshot(&self.stack).await?;
                 let v = checks::stability_violations(&before, &now);
                 Ok::<_, EngineError>(if v.is_empty() {
                     Probe::Pending(String::new())

@@ -87,7 +87,7 @@ impl Job {
         self.port_lease = Some(lease);
         // With the lease ours, anything else publishing these ports is not a cc-ci run of this
         // host (or one kept or left behind): the infrastructure's problem, never the recipe's.
-        let holders = self.engine.port_holders().await?;
+        let holders = self.swarm.port_holders().await?;
         let problems = foreign_holders(
             &keys,
             &holders,

@@ -65,7 +65,7 @@ impl Job {
 
     /// No service rolled its update back (swarm's `rollback_completed`).
     async fn no_rollback(&self) -> Result<CheckResult, Stop> {
-        let snap = self.engine.snapshot(&self.stack).await?;
+        let snap = self.swarm.snapshot(&self.stack).await?;
         let rolled_back: Vec<String> = snap
             .services
             .iter()
