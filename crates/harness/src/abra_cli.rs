@@ -52,8 +52,11 @@ pub trait AbraCli: Send + Sync {
     /// Snapshot ids, oldest first.
     fn backup_list<'a>(&'a self, domain: &'a str) -> AbraFuture<'a, Vec<String>>;
     /// Files of a snapshot, `<volume>/<path>` each.
-    fn backup_files<'a>(&'a self, domain: &'a str, snapshot: &'a str)
-    -> AbraFuture<'a, Vec<String>>;
+    fn backup_files<'a>(
+        &'a self,
+        domain: &'a str,
+        snapshot: &'a str,
+    ) -> AbraFuture<'a, Vec<String>>;
     /// `abra app restore <domain>` (the newest snapshot).
     fn restore<'a>(&'a self, domain: &'a str) -> AbraFuture<'a, AbraOutput>;
 }

@@ -15,10 +15,10 @@ use sha2::{Digest, Sha256};
 use crate::appconfig::{interpolate, parse_env};
 use crate::config::Config;
 use crate::engine::Engine;
-use crate::swarm::Swarm;
 use crate::lifecycle::Stage;
 use crate::overlay;
 use crate::recipe::{self, Checkout};
+use crate::swarm::Swarm;
 
 /// One service's image as a version of the recipe names it, and the digest the registry serves
 /// for it now (`None`: the registry could not be asked; such an input is never fresh).

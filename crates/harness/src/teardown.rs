@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::engine::{Engine, EngineError, StackObjects};
-use crate::swarm::{ObjectKind, Swarm};
 use crate::names;
+use crate::swarm::{ObjectKind, Swarm};
 use crate::wait::{Probe, WaitError, wait_for};
 
 #[derive(Debug, thiserror::Error)]

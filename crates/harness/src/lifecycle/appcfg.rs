@@ -175,17 +175,17 @@ impl Job {
         images
     }
 
-    /// Is a backup-bot-two service running on the swarm? `Err` carries the message for the
-    /// backup and restore tiers.
-    pub(super) async fn backupbot_present(&self) -> Result<Result<(), String>, Stop> {
+    /// Why backup-bot-two is missing from the swarm (the message for the backup and restore
+    /// tiers), `None` when one of its services runs.
+    pub(super) async fn backupbot_missing(&self) -> Result<Option<String>, Stop> {
         let (key, value) = backupbot_label(self.opts.host.backupbot_label.as_deref());
         let found = self.swarm.running_services_labelled(&key, &value).await?;
         Ok(if found.is_empty() {
-            Err(format!(
+            Some(format!(
                 "no backup-bot-two service runs on this swarm (none labelled {key}={value}), so abra cannot back up or restore; this is the server's set-up, not the recipe: {BACKUPBOT_HOW_TO}"
             ))
         } else {
-            Ok(())
+            None
         })
     }
 }

@@ -43,7 +43,7 @@ impl Job {
         };
         // Only with backup-bot-two on the swarm (a recipe that declares backups needs it).
         let backupbot_missing = if plan::needs_backupbot(&facts) {
-            self.backupbot_present().await?.err()
+            self.backupbot_missing().await?
         } else {
             None
         };

@@ -39,8 +39,8 @@ impl Job {
             || async {
                 let got = ports::try_lease(&work, &keys, &self.domain)?;
                 Ok::<_, ports::LeaseError>(match got {
-                    Ok(lease) => Probe::Done(lease),
-                    Err(taken) => {
+                    ports::Lease::Got(lease) => Probe::Done(lease),
+                    ports::Lease::Taken(taken) => {
                         let who = ports::describe_taken(&taken);
                         let mut shown = last_shown.lock().unwrap_or_else(|e| e.into_inner());
                         if *shown != who {

@@ -29,6 +29,8 @@ mod output;
 pub mod plan;
 mod record;
 mod restore;
+#[cfg(test)]
+mod tier_tests;
 mod upgrade;
 
 use job::{Job, Stop};

@@ -1,5 +1,6 @@
 //! The upgrade tier: the head redeployed in place over the base with `--chaos`, its data kept.
 
+use super::data::Canaries;
 use super::job::{Job, Stop, Target, pull_failed};
 use crate::contract::{Stage, short_sha};
 use crate::recipe::Checkout;
@@ -12,7 +13,7 @@ impl Job {
         if canaries {
             self.progress
                 .step("upgrade: writing canaries into every named volume");
-            if let Err(e) = self.write_canaries(None).await? {
+            if let Canaries::NotWritten(e) = self.write_canaries(None).await? {
                 out.push(CheckResult::generic(
                     "data-continuity",
                     Verdict::Error,
