@@ -449,12 +449,18 @@ async fn teardown_with_a_hung_engine_reports_what_to_do() {
         "{:?}",
         report.leftovers
     );
-    // abra was not asked: it would only hang on the same engine.
+    // Neither abra nor the removals were tried: each would only hang on the same engine.
     assert!(
         !w.abra
             .state()
             .calls
             .iter()
             .any(|c| c.starts_with("app undeploy"))
+    );
+    let calls = w.swarm.state().calls.clone();
+    assert_eq!(
+        calls.last().map(String::as_str),
+        Some("check_swarm"),
+        "{calls:?}"
     );
 }
