@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+pub use cc_ci_harness::fakes;
+
 /// The root of the source tree (fixtures, scripts, overlays live under it).
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
