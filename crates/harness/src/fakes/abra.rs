@@ -29,6 +29,14 @@ pub enum Script {
     EngineDies,
 }
 
+/// One backup-bot-two snapshot.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub id: String,
+    /// `<volume>/<path>` → content.
+    pub files: BTreeMap<String, String>,
+}
+
 #[derive(Debug, Default)]
 pub struct AbraState {
     pub servers: BTreeSet<String>,
@@ -36,8 +44,8 @@ pub struct AbraState {
     pub apps: BTreeMap<String, (String, String)>,
     /// (domain, secret name, version) inserted; values are not kept.
     pub secrets: BTreeSet<(String, String, String)>,
-    /// domain → snapshots, oldest first: (id, `<volume>/<path>` → content).
-    pub snapshots: BTreeMap<String, Vec<(String, BTreeMap<String, String>)>>,
+    /// domain → snapshots, oldest first.
+    pub snapshots: BTreeMap<String, Vec<Snapshot>>,
     /// Files (`<volume>/<path>`) backup-bot-two leaves out of a snapshot (it cannot read them).
     pub leaves_out: BTreeSet<String>,
     /// Command (`deploy`, `backup create`, `restore`, ...) → what its next calls do.
@@ -229,8 +237,23 @@ impl FakeAbra {
         };
         let env_path = self.env_path(&server, domain);
         let env = std::fs::read_to_string(&env_path).map_err(|e| io(&e))?;
-        let mut services =
+        let compose =
             read_compose(&checkout.dir, &env, &stack, domain).map_err(|e| fatal(args, e))?;
+        // `docker stack deploy` refuses services whose external secrets do not exist.
+        let inserted: BTreeSet<String> = self
+            .state()
+            .secrets
+            .iter()
+            .filter(|(d, _, _)| d == domain)
+            .map(|(_, n, v)| format!("{stack}_{n}_{v}"))
+            .collect();
+        if let Some(missing) = compose.secrets.iter().find(|s| !inserted.contains(*s)) {
+            return Err(fatal(
+                args,
+                format!("failed to create services of {stack}: secret not found: {missing}"),
+            ));
+        }
+        let mut services = compose.services;
         let app = services
             .get_mut("app")
             .ok_or_else(|| fatal(args, "the recipe has no service `app`".into()))?;
@@ -278,7 +301,10 @@ impl FakeAbra {
         let list = st.snapshots.entry(domain.into()).or_default();
         let id = format!("{:08x}", list.len() + 1);
         let n = files.len();
-        list.push((id.clone(), files));
+        list.push(Snapshot {
+            id: id.clone(),
+            files,
+        });
         Ok(ok(
             args,
             format!("snapshot {id} created: {n} files\n{id}\n"),
@@ -309,7 +335,7 @@ impl FakeAbra {
         self.app(args, domain)?;
         self.engine_up(args)?;
         self.require_backupbot(args)?;
-        let Some((id, files)) = self
+        let Some(Snapshot { id, files }) = self
             .state()
             .snapshots
             .get(domain)
@@ -351,13 +377,16 @@ fn with_domain_and_type(text: &str, domain: &str, type_value: &str) -> String {
     out.join("\n") + "\n"
 }
 
+/// What `docker stack deploy` makes of the checked-out recipe.
+#[derive(Default)]
+struct Compose {
+    services: BTreeMap<String, ServiceSpec>,
+    /// Names of the external swarm secrets the services use (they must exist).
+    secrets: BTreeSet<String>,
+}
+
 /// The services of the checked-out recipe as `docker stack deploy` would create them.
-fn read_compose(
-    dir: &Path,
-    env_text: &str,
-    stack: &str,
-    domain: &str,
-) -> Result<BTreeMap<String, ServiceSpec>, String> {
+fn read_compose(dir: &Path, env_text: &str, stack: &str, domain: &str) -> Result<Compose, String> {
     let env = parse_env(env_text);
     let mut vars = env.vars();
     if let Ok(sh) = std::fs::read_to_string(dir.join("abra.sh")) {
@@ -365,20 +394,49 @@ fn read_compose(
     }
     vars.insert("STACK_NAME".into(), stack.into());
     vars.insert("DOMAIN".into(), domain.into());
-    let mut out: BTreeMap<String, ServiceSpec> = BTreeMap::new();
+    let mut out = Compose::default();
+    let mut declared: BTreeMap<String, String> = BTreeMap::new();
+    let mut used: BTreeSet<String> = BTreeSet::new();
     for file in recipe::compose_files(&env) {
         let text = std::fs::read_to_string(dir.join(&file)).map_err(|e| format!("{file}: {e}"))?;
         let doc: Value = serde_norway::from_str(&interpolate(&text, &vars))
             .map_err(|e| format!("{file}: {e}"))?;
+        for (key, secret) in doc
+            .get("secrets")
+            .and_then(Value::as_mapping)
+            .into_iter()
+            .flatten()
+        {
+            if let (Some(key), Some(name)) =
+                (key.as_str(), secret.get("name").and_then(Value::as_str))
+            {
+                declared.insert(key.into(), name.into());
+            }
+        }
         let Some(services) = doc.get("services").and_then(Value::as_mapping) else {
             continue;
         };
         for (name, svc) in services {
             let Some(name) = name.as_str() else { continue };
-            let spec = out.entry(name.into()).or_default();
+            let spec = out.services.entry(name.into()).or_default();
             merge_service(spec, svc);
+            for r in svc
+                .get("secrets")
+                .and_then(Value::as_sequence)
+                .into_iter()
+                .flatten()
+            {
+                let source = r
+                    .as_str()
+                    .or_else(|| r.get("source").and_then(Value::as_str));
+                used.extend(source.map(String::from));
+            }
         }
     }
+    out.secrets = used
+        .iter()
+        .filter_map(|k| declared.get(k).cloned())
+        .collect();
     Ok(out)
 }
 
@@ -620,7 +678,7 @@ impl AbraCli for FakeAbra {
                 .state()
                 .snapshots
                 .get(domain)
-                .map(|l| l.iter().map(|(id, _)| id.clone()).collect())
+                .map(|l| l.iter().map(|s| s.id.clone()).collect())
                 .unwrap_or_default())
         })
     }
@@ -643,9 +701,9 @@ impl AbraCli for FakeAbra {
             let found = st
                 .snapshots
                 .get(domain)
-                .and_then(|l| l.iter().find(|(id, _)| id == snapshot));
+                .and_then(|l| l.iter().find(|s| s.id == snapshot));
             match found {
-                Some((_, files)) => Ok(files.keys().cloned().collect()),
+                Some(s) => Ok(s.files.keys().cloned().collect()),
                 None => Err(fatal(&args, format!("{domain} has no snapshot {snapshot}"))),
             }
         })

@@ -10,5 +10,5 @@
 mod abra;
 mod swarm;
 
-pub use abra::{AbraState, FakeAbra, Script};
+pub use abra::{AbraState, FakeAbra, Script, Snapshot};
 pub use swarm::{FakeService, FakeSwarm, Outage, ServiceSpec, SwarmState};

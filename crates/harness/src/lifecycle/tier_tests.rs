@@ -464,3 +464,38 @@ async fn teardown_with_a_hung_engine_reports_what_to_do() {
         "{calls:?}"
     );
 }
+
+#[tokio::test]
+async fn the_upgrade_inserts_the_heads_new_secrets_before_its_deploy() {
+    let mut w = world("web-newsecret", "install,upgrade");
+    w.execute().await.unwrap();
+    assert_eq!(
+        w.tier("upgrade").verdict,
+        Verdict::Pass,
+        "{:#?}",
+        w.tier("upgrade")
+    );
+    let c = w.check("upgrade", "config-added");
+    assert!(
+        c.detail.contains("upload_key v1") && c.detail.contains("api_key v2"),
+        "{}",
+        c.detail
+    );
+    assert!(c.detail.contains("UPLOAD_LIMIT"), "{}", c.detail);
+}
+
+#[tokio::test]
+async fn a_deploy_without_its_secrets_fails_as_the_swarm_refuses_it() {
+    let mut w = world("web", "install");
+    // As if cc-ci had not inserted the secret the compose file names.
+    w.abra.script("app secret insert", Script::NoOp);
+    w.execute().await.unwrap();
+    let c = w.check("install", "deploy");
+    assert_eq!(c.verdict, Verdict::Fail);
+    assert!(
+        c.detail
+            .contains("secret not found: web-abc123_ci_local_api_key_v1"),
+        "{}",
+        c.detail
+    );
+}
