@@ -194,7 +194,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_canary_command_is_the_one_runs_always_used() {
+    fn a_canary_is_written_by_printf_without_a_newline() {
         assert_eq!(
             write_command("/data/.cc-ci-canary", "cc-ci-00ff"),
             "printf %s 'cc-ci-00ff' > '/data/.cc-ci-canary'"

@@ -345,7 +345,7 @@ impl Swarm for FakeSwarm {
                 Health::Unhealthy => {
                     "health unhealthy, last healthcheck exited 1: wget: can't connect to remote host: Connection refused".into()
                 }
-                _ => "health starting, last healthcheck ".into(),
+                _ => "health starting, no healthcheck has finished yet".into(),
             })
         }))
     }
@@ -436,13 +436,13 @@ impl Swarm for FakeSwarm {
     }
     fn run_probe<'a>(
         &'a self,
-        image: &'a str,
+        _image: &'a str,
         container: &'a str,
         cmd: &'a [&'a str],
         _labels: &'a BTreeMap<String, String>,
         timeout: Duration,
     ) -> SwarmFuture<'a, ExecOutput> {
-        let _ = image;
+        // The probe shares the container's network: it answers what the container would.
         self.exec(container, cmd, timeout)
     }
     fn port_holders(&self) -> SwarmFuture<'_, Vec<PortHolder>> {

@@ -499,3 +499,22 @@ async fn a_deploy_without_its_secrets_fails_as_the_swarm_refuses_it() {
         c.detail
     );
 }
+
+#[tokio::test]
+async fn without_an_older_release_the_upgrade_is_skipped_and_the_head_installed() {
+    let mut w = world("typed", "install,upgrade");
+    w.execute().await.unwrap();
+    assert_eq!(w.job.base, None);
+    assert_eq!(w.tier("install").verdict, Verdict::Pass);
+    let up = w.tier("upgrade");
+    assert_eq!(up.verdict, Verdict::Skipped);
+    assert!(
+        up.checks[0]
+            .detail
+            .contains("no release older than the head"),
+        "{up:#?}"
+    );
+    let deploys = w.deploys();
+    assert_eq!(deploys.len(), 1, "{deploys:?}");
+    assert!(deploys[0].ends_with(" --chaos"), "{deploys:?}");
+}
