@@ -563,3 +563,85 @@ impl Swarm for FakeSwarm {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checks::{Convergence, convergence};
+
+    fn spec(image: &str) -> BTreeMap<String, ServiceSpec> {
+        BTreeMap::from([(
+            "app".to_string(),
+            ServiceSpec {
+                image: image.into(),
+                volumes: vec![("data".into(), "/data".into())],
+                healthcheck: true,
+                replicas: Some(1),
+                ..ServiceSpec::default()
+            },
+        )])
+    }
+
+    fn running_container(f: &FakeSwarm) -> String {
+        let s = f.state();
+        let t = s.services[0].tasks.iter().find(|t| t.is_running()).unwrap();
+        t.container_id.clone().unwrap()
+    }
+
+    #[tokio::test]
+    async fn updates_replace_the_task_and_keep_volumes_like_swarm() {
+        let f = FakeSwarm::new();
+        f.deploy_stack("st", &spec("img:1"));
+        let c1 = running_container(&f);
+        let w = f.write_file(&c1, "/data/x", "v").await.unwrap();
+        assert_eq!(w.exit_code, 0);
+        // The same spec again changes nothing (no new task).
+        f.deploy_stack("st", &spec("img:1"));
+        assert_eq!(running_container(&f), c1);
+        f.deploy_stack("st", &spec("img:2"));
+        let c2 = running_container(&f);
+        assert_ne!(c1, c2);
+        assert_eq!(f.read_file(&c2, "/data/x").await.unwrap().stdout, "v");
+        assert!(f.has_data(&c2, "/data").await.unwrap());
+        assert!(!f.has_data(&c2, "/data/y").await.unwrap());
+        // The old container is gone: exec into it fails as the engine answers.
+        assert!(f.read_file(&c1, "/data/x").await.is_err());
+        let snap = Swarm::snapshot(&f, "st").await.unwrap();
+        assert_eq!(convergence(&snap), Convergence::Converged);
+        assert_eq!(snap.services[0].update_state.as_deref(), Some("completed"));
+    }
+
+    #[tokio::test]
+    async fn a_failing_update_is_rolled_back_and_the_old_task_keeps_serving() {
+        let f = FakeSwarm::new();
+        f.deploy_stack("st", &spec("img:1"));
+        let c1 = running_container(&f);
+        f.state().rolls_back.insert("app".into());
+        f.deploy_stack("st", &spec("img:2"));
+        assert_eq!(running_container(&f), c1);
+        let s = f.state();
+        assert_eq!(s.services[0].spec.image, "img:1");
+        assert_eq!(
+            s.services[0].update_state.as_deref(),
+            Some("rollback_completed")
+        );
+        assert!(s.services[0].tasks.iter().any(|t| t.state == "failed"));
+    }
+
+    #[tokio::test]
+    async fn an_engine_that_is_away_fails_every_call_as_unreachable_or_hung() {
+        let f = FakeSwarm::new();
+        f.state().down = Some(Outage::Unreachable);
+        let e = Swarm::check_swarm(&f).await.unwrap_err();
+        assert!(e.is_unreachable() && !e.is_hung(), "{e}");
+        f.state().down = Some(Outage::Hung);
+        let e = Swarm::snapshot(&f, "st").await.unwrap_err();
+        assert!(e.is_hung(), "{e}");
+        let p = f.pull_image("img:1", Duration::from_secs(1)).await;
+        assert!(p.is_err());
+        f.state().down = None;
+        f.state().not_manager = true;
+        let e = Swarm::check_swarm(&f).await.unwrap_err();
+        assert!(matches!(e, EngineError::NotSwarm(_)), "{e}");
+    }
+}
