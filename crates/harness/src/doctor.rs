@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::abra::{self, Abra, spelling};
 use crate::backupbot_label::{BACKUPBOT_HOW_TO, backupbot_label};
 use crate::config::HarnessConfig;
-use crate::engine::{Engine, registry_of};
+use crate::engine::{Engine, EngineError, registry_of};
 use crate::hostenv::{HostEnv, work_dir};
 use crate::redact::Redactor;
 
@@ -125,14 +125,14 @@ async fn engine_check(host: &HostEnv) -> (Option<Engine>, Vec<Check>) {
         }
     };
     match e.check_swarm().await {
-        Ok(Ok(())) => (
+        Ok(()) => (
             Some(e),
             vec![Check::pass(
                 "engine",
                 "the Docker engine answers and this node is a swarm manager",
             )],
         ),
-        Ok(Err(msg)) => (
+        Err(EngineError::NotSwarm(msg)) => (
             None,
             vec![Check::fail(
                 "engine",

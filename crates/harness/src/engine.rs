@@ -51,6 +51,9 @@ pub enum EngineError {
     },
     #[error("unexpected answer from the Docker engine to {path}: {reason}")]
     Decode { path: String, reason: String },
+    /// The engine answers but cannot run stacks (not in swarm mode, or not a manager).
+    #[error("{0}")]
+    NotSwarm(String),
     #[error(
         "DOCKER_HOST={0} is not supported: cc-ci talks to a local engine over a unix socket (unix:///...)"
     )]
@@ -258,22 +261,23 @@ impl Engine {
         })
     }
 
-    /// Checks that the engine answers and is an active swarm manager.
-    pub async fn check_swarm(&self) -> Result<Result<(), String>, EngineError> {
+    /// Checks that the engine answers and is an active swarm manager
+    /// ([`EngineError::NotSwarm`] when it answers but is not).
+    pub async fn check_swarm(&self) -> Result<(), EngineError> {
         let info: Value = self.get_json("/info").await?;
         let state = info["Swarm"]["LocalNodeState"].as_str().unwrap_or("");
         let manager = info["Swarm"]["ControlAvailable"].as_bool().unwrap_or(false);
         if state != "active" {
-            return Ok(Err(format!(
+            return Err(EngineError::NotSwarm(format!(
                 "this Docker engine is not in swarm mode (state `{state}`): run scripts/setup-swarm or `docker swarm init`"
             )));
         }
         if !manager {
-            return Ok(Err(
+            return Err(EngineError::NotSwarm(
                 "this Docker node is not a swarm manager: run cc-ci on a manager node".into(),
             ));
         }
-        Ok(Ok(()))
+        Ok(())
     }
 
     /// One consistent-enough picture of a stack: services, their tasks and the tasks' containers.

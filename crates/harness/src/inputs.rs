@@ -18,6 +18,7 @@ use crate::engine::Engine;
 use crate::lifecycle::Stage;
 use crate::overlay;
 use crate::recipe::{self, Checkout};
+use crate::swarm::Swarm;
 
 /// One service's image as a version of the recipe names it, and the digest the registry serves
 /// for it now (`None`: the registry could not be asked; such an input is never fresh).
@@ -257,7 +258,7 @@ pub fn service_images(checkout: &Checkout) -> Result<BTreeMap<String, String>, I
 }
 
 /// One registry request per image (the Engine API's distribution endpoint: no pull).
-async fn digests(engine: &Engine, images: BTreeMap<String, String>) -> Vec<ServiceImage> {
+async fn digests(engine: &dyn Swarm, images: BTreeMap<String, String>) -> Vec<ServiceImage> {
     let mut out = Vec::new();
     for (service, image) in images {
         let (digest, unresolved) = match engine.distribution_digest(&image).await {
@@ -279,7 +280,7 @@ async fn digests(engine: &Engine, images: BTreeMap<String, String>) -> Vec<Servi
 pub async fn resolve_at(
     checkout: &Checkout,
     req: &Request<'_>,
-    engine: &Engine,
+    engine: &dyn Swarm,
 ) -> Result<Inputs, InputsError> {
     let wants_upgrade = req.stages.contains(&Stage::Upgrade);
     let tags = checkout.tags().await?;

@@ -6,6 +6,7 @@
 //! [`overlay`]); [`lifecycle`] puts them together for one run.
 
 pub mod abra;
+pub mod abra_cli;
 pub mod appconfig;
 pub mod backupbot_label;
 pub mod checks;
@@ -14,6 +15,8 @@ pub mod contract;
 pub mod doctor;
 pub mod drift;
 pub mod engine;
+#[cfg(any(test, feature = "fakes"))]
+pub mod fakes;
 pub mod fresh;
 pub mod hostenv;
 pub mod inputs;
@@ -27,5 +30,6 @@ pub mod recipe;
 pub mod redact;
 pub mod report;
 pub mod safefs;
+pub mod swarm;
 pub mod teardown;
 pub mod wait;

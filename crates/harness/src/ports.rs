@@ -43,13 +43,13 @@ pub fn keys(ports: &[PublishedPort]) -> Vec<(u16, String)> {
 }
 
 /// Takes every lease at once or none (so two runs each holding one port of the other's pair
-/// can never wait on each other). `Ok(Err(holders))` names the ports that are taken and the
+/// can never wait on each other). [`Lease::Taken`] names the ports that are taken and the
 /// domain of the run holding each (empty when it has not written it yet).
 pub fn try_lease(
     work_dir: &Path,
     ports: &[(u16, String)],
     holder: &str,
-) -> Result<Result<PortLease, Vec<(String, String)>>, LeaseError> {
+) -> Result<Lease, LeaseError> {
     let dir = lease_dir(work_dir);
     std::fs::create_dir_all(&dir).map_err(|source| LeaseError {
         path: dir.clone(),
@@ -79,7 +79,7 @@ pub fn try_lease(
         }
     }
     if !taken.is_empty() {
-        return Ok(Err(taken));
+        return Ok(Lease::Taken(taken));
     }
     for (f, (port, proto)) in held.iter_mut().zip(ports) {
         let path = dir.join(format!("{port}-{proto}.lock"));
@@ -89,13 +89,32 @@ pub fn try_lease(
             .and_then(|()| f.write_all(holder.as_bytes()));
         write.map_err(|source| LeaseError { path, source })?;
     }
-    Ok(Ok(PortLease {
+    Ok(Lease::Got(PortLease {
         _files: held,
         ports: ports
             .iter()
             .map(|(p, proto)| format!("{p}/{proto}"))
             .collect(),
     }))
+}
+
+/// What one attempt at leasing a set of ports got.
+#[derive(Debug)]
+pub enum Lease {
+    /// Every port, held until the lease is dropped.
+    Got(PortLease),
+    /// None: these ports (`port/protocol`, holder's domain) are held by other runs.
+    Taken(Vec<(String, String)>),
+}
+
+impl Lease {
+    /// The lease, or the ports taken by others.
+    pub fn got(self) -> Result<PortLease, Vec<(String, String)>> {
+        match self {
+            Lease::Got(l) => Ok(l),
+            Lease::Taken(t) => Err(t),
+        }
+    }
 }
 
 /// `80/tcp (run web-abc123.ci.local)`, … for messages.
@@ -121,23 +140,29 @@ mod tests {
     fn leases_are_exclusive_all_or_nothing_and_released_on_drop() {
         let dir = tempfile::tempdir().unwrap();
         let both = vec![(80, "tcp".to_string()), (443, "tcp".to_string())];
-        let a = try_lease(dir.path(), &both, "a.ci.local").unwrap().unwrap();
+        let a = try_lease(dir.path(), &both, "a.ci.local")
+            .unwrap()
+            .got()
+            .unwrap();
         assert_eq!(a.ports, ["80/tcp", "443/tcp"]);
         // Another run wanting 443 and 53 gets neither, and learns who holds 443.
         let other = vec![(53, "udp".to_string()), (443, "tcp".to_string())];
         let taken = try_lease(dir.path(), &other, "b.ci.local")
             .unwrap()
+            .got()
             .unwrap_err();
         assert_eq!(taken, [("443/tcp".to_string(), "a.ci.local".to_string())]);
         assert_eq!(describe_taken(&taken), "443/tcp (run a.ci.local)");
         // 53/udp was not kept by the failed attempt.
         let c = try_lease(dir.path(), &[(53, "udp".to_string())], "c")
             .unwrap()
+            .got()
             .unwrap();
         drop(c);
         drop(a);
         let b = try_lease(dir.path(), &other, "b.ci.local")
             .unwrap()
+            .got()
             .unwrap();
         assert_eq!(b.ports, ["53/udp", "443/tcp"]);
         let f = std::fs::read_to_string(lease_dir(dir.path()).join("443-tcp.lock")).unwrap();

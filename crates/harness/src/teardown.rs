@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use crate::engine::{Engine, EngineError, StackObjects};
 use crate::names;
+use crate::swarm::{ObjectKind, Swarm};
 use crate::wait::{Probe, WaitError, wait_for};
 
 #[derive(Debug, thiserror::Error)]
@@ -38,13 +39,13 @@ pub const GC_QUIET: Duration = Duration::from_secs(3);
 
 /// Removes every object of `stack` and returns what is still there afterwards (empty = clean).
 pub async fn teardown_stack(
-    engine: &Engine,
+    engine: &dyn Swarm,
     stack: &str,
     timeout: Duration,
 ) -> Result<Vec<String>, TeardownError> {
     let objects = engine.stack_objects(stack).await?;
     for (id, _) in &objects.services {
-        engine.remove_service(id).await?;
+        engine.remove(ObjectKind::Service, id).await?;
     }
     // Networks, secrets and volumes stay busy until the services' containers are gone. Once no
     // service is left, containers that remain are given ORPHAN_GRACE, then removed by force
@@ -77,7 +78,7 @@ pub async fn teardown_stack(
     // Containers that outlived their service (a stuck shutdown) are removed by force.
     let objects = engine.stack_objects(stack).await?;
     for c in &objects.containers {
-        engine.remove_container(c).await?;
+        engine.remove(ObjectKind::Container, c).await?;
     }
     remove_rest(engine, &objects).await?;
     // A volume can be released a moment after its container is removed; retry until the deadline.
@@ -91,7 +92,7 @@ pub async fn teardown_stack(
                 return Ok::<_, EngineError>(Probe::Done(()));
             }
             for c in &o.containers {
-                engine.remove_container(c).await?;
+                engine.remove(ObjectKind::Container, c).await?;
             }
             // Removal errors (in use) are expected while things wind down; the wait reports what is left.
             let _ = remove_rest(engine, &o).await;
@@ -109,7 +110,7 @@ pub async fn teardown_stack(
 /// [`teardown_stack`] for gc: the stack must then stay empty for [`GC_QUIET`]; an object that
 /// appears meanwhile (a deploy in flight when its run died) is torn down too, until `timeout`.
 async fn teardown_settled(
-    engine: &Engine,
+    engine: &dyn Swarm,
     stack: &str,
     timeout: Duration,
 ) -> Result<Vec<String>, TeardownError> {
@@ -146,18 +147,18 @@ async fn teardown_settled(
     }
 }
 
-async fn remove_rest(engine: &Engine, o: &StackObjects) -> Result<(), EngineError> {
+async fn remove_rest(engine: &dyn Swarm, o: &StackObjects) -> Result<(), EngineError> {
     for (id, _) in &o.networks {
-        engine.remove_network(id).await?;
+        engine.remove(ObjectKind::Network, id).await?;
     }
     for (id, _) in &o.secrets {
-        engine.remove_secret(id).await?;
+        engine.remove(ObjectKind::Secret, id).await?;
     }
     for (id, _) in &o.configs {
-        engine.remove_config(id).await?;
+        engine.remove(ObjectKind::Config, id).await?;
     }
     for v in &o.volumes {
-        engine.remove_volume(v).await?;
+        engine.remove(ObjectKind::Volume, v).await?;
     }
     Ok(())
 }

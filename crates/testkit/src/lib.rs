@@ -30,6 +30,9 @@ pub mod serve;
 pub mod standin;
 pub mod wait;
 
+/// The harness's in-memory swarm and abra (`cc_ci_harness::fakes`), for tests outside the harness.
+pub use cc_ci_harness::fakes;
+
 /// The root of the source tree (fixtures, scripts, overlays live under it).
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")

@@ -2,6 +2,7 @@
 //! before each deploy, and backup-bot-two's presence: what a run sets up around abra.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::job::{Job, Stop, abra_infra, first_line};
@@ -9,10 +10,10 @@ use crate::abra::AbraError;
 use crate::appconfig::parse_env;
 use crate::appconfig::{self, SecretSpec};
 use crate::backupbot_label::{BACKUPBOT_HOW_TO, backupbot_label};
-use crate::engine::Engine;
 use crate::engine::PullError;
 use crate::recipe::{self, Checkout};
 use crate::report::{CheckResult, Verdict};
+use crate::swarm::Swarm;
 
 /// Longest time one image pull may take before it counts as failed.
 const PULL_DEADLINE: Duration = Duration::from_secs(600);
@@ -174,30 +175,34 @@ impl Job {
         images
     }
 
-    /// Is a backup-bot-two service running on the swarm? `Err` carries the message for the
-    /// backup and restore tiers.
-    pub(super) async fn backupbot_present(&self) -> Result<Result<(), String>, Stop> {
+    /// Why backup-bot-two is missing from the swarm (the message for the backup and restore
+    /// tiers), `None` when one of its services runs.
+    pub(super) async fn backupbot_missing(&self) -> Result<Option<String>, Stop> {
         let (key, value) = backupbot_label(self.opts.host.backupbot_label.as_deref());
-        let found = self.engine.running_services_labelled(&key, &value).await?;
+        let found = self.swarm.running_services_labelled(&key, &value).await?;
         Ok(if found.is_empty() {
-            Err(format!(
+            Some(format!(
                 "no backup-bot-two service runs on this swarm (none labelled {key}={value}), so abra cannot back up or restore; this is the server's set-up, not the recipe: {BACKUPBOT_HOW_TO}"
             ))
         } else {
-            Ok(())
+            None
         })
     }
 }
 
 /// Pulls every image, all at once; the failures, each naming image and registry. Nothing when
 /// the pre-pull is turned off (`CC_CI_NO_PREPULL=1`, for bench/prepull only).
-pub(super) async fn pull_all(engine: Engine, images: Vec<String>, off: bool) -> Vec<PullError> {
+pub(super) async fn pull_all(
+    swarm: Arc<dyn Swarm>,
+    images: Vec<String>,
+    off: bool,
+) -> Vec<PullError> {
     if off {
         return Vec::new();
     }
     let pulls = images.into_iter().map(|i| {
-        let engine = engine.clone();
-        async move { engine.pull_image(&i, PULL_DEADLINE).await }
+        let swarm = swarm.clone();
+        async move { swarm.pull_image(&i, PULL_DEADLINE).await }
     });
     let mut failed = Vec::new();
     for r in futures_join_all(pulls).await {

@@ -1,10 +1,9 @@
 //! The backup tier: `abra app backup create` on the head, and what the snapshot must hold
 //! (what backup-bot-two's labels select, non-empty, with the canaries).
 
-use std::time::Duration;
-
 use super::backup_labels::{backup_labels_review, backup_selection, unknown_backup_volumes};
-use super::data::{CANARY_FILE, mount_of};
+use super::data::{CANARY_FILE, Canaries, mount_of};
+use super::deploy::Settled;
 use super::job::{Job, Stop, tail};
 use crate::checks::StackSnapshot;
 use crate::contract::Stage;
@@ -14,7 +13,7 @@ impl Job {
     /// Looks at the deployed stack's backupbot labels before the backup tiers: the reason to
     /// skip both when the recipe declares no backups, and a note for labels backup-bot-two ignores.
     pub(super) async fn backup_labels_review(&mut self) -> Result<Option<String>, Stop> {
-        let snap = self.engine.snapshot(&self.stack).await?;
+        let snap = self.swarm.snapshot(&self.stack).await?;
         let (skip, notes) = backup_labels_review(&snap);
         self.notes.extend(notes);
         Ok(skip)
@@ -23,7 +22,7 @@ impl Job {
     pub(super) async fn backup(&mut self) -> Result<Vec<CheckResult>, Stop> {
         let mut out = Vec::new();
         // A hook in a dying container loses data silently: wait until every update has settled.
-        if let Err(why) = self.wait_converged().await? {
+        if let Settled::Not(why) = self.wait_converged().await? {
             out.push(CheckResult::generic(
                 "settled",
                 Verdict::Fail,
@@ -36,7 +35,7 @@ impl Job {
         }
         let canaries = self.generic_enabled() && self.overlay.canaries;
         if canaries {
-            if let Err(e) = self.write_canaries(Some(true)).await? {
+            if let Canaries::NotWritten(e) = self.write_canaries(Some(true)).await? {
                 out.push(CheckResult::generic(
                     "snapshot-content",
                     Verdict::Error,
@@ -67,7 +66,7 @@ impl Job {
     }
 
     async fn backup_labels_check(&self) -> Result<CheckResult, Stop> {
-        let snap = self.engine.snapshot(&self.stack).await?;
+        let snap = self.swarm.snapshot(&self.stack).await?;
         let unknown = unknown_backup_volumes(&snap, &self.stack);
         Ok(if unknown.is_empty() {
             CheckResult::generic(
@@ -124,7 +123,7 @@ impl Job {
         files: &[String],
         canaries: bool,
     ) -> Result<CheckResult, Stop> {
-        let snap = self.engine.snapshot(&self.stack).await?;
+        let snap = self.swarm.snapshot(&self.stack).await?;
         let selection = backup_selection(&snap, &self.stack);
         let mut problems = Vec::new();
         for (vol, paths) in &selection {
@@ -209,21 +208,9 @@ impl Job {
             return Ok(None);
         };
         let full = format!("{target}/{p}");
-        let r = self
-            .engine
-            .exec(
-                &container,
-                &[
-                    "sh",
-                    "-c",
-                    &format!("find '{full}' -type f -size +0c | head -n 1"),
-                ],
-                Duration::from_secs(30),
-            )
-            .await;
-        match r {
-            Ok(o) if !o.stdout.trim().is_empty() => Ok(None),
-            Ok(_) => Ok(Some(format!(
+        match self.swarm.has_data(&container, &full).await {
+            Ok(true) => Ok(None),
+            Ok(false) => Ok(Some(format!(
                 "path {p} of volume {short_vol} holds no data (empty or missing at backup time; does the pre-hook dump anything?)"
             ))),
             Err(e) if e.is_unreachable() => Err(e.into()),

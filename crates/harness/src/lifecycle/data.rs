@@ -23,8 +23,8 @@ impl Job {
     pub(super) async fn write_canaries(
         &mut self,
         backed_up_only: Option<bool>,
-    ) -> Result<Result<(), String>, Stop> {
-        let snap = self.engine.snapshot(&self.stack).await?;
+    ) -> Result<Canaries, Stop> {
+        let snap = self.swarm.snapshot(&self.stack).await?;
         let targets: Vec<(String, String, String)> = if backed_up_only.is_some() {
             backup_selection(&snap, &self.stack)
                 .into_iter()
@@ -37,27 +37,23 @@ impl Job {
         self.canaries.clear();
         for (vol, container, target) in targets {
             let value = format!("cc-ci-{:016x}", rand::random::<u64>());
-            let cmd = format!("printf %s '{value}' > '{target}/{CANARY_FILE}'");
-            match self
-                .engine
-                .exec(&container, &["sh", "-c", &cmd], Duration::from_secs(30))
-                .await
-            {
+            let path = format!("{target}/{CANARY_FILE}");
+            match self.swarm.write_file(&container, &path, &value).await {
                 Ok(o) if o.exit_code == 0 => {
                     self.canaries.insert(vol, value);
                 }
                 Ok(o) => {
-                    return Ok(Err(format!(
+                    return Ok(Canaries::NotWritten(format!(
                         "volume {vol}: writing the canary exited {}: {}",
                         o.exit_code,
                         o.stderr.trim()
                     )));
                 }
                 Err(e) if e.is_unreachable() => return Err(e.into()),
-                Err(e) => return Ok(Err(format!("volume {vol}: {e}"))),
+                Err(e) => return Ok(Canaries::NotWritten(format!("volume {vol}: {e}"))),
             }
         }
-        Ok(Ok(()))
+        Ok(Canaries::Written)
     }
 
     pub(super) async fn verify_canaries(
@@ -72,7 +68,7 @@ impl Job {
                 "the stack has no named volumes to check",
             ));
         }
-        let snap = self.engine.snapshot(&self.stack).await?;
+        let snap = self.swarm.snapshot(&self.stack).await?;
         let mut problems = Vec::new();
         for (vol, value) in expected {
             let short_vol = vol.strip_prefix(&format!("{}_", self.stack)).unwrap_or(vol);
@@ -83,12 +79,8 @@ impl Job {
                 continue;
             };
             let r = self
-                .engine
-                .exec(
-                    &container,
-                    &["sh", "-c", &format!("cat '{target}/{CANARY_FILE}'")],
-                    Duration::from_secs(30),
-                )
+                .swarm
+                .read_file(&container, &format!("{target}/{CANARY_FILE}"))
                 .await;
             match r {
                 Ok(o) if o.exit_code == 0 && o.stdout == *value => {}
@@ -114,52 +106,59 @@ impl Job {
         })
     }
 
-    pub(super) async fn container_of(&self, service: &str) -> Result<Result<String, String>, Stop> {
-        let snap = self.engine.snapshot(&self.stack).await?;
+    /// The running container of `service`: `Ran::NotRun` says why there is none.
+    pub(super) async fn container_of(&self, service: &str) -> Result<Container, Stop> {
+        let snap = self.swarm.snapshot(&self.stack).await?;
         let Some(s) = snap.service(service) else {
-            return Ok(Err(format!("no service `{service}` in the stack")));
+            return Ok(Container::None(format!(
+                "no service `{service}` in the stack"
+            )));
         };
-        Ok(s.running_tasks()
-            .find_map(|t| t.container_id.clone())
-            .ok_or_else(|| format!("service `{service}` has no running container")))
+        Ok(
+            match s.running_tasks().find_map(|t| t.container_id.clone()) {
+                Some(c) => Container::Running(c),
+                None => Container::None(format!("service `{service}` has no running container")),
+            },
+        )
     }
 
-    pub(super) async fn exec_in(
-        &self,
-        service: &str,
-        cmd: &[String],
-    ) -> Result<Result<crate::engine::ExecOutput, String>, Stop> {
+    pub(super) async fn exec_in(&self, service: &str, cmd: &[String]) -> Result<Ran, Stop> {
         let container = match self.container_of(service).await? {
-            Ok(c) => c,
-            Err(e) => return Ok(Err(e)),
+            Container::Running(c) => c,
+            Container::None(why) => return Ok(Ran::NotRun(why)),
         };
         let args: Vec<&str> = cmd.iter().map(String::as_str).collect();
         match self
-            .engine
+            .swarm
             .exec(&container, &args, Duration::from_secs(120))
             .await
         {
             // Redacted before anything judges or quotes it: an excerpt could cut a secret in two.
-            Ok(o) => Ok(Ok(crate::engine::ExecOutput {
+            Ok(o) => Ok(Ran::Output(crate::engine::ExecOutput {
                 exit_code: o.exit_code,
                 stdout: self.redactor.redact(&o.stdout),
                 stderr: self.redactor.redact(&o.stderr),
             })),
             Err(e) if e.is_unreachable() => Err(e.into()),
-            Err(e) => Ok(Err(self.redactor.redact(&e.to_string()))),
+            Err(e) => Ok(Ran::NotRun(self.redactor.redact(&e.to_string()))),
         }
     }
 
     pub(super) async fn seed_data(&self) -> Result<Vec<CheckResult>, Stop> {
         let mut out = Vec::new();
         for (source, d) in self.overlay.data.clone() {
-            if let Err(e) = self.exec_in(&d.service, &d.seed).await?.and_then(|o| {
-                if o.exit_code == 0 {
-                    Ok(())
-                } else {
-                    Err(format!("exit {}: {}", o.exit_code, o.stderr.trim()))
-                }
-            }) {
+            if let Err(e) = self
+                .exec_in(&d.service, &d.seed)
+                .await?
+                .output()
+                .and_then(|o| {
+                    if o.exit_code == 0 {
+                        Ok(())
+                    } else {
+                        Err(format!("exit {}: {}", o.exit_code, o.stderr.trim()))
+                    }
+                })
+            {
                 out.push(CheckResult::new(
                     format!("data:{}:seed", d.name),
                     source,
@@ -175,7 +174,7 @@ impl Job {
         let mut out = Vec::new();
         for (source, d) in self.overlay.data.clone() {
             let Some(m) = &d.mutate else { continue };
-            if let Err(e) = self.exec_in(&d.service, m).await?.and_then(|o| {
+            if let Err(e) = self.exec_in(&d.service, m).await?.output().and_then(|o| {
                 if o.exit_code == 0 {
                     Ok(())
                 } else {
@@ -197,7 +196,7 @@ impl Job {
         let mut out = Vec::new();
         for (source, d) in self.overlay.data.clone() {
             let name = format!("data:{}", d.name);
-            let r = self.exec_in(&d.service, &d.verify).await?;
+            let r = self.exec_in(&d.service, &d.verify).await?.output();
             out.push(match r {
                 Ok(o) if o.exit_code == 0 && o.stdout.trim() == d.expect.trim() => {
                     CheckResult::new(
@@ -289,7 +288,7 @@ impl Job {
                 CheckKind::Http { .. } => self.http_probe(&c.service, &cmd).await?,
                 _ => self.exec_in(&c.service, &cmd).await?,
             };
-            out.push(match r.and_then(|o| judge(&o)) {
+            out.push(match r.output().and_then(|o| judge(&o)) {
                 Ok(d) => CheckResult::new(&c.name, source, Verdict::Pass, self.redactor.redact(&d)),
                 Err(d) => {
                     CheckResult::new(&c.name, source, Verdict::Fail, self.redactor.redact(&d))
@@ -304,15 +303,11 @@ impl Job {
     /// Runs an HTTP check's `wget`: from cc-ci's probe container on the service's network when
     /// `harness.http_probe_image` is set, else inside the service's own container, saying so
     /// plainly when that has no `wget`.
-    async fn http_probe(
-        &self,
-        service: &str,
-        cmd: &[String],
-    ) -> Result<Result<crate::engine::ExecOutput, String>, Stop> {
+    async fn http_probe(&self, service: &str, cmd: &[String]) -> Result<Ran, Stop> {
         let Some(image) = self.opts.config.http_probe_image.clone() else {
             let r = self.exec_in(service, cmd).await?;
             return Ok(match r {
-                Ok(o) if lacks_program(&o, "wget") => Err(format!(
+                Ran::Output(o) if lacks_program(&o, "wget") => Ran::NotRun(format!(
                     "the container of service `{service}` has no `wget`, which this HTTP check runs inside it: \
                      set harness.http_probe_image to run HTTP checks from cc-ci's own probe container instead"
                 )),
@@ -320,8 +315,8 @@ impl Job {
             });
         };
         let container = match self.container_of(service).await? {
-            Ok(c) => c,
-            Err(e) => return Ok(Err(e)),
+            Container::Running(c) => c,
+            Container::None(why) => return Ok(Ran::NotRun(why)),
         };
         let args: Vec<&str> = cmd.iter().map(String::as_str).collect();
         let labels = BTreeMap::from([(
@@ -329,16 +324,46 @@ impl Job {
             self.stack.clone(),
         )]);
         match self
-            .engine
+            .swarm
             .run_probe(&image, &container, &args, &labels, Duration::from_secs(120))
             .await
         {
-            Ok(o) if lacks_program(&o, "wget") => Ok(Err(format!(
+            Ok(o) if lacks_program(&o, "wget") => Ok(Ran::NotRun(format!(
                 "the HTTP probe image `{image}` (harness.http_probe_image) has no `wget`"
             ))),
-            Ok(o) => Ok(Ok(o)),
+            Ok(o) => Ok(Ran::Output(o)),
             Err(e) if e.is_unreachable() => Err(e.into()),
-            Err(e) => Ok(Err(format!("the HTTP probe container could not run: {e}"))),
+            Err(e) => Ok(Ran::NotRun(format!(
+                "the HTTP probe container could not run: {e}"
+            ))),
+        }
+    }
+}
+
+/// Whether the canaries were written; if not, why.
+pub(super) enum Canaries {
+    Written,
+    NotWritten(String),
+}
+
+/// The running container of a service, or why there is none.
+pub(super) enum Container {
+    Running(String),
+    None(String),
+}
+
+/// A command run in a service's container (or the HTTP probe): its output, or why it could not run.
+pub(super) enum Ran {
+    Output(crate::engine::ExecOutput),
+    NotRun(String),
+}
+
+impl Ran {
+    /// The output, or why there is none, for judging with `and_then`.
+    fn output(self) -> Result<crate::engine::ExecOutput, String> {
+        match self {
+            Ran::Output(o) => Ok(o),
+            Ran::NotRun(why) => Err(why),
         }
     }
 }

@@ -23,7 +23,7 @@ impl Job {
     pub(super) async fn deploy_and_check(&mut self, target: &Target) -> Result<Deployed, Stop> {
         let mut checks = Vec::new();
         let deploy_err = match self.deploy(target).await? {
-            Ok(o) => {
+            AbraDeploy::Done(o) => {
                 checks.push(CheckResult::generic(
                     "deploy",
                     Verdict::Pass,
@@ -31,31 +31,31 @@ impl Job {
                 ));
                 None
             }
-            Err(DeployFailed::Failing(check)) => {
+            AbraDeploy::Failing(check) => {
                 checks.push(check);
                 return Ok(Deployed {
                     checks,
                     converged: false,
                 });
             }
-            Err(DeployFailed::Abra(e)) => Some(e),
+            AbraDeploy::Failed(e) => Some(e),
         };
         self.progress.step("waiting for convergence");
         let converge = match &deploy_err {
             Some(e) => {
                 let (check, why) = self.why_abra_gave_up(e).await?;
                 checks.push(check);
-                Err(why)
+                Settled::Not(why)
             }
             None => self.wait_converged().await?,
         };
         if !self.generic_enabled() {
             return Ok(Deployed {
                 checks,
-                converged: converge.is_ok(),
+                converged: matches!(converge, Settled::Converged),
             });
         }
-        if let Err(why) = converge {
+        if let Settled::Not(why) = converge {
             if deploy_err.is_none() {
                 let health = self.health_hint().await;
                 checks.push(CheckResult::generic(
@@ -82,10 +82,10 @@ impl Job {
     }
 
     /// Runs abra's deploy, given up on as soon as the stack is failing for certain.
-    async fn deploy(&mut self, target: &Target) -> Result<Result<AbraOutput, DeployFailed>, Stop> {
+    async fn deploy(&mut self, target: &Target) -> Result<AbraDeploy, Stop> {
         let is_fresh = self.deploy_count == 0;
         let before: BTreeSet<String> = self
-            .engine
+            .swarm
             .snapshot(&self.stack)
             .await?
             .services
@@ -108,17 +108,17 @@ impl Job {
             self.deploy_count += 1;
         }
         match deploy {
-            Ok(Ok(o)) => Ok(Ok(o)),
+            Ok(Ok(o)) => Ok(AbraDeploy::Done(o)),
             Ok(Err(e @ (AbraError::NotFound(_) | AbraError::Spawn { .. }))) => Err(abra_infra(e)),
-            Ok(Err(e)) => Ok(Err(DeployFailed::Abra(e))),
+            Ok(Err(e)) => Ok(AbraDeploy::Failed(e)),
             Err(Err(hung)) => Err(hung.into()),
             Err(Ok(why)) => {
                 let health = self.health_hint().await;
-                Ok(Err(DeployFailed::Failing(CheckResult::generic(
+                Ok(AbraDeploy::Failing(CheckResult::generic(
                     "deploy",
                     Verdict::Fail,
                     format!("the deployment is failing, abra was stopped: {why}{health}"),
-                ))))
+                )))
             }
         }
     }
@@ -126,7 +126,7 @@ impl Job {
     /// abra gave up; one look tells which service is the cause. The failed `deploy` check and
     /// the reason.
     async fn why_abra_gave_up(&self, e: &AbraError) -> Result<(CheckResult, String), Stop> {
-        let snap = self.engine.snapshot(&self.stack).await?;
+        let snap = self.swarm.snapshot(&self.stack).await?;
         let why = match checks::convergence(&snap) {
             Convergence::Converged => "the stack looks converged now".to_string(),
             Convergence::Pending(w) | Convergence::Failed(w) => w,
@@ -147,14 +147,14 @@ impl Job {
         self.progress
             .step(&format!("stability window: no restarts for {window} s"));
         let stable = match self.stability().await? {
-            Ok(()) => CheckResult::generic(
+            Settled::Converged => CheckResult::generic(
                 "stable",
                 Verdict::Pass,
                 format!("no restarts for {window} s"),
             ),
-            Err(v) => CheckResult::generic("stable", Verdict::Fail, v),
+            Settled::Not(v) => CheckResult::generic("stable", Verdict::Fail, v),
         };
-        let snap = self.engine.snapshot(&self.stack).await?;
+        let snap = self.swarm.snapshot(&self.stack).await?;
         let expected = match target {
             Target::Release(b) => Expected::Release(b),
             Target::Head => Expected::Commit(&self.head_sha),
@@ -169,7 +169,7 @@ impl Job {
     /// `; <service>: health unhealthy, last healthcheck exit 1: ...` for the newest task of each
     /// service that has a healthcheck and is not healthy; empty when there is nothing to add.
     async fn health_hint(&self) -> String {
-        let Ok(snap) = self.engine.snapshot(&self.stack).await else {
+        let Ok(snap) = self.swarm.snapshot(&self.stack).await else {
             return String::new();
         };
         let mut out = String::new();
@@ -181,7 +181,7 @@ impl Job {
                 continue;
             }
             if let Some(cid) = &t.container_id
-                && let Ok(Some(h)) = self.engine.health_log(cid).await
+                && let Ok(Some(h)) = self.swarm.health_log(cid).await
             {
                 out.push_str(&format!(
                     "; {}: {}",
@@ -201,7 +201,7 @@ impl Job {
         let interval = Duration::from_millis(self.opts.config.poll_interval_ms);
         loop {
             tokio::time::sleep(interval).await;
-            let mut snap = match self.engine.snapshot(&self.stack).await {
+            let mut snap = match self.swarm.snapshot(&self.stack).await {
                 Ok(s) => s,
                 Err(e) if e.is_hung() => return Err(e),
                 // A restarting engine refuses connections for a moment; abra notices for itself.
@@ -217,14 +217,14 @@ impl Job {
     }
 
     /// `Err` only when the engine is gone or hangs: that is no verdict on the recipe.
-    pub(super) async fn wait_converged(&self) -> Result<Result<(), String>, Stop> {
+    pub(super) async fn wait_converged(&self) -> Result<Settled, Stop> {
         let h = &self.opts.config;
         let r = wait_for(
             &format!("stack {} to converge", self.stack),
             Duration::from_secs(h.converge_timeout_secs),
             Duration::from_millis(h.poll_interval_ms),
             || async {
-                let snap = self.engine.snapshot(&self.stack).await?;
+                let snap = self.swarm.snapshot(&self.stack).await?;
                 Ok::<_, EngineError>(match checks::convergence(&snap) {
                     Convergence::Converged => Probe::Done(()),
                     Convergence::Pending(w) => Probe::Pending(w),
@@ -234,16 +234,18 @@ impl Job {
         )
         .await;
         match r {
-            Ok(()) => Ok(Ok(())),
+            Ok(()) => Ok(Settled::Converged),
             Err(WaitError::Probe(e)) if e.is_unreachable() => Err(e.into()),
-            Err(WaitError::Failed { reason, .. }) => Ok(Err(reason)),
-            Err(other) => Ok(Err(other.to_string())),
+            Err(WaitError::Failed { reason, .. }) => Ok(Settled::Not(reason)),
+            Err(other) => Ok(Settled::Not(other.to_string())),
         }
     }
 
-    async fn stability(&self) -> Result<Result<(), String>, Stop> {
+    /// The stability window: [`Settled::Converged`] when no task was replaced and none turned
+    /// unhealthy, else what happened.
+    async fn stability(&self) -> Result<Settled, Stop> {
         let h = &self.opts.config;
-        let before = self.engine.snapshot(&self.stack).await?;
+        let before = self.swarm.snapshot(&self.stack).await?;
         let window = Duration::from_secs(h.stability_window_secs);
         // The window is a wait for a violation that must *not* come: a timeout is the pass.
         let r = wait_for(
@@ -251,7 +253,7 @@ impl Job {
             window,
             Duration::from_millis(h.poll_interval_ms),
             || async {
-                let now = self.engine.snapshot(&self.stack).await?;
+                let now = self.swarm.snapshot(&self.stack).await?;
                 let v = checks::stability_violations(&before, &now);
                 Ok::<_, EngineError>(if v.is_empty() {
                     Probe::Pending(String::new())
@@ -262,18 +264,26 @@ impl Job {
         )
         .await;
         match r {
-            Ok(violation) => Ok(Err(violation)),
-            Err(WaitError::TimedOut { .. }) => Ok(Ok(())),
+            Ok(violation) => Ok(Settled::Not(violation)),
+            Err(WaitError::TimedOut { .. }) => Ok(Settled::Converged),
             Err(WaitError::Probe(e)) => Err(e.into()),
-            Err(WaitError::Failed { reason, .. }) => Ok(Err(reason)),
+            Err(WaitError::Failed { reason, .. }) => Ok(Settled::Not(reason)),
         }
     }
 }
 
-/// Why a deploy did not succeed, short of the infrastructure failing.
-enum DeployFailed {
+/// How abra's deploy ended, short of the infrastructure failing.
+enum AbraDeploy {
+    /// abra finished.
+    Done(AbraOutput),
     /// The stack was failing for certain and abra was stopped: the failed `deploy` check.
     Failing(CheckResult),
     /// abra itself reported a failure.
-    Abra(AbraError),
+    Failed(AbraError),
+}
+
+/// Whether the stack settled (converged, or stayed stable over the window), and if not why.
+pub(super) enum Settled {
+    Converged,
+    Not(String),
 }

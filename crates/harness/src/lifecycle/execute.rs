@@ -43,7 +43,7 @@ impl Job {
         };
         // Only with backup-bot-two on the swarm (a recipe that declares backups needs it).
         let backupbot_missing = if plan::needs_backupbot(&facts) {
-            self.backupbot_present().await?.err()
+            self.backupbot_missing().await?
         } else {
             None
         };
@@ -242,11 +242,11 @@ impl Job {
         self.progress
             .step(&format!("install: pulling {} image(s)", images.len()));
         let failed =
-            super::appcfg::pull_all(self.engine.clone(), images, self.opts.host.no_prepull).await;
+            super::appcfg::pull_all(self.swarm.clone(), images, self.opts.host.no_prepull).await;
         // The head's pull runs while the install tier does.
         if !head_images.is_empty() {
             self.head_pull = Some(tokio::spawn(super::appcfg::pull_all(
-                self.engine.clone(),
+                self.swarm.clone(),
                 head_images,
                 self.opts.host.no_prepull,
             )));

@@ -3,16 +3,20 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::abra::{Abra, AbraError};
+use crate::abra::AbraError;
+use crate::abra_cli::AbraCli;
 use crate::config::HarnessConfig;
 use crate::contract::Stage;
-use crate::engine::{Engine, EngineError};
+use crate::engine::EngineError;
 use crate::hostenv::HostEnv;
+use crate::names;
 use crate::overlay::Overlay;
 use crate::redact::Redactor;
 use crate::report::{CheckResult, RunReport, TeardownReport, TierReport, Verdict};
+use crate::swarm::Swarm;
 use crate::teardown::{self, RunDir};
 
 /// Everything `cc-ci run` was asked to do.
@@ -82,13 +86,15 @@ impl From<EngineError> for Stop {
     }
 }
 
+/// One run's state. The swarm and abra are trait objects (crate::swarm, crate::abra_cli): the
+/// real engine and abra adapter in a run, the in-memory fakes in the tier unit tests.
 pub(super) struct Job {
     pub(super) stack: String,
     pub(super) domain: String,
     pub(super) recipe: String,
     pub(super) opts: RunOptions,
-    pub(super) engine: Engine,
-    pub(super) abra: Abra,
+    pub(super) swarm: Arc<dyn Swarm>,
+    pub(super) abra: Arc<dyn AbraCli>,
     pub(super) progress: Progress,
     pub(super) redactor: Redactor,
     pub(super) head_sha: String,
@@ -112,6 +118,40 @@ pub(super) struct Job {
 }
 
 impl Job {
+    /// A job that has learnt nothing yet. `recipe` stands in until the clone names it.
+    pub(super) fn new(
+        opts: RunOptions,
+        domain: String,
+        recipe: String,
+        swarm: Arc<dyn Swarm>,
+        abra: Arc<dyn AbraCli>,
+        redactor: Redactor,
+        progress: Progress,
+    ) -> Self {
+        Job {
+            stack: names::stack_name(&domain),
+            domain,
+            recipe,
+            opts,
+            swarm,
+            abra,
+            progress,
+            redactor,
+            head_sha: String::new(),
+            base: None,
+            deploy_count: 0,
+            tiers: Vec::new(),
+            notes: Vec::new(),
+            canaries: BTreeMap::new(),
+            overlay: Overlay::default(),
+            backed_up: BTreeMap::new(),
+            port_lease: None,
+            abra_version: None,
+            inputs: None,
+            head_pull: None,
+        }
+    }
+
     pub(super) fn wants(&self, s: Stage) -> bool {
         self.opts.stages.contains(&s)
     }
@@ -124,14 +164,15 @@ impl Job {
         // abra first (it may clean more than the engine knows about), then the engine makes sure.
         // An engine that does not answer would only make abra wait for its own deadline, and
         // every removal wait for the engine's.
-        let result = match self.engine.check_swarm().await {
+        let result = match self.swarm.check_swarm().await {
             Err(e) if e.is_hung() => Err(teardown::TeardownError::Engine(e)),
             answered => {
-                if answered.is_ok() {
+                // An engine that answers, swarm manager or not, lets abra try.
+                if matches!(answered, Ok(()) | Err(EngineError::NotSwarm(_))) {
                     let _ = self.abra.undeploy(&self.domain).await;
                 }
                 let timeout = Duration::from_secs(self.opts.config.converge_timeout_secs.max(60));
-                teardown::teardown_stack(&self.engine, &self.stack, timeout).await
+                teardown::teardown_stack(&*self.swarm, &self.stack, timeout).await
             }
         };
         let report = match result {
@@ -211,7 +252,7 @@ impl Job {
     /// After abra failed: when the engine does not answer now, the failure is the
     /// infrastructure's (dockerd restarting, bench/drill-dockerd-restart), not the recipe's.
     pub(super) async fn engine_lost(&self, e: &AbraError) -> Option<Stop> {
-        match self.engine.check_swarm().await {
+        match self.swarm.check_swarm().await {
             Err(err) if err.is_unreachable() => Some(Stop::Infra(format!(
                 "{} while the Docker engine was unreachable: {err}",
                 first_line(&e.to_string())

@@ -39,8 +39,8 @@ impl Job {
             || async {
                 let got = ports::try_lease(&work, &keys, &self.domain)?;
                 Ok::<_, ports::LeaseError>(match got {
-                    Ok(lease) => Probe::Done(lease),
-                    Err(taken) => {
+                    ports::Lease::Got(lease) => Probe::Done(lease),
+                    ports::Lease::Taken(taken) => {
                         let who = ports::describe_taken(&taken);
                         let mut shown = last_shown.lock().unwrap_or_else(|e| e.into_inner());
                         if *shown != who {
@@ -87,7 +87,7 @@ impl Job {
         self.port_lease = Some(lease);
         // With the lease ours, anything else publishing these ports is not a cc-ci run of this
         // host (or one kept or left behind): the infrastructure's problem, never the recipe's.
-        let holders = self.engine.port_holders().await?;
+        let holders = self.swarm.port_holders().await?;
         let problems = foreign_holders(
             &keys,
             &holders,

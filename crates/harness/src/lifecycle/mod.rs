@@ -4,14 +4,13 @@
 //! the install tier checks it; the upgrade tier redeploys the head in place with `--chaos`;
 //! backup and restore then run on the head. Without `upgrade` the fresh deploy is the head.
 
-use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::abra::Abra;
 use crate::contract::files;
 use crate::engine::Engine;
 use crate::names;
-use crate::overlay::Overlay;
 use crate::recipe;
 use crate::redact::Redactor;
 use crate::report::{CheckResult, RunReport, TeardownReport, TierReport, Verdict};
@@ -30,6 +29,8 @@ mod output;
 pub mod plan;
 mod record;
 mod restore;
+#[cfg(test)]
+mod tier_tests;
 mod upgrade;
 
 use job::{Job, Stop};
@@ -130,11 +131,10 @@ async fn set_up(
     let engine = Engine::connect(opts.host.docker_host.as_deref())
         .map_err(|e| infra(e.to_string()))?
         .with_timeout(Duration::from_secs(opts.config.engine_timeout_secs));
-    match engine.check_swarm().await {
-        Ok(Ok(())) => {}
-        Ok(Err(msg)) => return Err(infra(msg)),
-        Err(e) => return Err(infra(e.to_string())),
-    }
+    engine
+        .check_swarm()
+        .await
+        .map_err(|e| infra(e.to_string()))?;
     let abra_bin = crate::abra::resolve_binary(
         opts.abra.as_deref(),
         opts.config.abra.as_deref(),
@@ -165,28 +165,15 @@ async fn set_up(
         redactor.clone(),
     )
     .with_log(opts.report_dir.join(files::ABRA_LOG));
-    let job = Job {
-        stack: names::stack_name(&domain),
+    let job = Job::new(
+        opts.clone(),
         domain,
         recipe,
-        opts: opts.clone(),
-        engine,
-        abra,
-        progress: progress.clone(),
-        redactor: redactor.clone(),
-        head_sha: String::new(),
-        base: None,
-        deploy_count: 0,
-        tiers: Vec::new(),
-        notes: Vec::new(),
-        canaries: BTreeMap::new(),
-        overlay: Overlay::default(),
-        backed_up: BTreeMap::new(),
-        port_lease: None,
-        abra_version: None,
-        inputs: None,
-        head_pull: None,
-    };
+        Arc::new(engine),
+        Arc::new(abra),
+        redactor.clone(),
+        progress.clone(),
+    );
     Ok((job, run_dir))
 }
 

@@ -15,11 +15,11 @@ impl Job {
     pub(super) async fn write_diagnostics(&self) -> Result<(), String> {
         let dir = self.opts.report_dir.join(files::DIAGNOSTICS);
         std::fs::create_dir_all(&dir).map_err(|e| cannot_write(&dir, &e))?;
-        let Ok(snap) = self.engine.snapshot(&self.stack).await else {
+        let Ok(snap) = self.swarm.snapshot(&self.stack).await else {
             return Ok(());
         };
         for s in &snap.services {
-            if let Ok(logs) = self.engine.service_logs(&s.id, 200).await {
+            if let Ok(logs) = self.swarm.service_logs(&s.id, 200).await {
                 write_file(
                     &dir.join(format!("{}.log", s.short_name)),
                     &self.redactor.redact(&logs),

@@ -18,7 +18,7 @@ impl Job {
             shipped_overlays: self.opts.shipped_overlays.as_deref(),
             abra_version: self.abra_version.clone(),
         };
-        match inputs::resolve_at(checkout, &req, &self.engine).await {
+        match inputs::resolve_at(checkout, &req, &*self.swarm).await {
             Ok(i) => {
                 if i.base_release != self.base {
                     self.notes.push(format!(

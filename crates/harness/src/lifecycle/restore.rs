@@ -1,6 +1,8 @@
 //! The restore tier: change what was backed up, `abra app restore`, and see the backed-up data
 //! come back on a converged stack.
 
+use super::data::Canaries;
+use super::deploy::Settled;
 use super::job::{Job, Stop};
 use crate::contract::Stage;
 use crate::report::{CheckResult, Verdict};
@@ -12,7 +14,7 @@ impl Job {
             self.generic_enabled() && self.overlay.canaries && !self.backed_up.is_empty();
         if canaries {
             // Change what was backed up, so a restore that does nothing cannot pass.
-            if let Err(e) = self.write_canaries(Some(true)).await? {
+            if let Canaries::NotWritten(e) = self.write_canaries(Some(true)).await? {
                 out.push(CheckResult::generic(
                     "data-restored",
                     Verdict::Error,
@@ -34,12 +36,12 @@ impl Job {
         }
         if self.generic_enabled() {
             match self.wait_converged().await? {
-                Ok(()) => out.push(CheckResult::generic(
+                Settled::Converged => out.push(CheckResult::generic(
                     "converged",
                     Verdict::Pass,
                     "healthy after the restore",
                 )),
-                Err(why) => {
+                Settled::Not(why) => {
                     out.push(CheckResult::generic("converged", Verdict::Fail, why));
                     return Ok(out);
                 }

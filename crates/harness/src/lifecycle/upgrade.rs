@@ -1,5 +1,6 @@
 //! The upgrade tier: the head redeployed in place over the base with `--chaos`, its data kept.
 
+use super::data::Canaries;
 use super::job::{Job, Stop, Target, pull_failed};
 use crate::contract::{Stage, short_sha};
 use crate::recipe::Checkout;
@@ -12,7 +13,7 @@ impl Job {
         if canaries {
             self.progress
                 .step("upgrade: writing canaries into every named volume");
-            if let Err(e) = self.write_canaries(None).await? {
+            if let Canaries::NotWritten(e) = self.write_canaries(None).await? {
                 out.push(CheckResult::generic(
                     "data-continuity",
                     Verdict::Error,
@@ -65,7 +66,7 @@ impl Job {
 
     /// No service rolled its update back (swarm's `rollback_completed`).
     async fn no_rollback(&self) -> Result<CheckResult, Stop> {
-        let snap = self.engine.snapshot(&self.stack).await?;
+        let snap = self.swarm.snapshot(&self.stack).await?;
         let rolled_back: Vec<String> = snap
             .services
             .iter()
