@@ -6,8 +6,9 @@
 //! value was not `running`. So a value the model cannot hold is left out (the field becomes
 //! absent, `None` in every model field cc-ci reads) and kept in [`Decoded::skipped`] with its
 //! path and the engine's text; [`Decoded::text`] gives that text back where a check compares
-//! states. A field the model requires that is missing, or an answer that is not JSON, stays an
-//! error: that is not a newer engine but a different API.
+//! states. A field the model requires but the engine left out is tried as `null` (the models
+//! read `null` as empty or absent where the field can be); a field that cannot be absent, or an
+//! answer that is not JSON, stays an error: that is not a newer engine but a different API.
 //!
 //! Before that, the few fields the generated models spell otherwise than the engine sends them
 //! are renamed to the models' spelling ([`RESPELLED`]); without it they would decode as absent.
@@ -137,28 +138,46 @@ pub fn decode_value<T: DeserializeOwned>(mut value: Value) -> Result<Decoded<T>,
         let segments = segments(err.path());
         let path = render(&segments);
         let reason = err.into_inner().to_string();
-        let fail = |reason: String| DecodeError {
-            path: path.clone(),
-            reason,
-        };
-        // A missing field is reported at the object that lacks it: leaving that object out
-        // would lose what is there, so it stays an error.
-        if reason.starts_with("missing field") || skipped.len() >= MAX_SKIPPED {
-            return Err(fail(reason));
+        if skipped.len() >= MAX_SKIPPED {
+            return Err(DecodeError { path, reason });
         }
         let Some(slot) = slot(&mut value, &segments) else {
-            return Err(fail(reason));
+            return Err(DecodeError { path, reason });
         };
+        // A missing field is reported at the object that lacks it: the field is tried as null
+        // (leaving the object out would lose what is there).
+        if let Some(field) = missing_field(&reason)
+            && let Some(object) = slot.as_object_mut()
+            && !object.contains_key(field)
+        {
+            object.insert(field.to_string(), Value::Null);
+            skipped.push(Skipped {
+                path: join(&path, field),
+                value: Value::Null,
+                reason,
+            });
+            continue;
+        }
         if slot.is_null() {
-            // Already left out and still refused: the field is required.
-            return Err(fail(reason));
+            // Already left out and still refused: the model requires a value here. The first
+            // reason is the one that says what the engine sent.
+            let reason = match skipped.iter().find(|s| s.path == path) {
+                Some(first) => first.reason.clone(),
+                None => reason,
+            };
+            return Err(DecodeError { path, reason });
         }
         skipped.push(Skipped {
-            path: path.clone(),
+            path,
             value: slot.take(),
             reason,
         });
     }
+}
+
+/// The field a "missing field `X`" error names.
+fn missing_field(reason: &str) -> Option<&str> {
+    reason.strip_prefix("missing field `")?.split('`').next()
 }
 
 /// One step of a path into a JSON value.
@@ -243,11 +262,23 @@ mod tests {
     }
 
     #[test]
+    fn a_missing_optional_field_is_absent() {
+        // `Port.Type` is required by the model's shape but may be null; the engine always sends
+        // it, an answer without it still decodes. `Volume.Labels` null or missing is empty.
+        let p: Decoded<crate::Port> = decode(br#"{"PrivatePort": 9}"#).unwrap();
+        assert_eq!(p.value.typ, None);
+        assert_eq!(p.skipped[0].path, "Type");
+        let v: Decoded<crate::Volume> =
+            decode(br#"{"Name":"v","Driver":"local","Mountpoint":"/m","Options":null}"#).unwrap();
+        assert!(v.value.labels.is_empty() && v.value.options.is_empty());
+    }
+
+    #[test]
     fn a_missing_required_field_or_non_json_is_an_error_naming_where() {
         // `Volume.Name` is required by the model.
         let e = decode::<crate::VolumeListResponse>(br#"{"Volumes":[{"Driver":"local"}]}"#)
             .unwrap_err();
-        assert_eq!(e.path, "Volumes[0]");
+        assert_eq!(e.path, "Volumes[0].Name");
         assert!(e.reason.contains("missing field `Name`"), "{e}");
         let e = decode_list::<Task>(br#"[{"ID":"a"}, 7]"#).unwrap_err();
         assert_eq!(e.path, "[1]");

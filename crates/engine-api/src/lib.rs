@@ -18,6 +18,15 @@ pub use decode::{DecodeError, Decoded, Skipped, decode, decode_list, decode_valu
 
 /// The container-create body is the container's config with its host config beside it.
 pub use bollard_stubs::models::ContainerConfig;
+
+/// The models' timestamps.
+pub use chrono::{DateTime, Utc};
+
+/// A timestamp as text that orders as the time does (RFC 3339, always nine fraction digits: the
+/// engine trims trailing zeros, which would make text order differ from time order).
+pub fn timestamp_text(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+}
 /// The models cc-ci reads or sends.
 pub use bollard_stubs::models::{
     Config, ConfigSpec, ContainerCreateResponse, ContainerInspectResponse, ContainerState,
