@@ -5,6 +5,8 @@
 //!   docker.io 20.10 speaks), re-exported below;
 //! - [`decode`]: every answer is decoded through it, leniently: a value this API version's model
 //!   cannot hold (an enum value a newer engine added) is left out instead of failing the answer;
+//!   The enum fields cc-ci compares are read as text by methods on `Decoded<Task>`,
+//!   `Decoded<Service>`, ... (`text.rs`), the one place both sides read them;
 //! - [`labels`]: the label names both sides read.
 //!
 //! Requests carry no `/v1.41` prefix: a newer engine answers an unversioned request in its own
@@ -13,6 +15,7 @@
 
 pub mod decode;
 pub mod labels;
+mod text;
 
 pub use decode::{DecodeError, Decoded, Skipped, decode, decode_list, decode_value};
 

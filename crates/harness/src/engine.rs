@@ -290,14 +290,13 @@ impl Engine {
     /// Checks that the engine answers and is an active swarm manager.
     pub async fn check_swarm(&self) -> Result<Result<(), String>, EngineError> {
         let info: Decoded<SystemInfo> = self.get("/info").await?;
-        let swarm = info.value.swarm.as_ref();
-        let state = info
-            .text(
-                swarm.and_then(|s| s.local_node_state),
-                "Swarm.LocalNodeState",
-            )
-            .unwrap_or_default();
-        let manager = swarm.and_then(|s| s.control_available).unwrap_or(false);
+        let state = info.local_node_state();
+        let manager = info
+            .value
+            .swarm
+            .as_ref()
+            .and_then(|s| s.control_available)
+            .unwrap_or(false);
         if state != "active" {
             return Ok(Err(format!(
                 "this Docker engine is not in swarm mode (state `{state}`): run scripts/setup-swarm or `docker swarm init`"
@@ -455,7 +454,7 @@ impl Engine {
             .get(&format!("/containers/{}/json", encode(container)))
             .await?;
         let health = c.value.state.as_ref().and_then(|s| s.health.as_ref());
-        let Some(status) = c.text(health.and_then(|h| h.status), "State.Health.Status") else {
+        let Some(status) = c.health_status() else {
             return Ok(None);
         };
         let last = health

@@ -98,10 +98,7 @@ impl Engine {
                 &serde_json::json!({ "service": [id], "desired-state": ["running"] }).to_string(),
             );
             let tasks: Vec<Decoded<Task>> = self.get_list(&format!("/tasks?filters={tf}")).await?;
-            if tasks.iter().any(|t| {
-                let state = t.value.status.as_ref().and_then(|s| s.state);
-                t.text(state, "Status.State").as_deref() == Some("running")
-            }) {
+            if tasks.iter().any(|t| t.state() == "running") {
                 out.push(name);
             }
         }

@@ -1,13 +1,13 @@
 //! The engine's models (services, tasks, containers) turned into the checks' picture of a stack.
 //! Pure, so it is tested with answers captured from a real engine.
 //!
-//! Enum fields are read as text through `Decoded::text`: a value a newer engine added (and the
+//! Enum fields are read as text (`cc_ci_engine_api`'s `Decoded<Task>::state` and the like): a value a newer engine added (and the
 //! 1.41 models do not know) reaches the checks as the engine spelled it, as it did before the
 //! models, so a task in an unknown state is "not running" rather than a failed run.
 
 use std::collections::BTreeMap;
 
-use cc_ci_engine_api::{ContainerSummary, Decoded, Mount, Service, Task, timestamp_text};
+use cc_ci_engine_api::{ContainerSummary, Decoded, Service, Task, timestamp_text};
 
 use crate::checks::{Health, MountInfo, RestartPolicy, ServiceState, StackSnapshot, TaskState};
 
@@ -57,9 +57,7 @@ fn service_state(
     let restart = template
         .restart_policy
         .map(|r| RestartPolicy {
-            condition: s
-                .text(r.condition, "Spec.TaskTemplate.RestartPolicy.Condition")
-                .unwrap_or_else(|| "any".into()),
+            condition: s.restart_condition().unwrap_or_else(|| "any".into()),
             max_attempts: r
                 .max_attempts
                 .and_then(|n| u64::try_from(n).ok())
@@ -77,26 +75,21 @@ fn service_state(
         labels: spec.labels.unwrap_or_default().into_iter().collect(),
         has_healthcheck,
         restart,
-        update_state: s.text(update.and_then(|u| u.state), "UpdateStatus.State"),
+        update_state: s.update_state(),
         update_message: update.and_then(|u| u.message.clone()).unwrap_or_default(),
         mounts: container
             .mounts
             .unwrap_or_default()
             .iter()
             .enumerate()
-            .map(|(i, m)| mount_info(s, i, m))
+            .map(|(i, m)| MountInfo {
+                kind: s.mount_type(i).unwrap_or_default(),
+                source: m.source.clone().unwrap_or_default(),
+                target: m.target.clone().unwrap_or_default(),
+            })
             .collect(),
         name,
         tasks,
-    }
-}
-
-fn mount_info(s: &Decoded<Service>, i: usize, m: &Mount) -> MountInfo {
-    let path = format!("Spec.TaskTemplate.ContainerSpec.Mounts[{i}].Type");
-    MountInfo {
-        kind: s.text(m.typ, &path).unwrap_or_default(),
-        source: m.source.clone().unwrap_or_default(),
-        target: m.target.clone().unwrap_or_default(),
     }
 }
 
@@ -107,10 +100,8 @@ fn task_state(t: &Decoded<Task>, health: &BTreeMap<&str, Health>) -> TaskState {
     TaskState {
         id: t.value.id.clone().unwrap_or_default(),
         slot: t.value.slot.and_then(|n| u64::try_from(n).ok()),
-        desired_state: t
-            .text(t.value.desired_state, "DesiredState")
-            .unwrap_or_default(),
-        state: t.text(status.state, "Status.State").unwrap_or_default(),
+        desired_state: t.desired_state(),
+        state: t.state(),
         message: status.message.unwrap_or_default(),
         err: status.err.unwrap_or_default(),
         exit_code: container.exit_code,
