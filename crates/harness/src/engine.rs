@@ -392,6 +392,7 @@ impl Engine {
             containers: containers.into_iter().filter_map(|c| c.id).collect(),
         })
     }
+
     /// Names of every stack namespace present on the node (services, networks, secrets, configs, volumes).
     pub async fn stack_namespaces(&self) -> Result<Vec<String>, EngineError> {
         let f = encode(&serde_json::json!({ "label": [NAMESPACE_LABEL] }).to_string());
