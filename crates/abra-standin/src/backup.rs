@@ -20,14 +20,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 
-use crate::docker::{self, docker};
-use crate::state::{AbraDir, stack_name};
+use cc_ci_engine_api::labels::backupbot::{BACKUPBOT_LABEL_ENV, backupbot_label};
 
-// The same file the harness uses: one place for the unconfirmed label spelling.
-#[path = "../../harness/src/backupbot_label.rs"]
-#[allow(dead_code)]
-mod backupbot_label;
-use backupbot_label::{BACKUPBOT_LABEL_ENV, backupbot_label};
+use crate::docker::{self, ServiceExt, docker};
+use crate::state::{AbraDir, stack_name};
 
 /// Like abra: backups go through backup-bot-two, found as a running service labelled
 /// `backupbot_label()`; without one there is nothing to back up with.
@@ -47,7 +43,7 @@ fn require_backupbot() -> Result<()> {
     let tasks = docker::service_tasks(&ids)?;
     if !tasks
         .iter()
-        .any(|t| t.desired_state == "running" && t.status.state == "running")
+        .any(|t| t.desired_state() == "running" && t.state() == "running")
     {
         bail!(
             "no backup-bot-two service is running on this server (none labelled {key}={value}): deploy backup-bot-two first"
@@ -174,7 +170,7 @@ fn stack_services(stack: &str) -> Result<Vec<ServiceLabels>> {
     let mut out: Vec<ServiceLabels> = services
         .iter()
         .map(|s| ServiceLabels {
-            name: s.spec.name.clone(),
+            name: s.name(),
             labels: s.labels().into_iter().collect(),
             volumes: s
                 .volume_sources()

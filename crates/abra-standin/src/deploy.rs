@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::converge::{self, ServiceView, TaskView, Verdict};
-use crate::docker::{self, Container, docker};
+use crate::docker::{self, Container, ServiceExt, TaskExt, docker};
 use crate::envfile;
 use crate::git;
 use crate::state::{self, AbraDir, stack_name};
@@ -388,7 +388,7 @@ fn deployed_label(service: &str, key: &str) -> Result<Option<String>> {
     let services: Vec<docker::Service> = docker::inspect("service", &ids)?;
     Ok(services
         .into_iter()
-        .find(|s| s.spec.name == service)
+        .find(|s| s.name() == service)
         .and_then(|s| s.labels().get(key).cloned()))
 }
 
@@ -396,59 +396,51 @@ fn deployed_label(service: &str, key: &str) -> Result<Option<String>> {
 fn update_starts(stack: &str) -> Result<HashMap<String, Option<String>>> {
     Ok(docker::stack_services(stack)?
         .into_iter()
-        .map(|s| {
-            let started = s.update_status.and_then(|u| u.started_at);
-            (s.spec.name, started)
-        })
+        .map(|s| (s.name(), s.update_started_at()))
         .collect())
 }
 
 fn snapshot(stack: &str, before: &HashMap<String, Option<String>>) -> Result<Vec<ServiceView>> {
     let services = docker::stack_services(stack)?;
-    let ids: Vec<String> = services.iter().map(|s| s.id.clone()).collect();
+    let ids: Vec<String> = services.iter().filter_map(|s| s.value.id.clone()).collect();
     let tasks = docker::service_tasks(&ids)?;
     let container_ids: Vec<String> = tasks
         .iter()
-        .filter(|t| matches!(t.status.state.as_str(), "starting" | "running"))
-        .filter_map(|t| t.status.container_status.as_ref()?.container_id.clone())
+        .filter(|t| matches!(t.state().as_str(), "starting" | "running"))
+        .filter_map(|t| t.container_id())
         .filter(|c| !c.is_empty())
         .collect();
     let health: HashMap<String, String> =
         docker::inspect::<Container>("container", &container_ids)?
             .into_iter()
-            .filter_map(|c| Some((c.id, c.state.health?.status)))
+            .filter_map(|c| Some((c.value.id.clone()?, c.health_status()?)))
             .collect();
     let nodes = docker::lines(&docker(["node", "ls", "-q"]).run()?).len() as u64;
     Ok(services
         .into_iter()
         .map(|s| {
-            let update = s.update_status.clone().unwrap_or_default();
-            let update_is_new = update.started_at.is_some()
-                && before.get(&s.spec.name).cloned().flatten() != update.started_at;
+            let started_at = s.update_started_at();
+            let name = s.name();
+            let update_is_new =
+                started_at.is_some() && before.get(&name).cloned().flatten() != started_at;
+            let id = s.value.id.clone().unwrap_or_default();
             ServiceView {
-                name: s.spec.name.clone(),
                 desired: s.replicas().unwrap_or(nodes),
-                update_state: update.state,
-                update_message: update.message,
+                update_state: s.update_state(),
+                update_message: s.update_message(),
                 update_is_new,
+                name,
                 tasks: tasks
                     .iter()
-                    .filter(|t| t.service_id == s.id)
-                    .map(|t| {
-                        let cid = t
-                            .status
-                            .container_status
-                            .as_ref()
-                            .and_then(|c| c.container_id.clone());
-                        TaskView {
-                            id: t.id.clone(),
-                            desired_state: t.desired_state.clone(),
-                            state: t.status.state.clone(),
-                            error: t.status.err.clone(),
-                            message: t.status.message.clone(),
-                            health: cid.and_then(|c| health.get(&c).cloned()),
-                            timestamp: t.status.timestamp.clone(),
-                        }
+                    .filter(|t| t.service_id() == id)
+                    .map(|t| TaskView {
+                        id: t.id(),
+                        desired_state: t.desired_state(),
+                        state: t.state(),
+                        error: t.err(),
+                        message: t.message(),
+                        health: t.container_id().and_then(|c| health.get(&c).cloned()),
+                        timestamp: t.timestamp(),
                     })
                     .collect(),
             }

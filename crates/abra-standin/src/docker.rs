@@ -1,5 +1,6 @@
-//! The Docker engine, through the `docker` CLI (stack deploy/rm exist only there), and the JSON
-//! shapes of `docker inspect` that the stand-in reads.
+//! The Docker engine, through the `docker` CLI (stack deploy/rm exist only there). What
+//! `docker inspect` prints is the Engine API's objects: they are decoded into the same models,
+//! as leniently, as the harness decodes them (`cc_ci_engine_api`).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -7,11 +8,16 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
-use serde::Deserialize;
+use cc_ci_engine_api::Decoded;
+use cc_ci_engine_api::labels::{NAMESPACE_LABEL, SERVICE_NAME_LABEL};
 use serde::de::DeserializeOwned;
 
-/// Label swarm puts on every object of a stack.
-pub const NAMESPACE_LABEL: &str = "com.docker.stack.namespace";
+/// A service as `docker inspect --type service` prints it.
+pub type Service = Decoded<cc_ci_engine_api::Service>;
+/// A task as `docker inspect --type task` prints it.
+pub type Task = Decoded<cc_ci_engine_api::Task>;
+/// A container as `docker inspect --type container` prints it (the model: `inspect` decodes it).
+pub use cc_ci_engine_api::ContainerInspectResponse as Container;
 
 pub struct Output {
     pub success: bool,
@@ -111,7 +117,7 @@ pub fn lines(s: &str) -> Vec<String> {
 }
 
 /// `docker inspect --type <kind>` of `ids`. Objects that vanished meanwhile are left out.
-pub fn inspect<T: DeserializeOwned>(kind: &str, ids: &[String]) -> Result<Vec<T>> {
+pub fn inspect<T: DeserializeOwned>(kind: &str, ids: &[String]) -> Result<Vec<Decoded<T>>> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
@@ -129,7 +135,7 @@ pub fn inspect<T: DeserializeOwned>(kind: &str, ids: &[String]) -> Result<Vec<T>
             out.stderr.trim()
         );
     }
-    serde_json::from_str(text)
+    cc_ci_engine_api::decode_list(text.as_bytes())
         .with_context(|| format!("unexpected output of `docker inspect --type {kind}`"))
 }
 
@@ -194,7 +200,7 @@ pub fn running_container(service: &str) -> Result<Option<String>> {
         "-q",
         "--no-trunc",
         "--filter",
-        &format!("label=com.docker.swarm.service.name={service}"),
+        &format!("label={SERVICE_NAME_LABEL}={service}"),
         "--filter",
         "status=running",
     ])
@@ -203,8 +209,8 @@ pub fn running_container(service: &str) -> Result<Option<String>> {
 }
 
 pub fn volume_mountpoint(name: &str) -> Result<Option<String>> {
-    let vols: Vec<Volume> = inspect("volume", &[name.to_string()])?;
-    Ok(vols.into_iter().next().map(|v| v.mountpoint))
+    let vols: Vec<Decoded<cc_ci_engine_api::Volume>> = inspect("volume", &[name.to_string()])?;
+    Ok(vols.into_iter().next().map(|v| v.value.mountpoint))
 }
 
 /// Runs `sh -c <script>` in a container; returns (success, combined output).
@@ -213,161 +219,151 @@ pub fn exec_sh(container: &str, script: &str) -> Result<(bool, String)> {
     Ok((out.success, format!("{}{}", out.stdout, out.stderr)))
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct Service {
-    #[serde(rename = "ID")]
-    pub id: String,
-    pub spec: ServiceSpec,
-    #[serde(default)]
-    pub update_status: Option<UpdateStatus>,
+/// What the stand-in reads of a service.
+pub trait ServiceExt {
+    fn name(&self) -> String;
+    fn labels(&self) -> HashMap<String, String>;
+    /// Named volumes the service mounts (full names, `<stack>_<volume>`).
+    fn volume_sources(&self) -> Vec<String>;
+    /// Replicas wanted; `None` for global services (one per node).
+    fn replicas(&self) -> Option<u64>;
+    /// When its current update status began (RFC 3339), if it has one.
+    fn update_started_at(&self) -> Option<String>;
+    fn update_message(&self) -> Option<String>;
 }
 
-impl Service {
-    pub fn labels(&self) -> HashMap<String, String> {
-        self.spec.labels.clone().unwrap_or_default()
+impl ServiceExt for Service {
+    fn name(&self) -> String {
+        self.value
+            .spec
+            .as_ref()
+            .and_then(|s| s.name.clone())
+            .unwrap_or_default()
     }
-    /// Named volumes the service mounts (full names, `<stack>_<volume>`).
-    pub fn volume_sources(&self) -> Vec<String> {
-        self.spec
-            .task_template
-            .container_spec
-            .mounts
-            .iter()
-            .flatten()
-            .filter(|m| m.kind == "volume" && !m.source.is_empty())
-            .map(|m| m.source.clone())
+    fn labels(&self) -> HashMap<String, String> {
+        self.value
+            .spec
+            .as_ref()
+            .and_then(|s| s.labels.clone())
+            .unwrap_or_default()
+    }
+    fn volume_sources(&self) -> Vec<String> {
+        let mounts = self
+            .value
+            .spec
+            .as_ref()
+            .and_then(|s| {
+                s.task_template
+                    .as_ref()?
+                    .container_spec
+                    .as_ref()?
+                    .mounts
+                    .clone()
+            })
+            .unwrap_or_default();
+        mounts
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| self.mount_type(*i).as_deref() == Some("volume"))
+            .filter_map(|(_, m)| m.source.filter(|s| !s.is_empty()))
             .collect()
     }
-    /// Replicas wanted; `None` for global services (one per node).
-    pub fn replicas(&self) -> Option<u64> {
-        self.spec
+    fn replicas(&self) -> Option<u64> {
+        let replicated = self
+            .value
+            .spec
+            .as_ref()?
             .mode
+            .as_ref()?
             .replicated
-            .as_ref()
-            .map(|r| r.replicas.unwrap_or(1))
+            .as_ref()?;
+        Some(
+            replicated
+                .replicas
+                .and_then(|n| u64::try_from(n).ok())
+                .unwrap_or(1),
+        )
+    }
+    fn update_started_at(&self) -> Option<String> {
+        let u = self.value.update_status.as_ref()?;
+        u.started_at.as_ref().map(cc_ci_engine_api::timestamp_text)
+    }
+    fn update_message(&self) -> Option<String> {
+        self.value.update_status.as_ref()?.message.clone()
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct ServiceSpec {
-    pub name: String,
-    #[serde(default)]
-    pub labels: Option<HashMap<String, String>>,
-    #[serde(default)]
-    pub mode: Mode,
-    #[serde(default)]
-    pub task_template: TaskTemplate,
+/// What the stand-in reads of a task.
+pub trait TaskExt {
+    fn id(&self) -> String;
+    fn service_id(&self) -> String;
+    fn container_id(&self) -> Option<String>;
+    fn err(&self) -> Option<String>;
+    fn message(&self) -> String;
+    /// When its status last changed (RFC 3339), empty when unknown.
+    fn timestamp(&self) -> String;
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct Mode {
-    #[serde(default)]
-    pub replicated: Option<Replicated>,
+impl TaskExt for Task {
+    fn id(&self) -> String {
+        self.value.id.clone().unwrap_or_default()
+    }
+    fn service_id(&self) -> String {
+        self.value.service_id.clone().unwrap_or_default()
+    }
+    fn container_id(&self) -> Option<String> {
+        let status = self.value.status.as_ref()?;
+        status.container_status.as_ref()?.container_id.clone()
+    }
+    fn err(&self) -> Option<String> {
+        self.value.status.as_ref()?.err.clone()
+    }
+    fn message(&self) -> String {
+        let status = self.value.status.as_ref();
+        status.and_then(|s| s.message.clone()).unwrap_or_default()
+    }
+    fn timestamp(&self) -> String {
+        let status = self.value.status.as_ref();
+        status
+            .and_then(|s| s.timestamp.as_ref())
+            .map(cc_ci_engine_api::timestamp_text)
+            .unwrap_or_default()
+    }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct Replicated {
-    #[serde(default)]
-    pub replicas: Option<u64>,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct TaskTemplate {
-    #[serde(default)]
-    pub container_spec: ContainerSpec,
-}
+    // `docker inspect` prints the Engine API's objects; these are this machine's engine's
+    // (crates/engine-api/tests/fixtures): a service with a volume, healthcheck and update status.
+    const SERVICES: &[u8] = include_bytes!("../../engine-api/tests/fixtures/services.json");
+    const TASKS: &[u8] = include_bytes!("../../engine-api/tests/fixtures/tasks_history.json");
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct ContainerSpec {
-    #[serde(default)]
-    pub mounts: Option<Vec<Mount>>,
-}
+    #[test]
+    fn reads_services_and_tasks_as_inspect_prints_them() {
+        let s: Vec<Service> = cc_ci_engine_api::decode_list(SERVICES).unwrap();
+        assert_eq!(s[0].name(), "ccmodelsfx_app");
+        assert_eq!(s[0].volume_sources(), ["ccmodelsfx_data"]);
+        assert_eq!(s[0].replicas(), Some(1));
+        assert_eq!(s[0].labels()["backupbot.backup"], "true");
+        let t: Vec<Task> = cc_ci_engine_api::decode_list(TASKS).unwrap();
+        let failed = t.iter().find(|t| t.state() == "failed").unwrap();
+        assert_eq!(failed.desired_state(), "shutdown");
+        assert_eq!(failed.err().as_deref(), Some("task: non-zero exit (255)"));
+        assert!(failed.timestamp().ends_with('Z'));
+        assert!(
+            t.iter()
+                .any(|t| t.state() == "running" && t.container_id().is_some())
+        );
+    }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct Mount {
-    #[serde(rename = "Type", default)]
-    pub kind: String,
-    #[serde(default)]
-    pub source: String,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct UpdateStatus {
-    #[serde(default)]
-    pub state: Option<String>,
-    #[serde(default)]
-    pub started_at: Option<String>,
-    #[serde(default)]
-    pub message: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct Task {
-    #[serde(rename = "ID")]
-    pub id: String,
-    #[serde(rename = "ServiceID")]
-    pub service_id: String,
-    #[serde(default)]
-    pub desired_state: String,
-    #[serde(default)]
-    pub status: TaskStatus,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct TaskStatus {
-    #[serde(default)]
-    pub timestamp: String,
-    #[serde(default)]
-    pub state: String,
-    #[serde(default)]
-    pub message: String,
-    #[serde(default)]
-    pub err: Option<String>,
-    #[serde(default)]
-    pub container_status: Option<TaskContainerStatus>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct TaskContainerStatus {
-    #[serde(rename = "ContainerID", default)]
-    pub container_id: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct Container {
-    pub id: String,
-    #[serde(default)]
-    pub state: ContainerState,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct ContainerState {
-    #[serde(default)]
-    pub health: Option<Health>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct Health {
-    #[serde(default)]
-    pub status: String,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct Volume {
-    pub mountpoint: String,
+    /// A task state a newer engine added: the stand-in sees it as spelled, not a failed inspect.
+    #[test]
+    fn an_unknown_task_state_is_read_as_spelled() {
+        let mut v: serde_json::Value = serde_json::from_slice(TASKS).unwrap();
+        v[0]["Status"]["State"] = "hibernating".into();
+        let t: Vec<Task> = cc_ci_engine_api::decode_list(v.to_string().as_bytes()).unwrap();
+        assert_eq!(t[0].state(), "hibernating");
+    }
 }

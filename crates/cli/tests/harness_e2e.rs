@@ -965,7 +965,7 @@ fn pull_request_adding_a_secret_passes_on_a_real_shaped_recipe() {
 
 /// Without a backup-bot-two service on the swarm, backup and restore cannot run: an
 /// infrastructure error (exit 3) saying how to deploy it, never a failed recipe. The service is
-/// looked up by the label in crates/harness/src/backupbot_label.rs; a run whose override
+/// looked up by the label in crates/engine-api/src/labels.rs; a run whose override
 /// (`CC_CI_BACKUPBOT_LABEL`) names a label no service carries stands for a swarm without
 /// backup-bot-two (other tests share this swarm's one, so it cannot be removed).
 #[test]

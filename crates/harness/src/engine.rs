@@ -3,27 +3,34 @@
 //! Talking HTTP to the socket (instead of running the `docker` CLI) keeps a poll of a whole
 //! stack to three cheap requests, which is what lets waits notice a state change quickly.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
+use cc_ci_engine_api::{
+    ContainerInspectResponse, ContainerSummary, Decoded, ErrorResponse, ExecConfig,
+    ExecInspectResponse, ExecStartConfig, IdResponse, Network, Secret, Service, SystemInfo, Task,
+    VolumeListResponse,
+};
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
-use serde::Deserialize;
-use serde_json::Value;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use tokio::net::UnixStream;
 
-use crate::checks::{Health, MountInfo, RestartPolicy, ServiceState, StackSnapshot, TaskState};
+use crate::checks::StackSnapshot;
 
 mod images;
 pub use images::{PullError, registry_of};
 
-/// Label swarm puts on every object of a stack.
-pub const NAMESPACE_LABEL: &str = "com.docker.stack.namespace";
+/// Label swarm puts on every object of a stack (one definition, shared with the stand-in).
+pub use cc_ci_engine_api::labels::NAMESPACE_LABEL;
 
 mod extra;
+// The engine's models → the checks' domain types.
+mod snapshot;
 // The digest a registry serves (inputs of a result, crates/harness/src/inputs.rs).
 mod distribution;
 pub use extra::PortHolder;
@@ -166,7 +173,7 @@ impl Engine {
         &self,
         method: Method,
         path: &str,
-        body: Option<Value>,
+        body: Option<Vec<u8>>,
     ) -> Result<(StatusCode, Bytes), EngineError> {
         self.request_within(method, path, body, self.timeout, ANSWER_CAP)
             .await
@@ -178,7 +185,7 @@ impl Engine {
         &self,
         method: Method,
         path: &str,
-        body: Option<Value>,
+        body: Option<Vec<u8>>,
         timeout: Duration,
         cap: usize,
     ) -> Result<(StatusCode, Bytes), EngineError> {
@@ -198,7 +205,7 @@ impl Engine {
         &self,
         method: Method,
         path: &str,
-        body: Option<Value>,
+        body: Option<Vec<u8>>,
         cap: usize,
     ) -> Result<(StatusCode, Bytes), EngineError> {
         let unreachable = |reason: String| EngineError::Unreachable {
@@ -212,7 +219,7 @@ impl Engine {
             .await
             .map_err(|e| unreachable(e.to_string()))?;
         let conn_task = tokio::spawn(conn);
-        let body_bytes = body.map(|b| b.to_string()).unwrap_or_default();
+        let body_bytes = body.unwrap_or_default();
         let req = Request::builder()
             .method(method.clone())
             .uri(path)
@@ -250,23 +257,50 @@ impl Engine {
         Ok((status, bytes))
     }
 
-    async fn get_json<T: for<'de> Deserialize<'de>>(&self, path: &str) -> Result<T, EngineError> {
+    /// GET one object, decoded leniently into its model (`cc_ci_engine_api::decode`).
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<Decoded<T>, EngineError> {
+        let bytes = self.get_ok(path).await?;
+        decoded(path, cc_ci_engine_api::decode(&bytes))
+    }
+
+    /// GET a list, each element decoded leniently into its model.
+    async fn get_list<T: DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> Result<Vec<Decoded<T>>, EngineError> {
+        let bytes = self.get_ok(path).await?;
+        decoded(path, cc_ci_engine_api::decode_list(&bytes))
+    }
+
+    /// GET a list, the models only (for callers that read no enum field).
+    async fn get_values<T: DeserializeOwned>(&self, path: &str) -> Result<Vec<T>, EngineError> {
+        Ok(self
+            .get_list(path)
+            .await?
+            .into_iter()
+            .map(|d| d.value)
+            .collect())
+    }
+
+    async fn get_ok(&self, path: &str) -> Result<Bytes, EngineError> {
         let (status, bytes) = self.request(Method::GET, path, None).await?;
         if !status.is_success() {
             return Err(api_error("GET", path, status, &bytes));
         }
-        serde_json::from_slice(&bytes).map_err(|e| EngineError::Decode {
-            path: path.into(),
-            reason: e.to_string(),
-        })
+        Ok(bytes)
     }
 
     /// Checks that the engine answers and is an active swarm manager
     /// ([`EngineError::NotSwarm`] when it answers but is not).
     pub async fn check_swarm(&self) -> Result<(), EngineError> {
-        let info: Value = self.get_json("/info").await?;
-        let state = info["Swarm"]["LocalNodeState"].as_str().unwrap_or("");
-        let manager = info["Swarm"]["ControlAvailable"].as_bool().unwrap_or(false);
+        let info: Decoded<SystemInfo> = self.get("/info").await?;
+        let state = info.local_node_state();
+        let manager = info
+            .value
+            .swarm
+            .as_ref()
+            .and_then(|s| s.control_available)
+            .unwrap_or(false);
         if state != "active" {
             return Err(EngineError::NotSwarm(format!(
                 "this Docker engine is not in swarm mode (state `{state}`): run scripts/setup-swarm or `docker swarm init`"
@@ -282,167 +316,76 @@ impl Engine {
 
     /// One consistent-enough picture of a stack: services, their tasks and the tasks' containers.
     pub async fn snapshot(&self, stack: &str) -> Result<StackSnapshot, EngineError> {
-        let services: Vec<ApiService> = self
-            .get_json(&format!("/services?filters={}", ns_filter(stack)))
+        let services: Vec<Decoded<Service>> = self
+            .get_list(&format!("/services?filters={}", ns_filter(stack)))
             .await?;
         if services.is_empty() {
             return Ok(StackSnapshot::default());
         }
-        let ids: Vec<&str> = services.iter().map(|s| s.id.as_str()).collect();
+        let ids: Vec<&str> = services
+            .iter()
+            .filter_map(|s| s.value.id.as_deref())
+            .collect();
         let task_filter = encode(&serde_json::json!({ "service": ids }).to_string());
-        let tasks: Vec<ApiTask> = self
-            .get_json(&format!("/tasks?filters={task_filter}"))
+        let tasks: Vec<Decoded<Task>> = self
+            .get_list(&format!("/tasks?filters={task_filter}"))
             .await?;
-        let containers: Vec<ApiContainer> = self
-            .get_json(&format!(
+        let containers: Vec<ContainerSummary> = self
+            .get_values(&format!(
                 "/containers/json?all=1&filters={}",
                 ns_filter(stack)
             ))
             .await?;
-        let health: BTreeMap<&str, Health> = containers
-            .iter()
-            .map(|c| (c.id.as_str(), Health::from_status_text(&c.status)))
-            .collect();
-        let prefix = format!("{stack}_");
-        let mut out = StackSnapshot::default();
-        for s in &services {
-            let spec = &s.spec;
-            let name = spec.name.clone();
-            let container = &spec.task_template.container_spec;
-            let has_healthcheck = container
-                .healthcheck
-                .as_ref()
-                .and_then(|h| h.test.as_ref())
-                .is_some_and(|t| t.first().is_some_and(|f| f != "NONE"));
-            let mut svc_tasks: Vec<TaskState> = tasks
-                .iter()
-                .filter(|t| t.service_id == s.id)
-                .map(|t| {
-                    let cid = t
-                        .status
-                        .container_status
-                        .as_ref()
-                        .and_then(|c| c.container_id.clone());
-                    TaskState {
-                        id: t.id.clone(),
-                        slot: t.slot,
-                        desired_state: t.desired_state.clone(),
-                        state: t.status.state.clone(),
-                        message: t.status.message.clone().unwrap_or_default(),
-                        err: t.status.err.clone().unwrap_or_default(),
-                        exit_code: t.status.container_status.as_ref().and_then(|c| c.exit_code),
-                        health: cid
-                            .as_deref()
-                            .and_then(|c| health.get(c).copied())
-                            .unwrap_or(Health::Unknown),
-                        container_id: cid,
-                        created_at: t.created_at.clone(),
-                    }
-                })
-                .collect();
-            svc_tasks.sort_by(|a, b| a.created_at.cmp(&b.created_at));
-            out.services.push(ServiceState {
-                id: s.id.clone(),
-                short_name: name.strip_prefix(&prefix).unwrap_or(&name).to_string(),
-                name,
-                desired_replicas: spec.mode.replicated.as_ref().map(|r| r.replicas),
-                labels: spec.labels.clone(),
-                has_healthcheck,
-                restart: spec
-                    .task_template
-                    .restart_policy
-                    .as_ref()
-                    .map(|r| RestartPolicy {
-                        condition: r.condition.clone().unwrap_or_else(|| "any".into()),
-                        max_attempts: r.max_attempts.filter(|n| *n > 0),
-                    })
-                    .unwrap_or_default(),
-                update_state: s.update_status.as_ref().and_then(|u| u.state.clone()),
-                update_message: s
-                    .update_status
-                    .as_ref()
-                    .and_then(|u| u.message.clone())
-                    .unwrap_or_default(),
-                mounts: container
-                    .mounts
-                    .iter()
-                    .map(|m| MountInfo {
-                        kind: m.kind.clone(),
-                        source: m.source.clone().unwrap_or_default(),
-                        target: m.target.clone(),
-                    })
-                    .collect(),
-                tasks: svc_tasks,
-            });
-        }
-        out.services.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
+        Ok(snapshot::stack_snapshot(
+            stack,
+            &services,
+            &tasks,
+            &containers,
+        ))
     }
 
     /// Every object belonging to `stack` (by the namespace label, and volumes also by name prefix).
     pub async fn stack_objects(&self, stack: &str) -> Result<StackObjects, EngineError> {
         let f = ns_filter(stack);
-        let named = |v: Vec<Value>, name_ptr: &str| -> Vec<(String, String)> {
-            v.iter()
-                .map(|o| {
-                    (
-                        o["ID"]
-                            .as_str()
-                            .or_else(|| o["Id"].as_str())
-                            .unwrap_or_default()
-                            .to_string(),
-                        o.pointer(name_ptr)
-                            .and_then(Value::as_str)
-                            .unwrap_or_default()
-                            .to_string(),
-                    )
-                })
-                .collect()
-        };
-        let services = named(
-            self.get_json(&format!("/services?filters={f}")).await?,
-            "/Spec/Name",
-        );
-        let networks = named(
-            self.get_json(&format!("/networks?filters={f}")).await?,
-            "/Name",
-        );
+        let services = self
+            .get_values::<Service>(&format!("/services?filters={f}"))
+            .await?
+            .into_iter()
+            .map(|s| {
+                let name = s.spec.and_then(|s| s.name);
+                (s.id.unwrap_or_default(), name.unwrap_or_default())
+            })
+            .collect();
+        let networks = self
+            .get_values::<Network>(&format!("/networks?filters={f}"))
+            .await?
+            .into_iter()
+            .map(|n| (n.id.unwrap_or_default(), n.name.unwrap_or_default()))
+            .collect();
         let prefix = format!("{stack}_");
         // abra creates secrets itself, without the namespace label: match by name prefix too.
         // (Listing all and filtering here covers both: labelled objects carry the prefix as well.)
-        let by_label_or_prefix = |v: Vec<Value>| -> Vec<(String, String)> {
-            v.iter()
-                .filter(|o| {
-                    o["Spec"]["Name"]
-                        .as_str()
-                        .is_some_and(|n| n.starts_with(&prefix))
-                        || o["Spec"]["Labels"][NAMESPACE_LABEL].as_str() == Some(stack)
-                })
-                .map(|o| {
-                    (
-                        o["ID"].as_str().unwrap_or_default().to_string(),
-                        o["Spec"]["Name"].as_str().unwrap_or_default().to_string(),
-                    )
-                })
-                .collect()
+        let ours = |name: &str, labels: Option<&HashMap<String, String>>| {
+            name.starts_with(&prefix)
+                || labels
+                    .and_then(|l| l.get(NAMESPACE_LABEL))
+                    .map(String::as_str)
+                    == Some(stack)
         };
-        let secrets = by_label_or_prefix(self.get_json("/secrets").await?);
-        let configs = by_label_or_prefix(self.get_json("/configs").await?);
-        let vols: Value = self.get_json("/volumes").await?;
-        let volumes = vols["Volumes"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter(|v| {
-                        v["Name"].as_str().is_some_and(|n| n.starts_with(&prefix))
-                            || v["Labels"][NAMESPACE_LABEL].as_str() == Some(stack)
-                    })
-                    .filter_map(|v| v["Name"].as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let containers: Vec<ApiContainer> = self
-            .get_json(&format!("/containers/json?all=1&filters={f}"))
+        let (secrets, configs) = self.secrets_and_configs("").await?;
+        let secrets = ours_only(secrets, &ours);
+        let configs = ours_only(configs, &ours);
+        let volumes = self
+            .get::<VolumeListResponse>("/volumes")
+            .await?
+            .value
+            .volumes
+            .into_iter()
+            .filter(|v| ours(&v.name, Some(&v.labels)))
+            .map(|v| v.name)
+            .collect();
+        let containers = self
+            .get_values::<ContainerSummary>(&format!("/containers/json?all=1&filters={f}"))
             .await?;
         Ok(StackObjects {
             services,
@@ -450,73 +393,81 @@ impl Engine {
             secrets,
             configs,
             volumes,
-            containers: containers.into_iter().map(|c| c.id).collect(),
+            containers: containers.into_iter().filter_map(|c| c.id).collect(),
         })
     }
 
     /// Names of every stack namespace present on the node (services, networks, secrets, configs, volumes).
     pub async fn stack_namespaces(&self) -> Result<Vec<String>, EngineError> {
-        let mut out = std::collections::BTreeSet::new();
         let f = encode(&serde_json::json!({ "label": [NAMESPACE_LABEL] }).to_string());
-        for (path, ptr) in [
-            (format!("/services?filters={f}"), "/Spec/Labels"),
-            (format!("/networks?filters={f}"), "/Labels"),
-            (format!("/secrets?filters={f}"), "/Spec/Labels"),
-            (format!("/configs?filters={f}"), "/Spec/Labels"),
-        ] {
-            let list: Vec<Value> = self.get_json(&path).await?;
-            for o in list {
-                if let Some(ns) = o.pointer(ptr).and_then(|l| l[NAMESPACE_LABEL].as_str()) {
-                    out.insert(ns.to_string());
-                }
-            }
-        }
-        let vols: Value = self.get_json(&format!("/volumes?filters={f}")).await?;
-        for v in vols["Volumes"].as_array().into_iter().flatten() {
-            if let Some(ns) = v["Labels"][NAMESPACE_LABEL].as_str() {
-                out.insert(ns.to_string());
-            }
-        }
+        let mut labels: Vec<Option<HashMap<String, String>>> = Vec::new();
+        let services: Vec<Service> = self.get_values(&format!("/services?filters={f}")).await?;
+        labels.extend(services.into_iter().map(|s| s.spec.and_then(|s| s.labels)));
+        let networks: Vec<Network> = self.get_values(&format!("/networks?filters={f}")).await?;
+        labels.extend(networks.into_iter().map(|n| n.labels));
+        let (secrets, configs) = self.secrets_and_configs(&format!("?filters={f}")).await?;
+        labels.extend(secrets.into_iter().chain(configs).map(|o| o.labels));
+        let vols: VolumeListResponse = self.get(&format!("/volumes?filters={f}")).await?.value;
+        labels.extend(vols.volumes.into_iter().map(|v| Some(v.labels)));
+        let out: std::collections::BTreeSet<String> = labels
+            .into_iter()
+            .flatten()
+            .filter_map(|mut l| l.remove(NAMESPACE_LABEL))
+            .collect();
         Ok(out.into_iter().collect())
     }
 
     /// Names of every secret, config and volume on the node (gc finds unlabelled leftovers by name).
     pub async fn object_names(&self) -> Result<Vec<String>, EngineError> {
-        let mut out = Vec::new();
-        for path in ["/secrets", "/configs"] {
-            let list: Vec<Value> = self.get_json(path).await?;
-            out.extend(
-                list.iter()
-                    .filter_map(|o| o["Spec"]["Name"].as_str().map(String::from)),
-            );
-        }
-        let vols: Value = self.get_json("/volumes").await?;
-        out.extend(
-            vols["Volumes"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|v| v["Name"].as_str().map(String::from)),
-        );
+        let (secrets, configs) = self.secrets_and_configs("").await?;
+        let mut out: Vec<String> = secrets.into_iter().chain(configs).map(|o| o.name).collect();
+        let vols: VolumeListResponse = self.get("/volumes").await?.value;
+        out.extend(vols.volumes.into_iter().map(|v| v.name));
         Ok(out)
+    }
+
+    /// Secrets and configs (`query`: the filter part of the path, or empty), which have the
+    /// same shape: an id and a spec with a name and labels.
+    async fn secrets_and_configs(
+        &self,
+        query: &str,
+    ) -> Result<(Vec<Named>, Vec<Named>), EngineError> {
+        let secrets: Vec<Secret> = self.get_values(&format!("/secrets{query}")).await?;
+        let configs: Vec<cc_ci_engine_api::Config> =
+            self.get_values(&format!("/configs{query}")).await?;
+        let secrets = secrets
+            .into_iter()
+            .map(|s| {
+                let spec = s.spec.unwrap_or_default();
+                Named::new(s.id, spec.name, spec.labels)
+            })
+            .collect();
+        let configs = configs
+            .into_iter()
+            .map(|c| {
+                let spec = c.spec.unwrap_or_default();
+                Named::new(c.id, spec.name, spec.labels)
+            })
+            .collect();
+        Ok((secrets, configs))
     }
 
     /// The health status and last healthcheck output of a container (also of an exited one),
     /// for failure details: "unhealthy" alone does not say why.
     pub async fn health_log(&self, container: &str) -> Result<Option<String>, EngineError> {
-        let v: Value = self
-            .get_json(&format!("/containers/{}/json", encode(container)))
+        let c: Decoded<ContainerInspectResponse> = self
+            .get(&format!("/containers/{}/json", encode(container)))
             .await?;
-        let health = &v["State"]["Health"];
-        let Some(status) = health["Status"].as_str() else {
+        let health = c.value.state.as_ref().and_then(|s| s.health.as_ref());
+        let Some(status) = c.health_status() else {
             return Ok(None);
         };
-        let last = health["Log"]
-            .as_array()
+        let last = health
+            .and_then(|h| h.log.as_ref())
             .and_then(|l| l.last())
             .map(|e| {
-                let code = e["ExitCode"].as_i64().unwrap_or(-1);
-                match e["Output"].as_str().map(str::trim).unwrap_or("") {
+                let code = e.exit_code.unwrap_or(-1);
+                match e.output.as_deref().map(str::trim).unwrap_or("") {
                     "" => format!("exited {code} with no output"),
                     out => format!("exited {code}: {out}"),
                 }
@@ -584,24 +535,30 @@ impl Engine {
             .request(
                 Method::POST,
                 &create_path,
-                Some(serde_json::json!({ "Cmd": cmd, "AttachStdout": true, "AttachStderr": true })),
+                json_body(&ExecConfig {
+                    cmd: Some(cmd.iter().map(|c| c.to_string()).collect()),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    ..Default::default()
+                }),
             )
             .await?;
         if !status.is_success() {
             return Err(api_error("POST", &create_path, status, &bytes));
         }
-        let created: Value = serde_json::from_slice(&bytes).map_err(|e| EngineError::Decode {
-            path: create_path.clone(),
-            reason: e.to_string(),
-        })?;
-        let id = created["Id"].as_str().unwrap_or_default().to_string();
+        let id = decoded::<Decoded<IdResponse>>(&create_path, cc_ci_engine_api::decode(&bytes))?
+            .value
+            .id;
         let start_path = format!("/exec/{}/start", encode(&id));
         let started = tokio::time::timeout(
             timeout,
             self.request_once(
                 Method::POST,
                 &start_path,
-                Some(serde_json::json!({ "Detach": false, "Tty": false })),
+                json_body(&ExecStartConfig {
+                    detach: Some(false),
+                    tty: Some(false),
+                }),
                 OUTPUT_CAP,
             ),
         )
@@ -616,11 +573,10 @@ impl Engine {
             return Err(api_error("POST", &start_path, started.0, &started.1));
         }
         let (stdout, stderr) = demux(&started.1);
-        let inspect: Value = self
-            .get_json(&format!("/exec/{}/json", encode(&id)))
-            .await?;
+        let inspect: Decoded<ExecInspectResponse> =
+            self.get(&format!("/exec/{}/json", encode(&id))).await?;
         Ok(ExecOutput {
-            exit_code: inspect["ExitCode"].as_i64().unwrap_or(-1),
+            exit_code: inspect.value.exit_code.unwrap_or(-1),
             stdout,
             stderr,
         })
@@ -628,9 +584,9 @@ impl Engine {
 }
 
 fn api_error(method: &str, path: &str, status: StatusCode, body: &[u8]) -> EngineError {
-    let message = serde_json::from_slice::<Value>(body)
+    let message = cc_ci_engine_api::decode::<ErrorResponse>(body)
         .ok()
-        .and_then(|v| v["message"].as_str().map(String::from))
+        .map(|e| e.value.message)
         .unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_string());
     EngineError::Api {
         method: method.into(),
@@ -638,6 +594,51 @@ fn api_error(method: &str, path: &str, status: StatusCode, body: &[u8]) -> Engin
         status: status.as_u16(),
         message,
     }
+}
+
+/// A decode result as the engine's error, naming the request.
+fn decoded<T>(path: &str, r: Result<T, cc_ci_engine_api::DecodeError>) -> Result<T, EngineError> {
+    r.map_err(|e| EngineError::Decode {
+        path: path.into(),
+        reason: e.to_string(),
+    })
+}
+
+/// A request body from a model. Serializing these plain structs cannot fail; if it ever did, the
+/// request goes without a body and the engine's answer names what is missing.
+fn json_body<T: Serialize>(v: &T) -> Option<Vec<u8>> {
+    serde_json::to_vec(v).ok()
+}
+
+/// A secret or a config as stack_objects/gc see them.
+struct Named {
+    id: String,
+    name: String,
+    labels: Option<HashMap<String, String>>,
+}
+
+impl Named {
+    fn new(
+        id: Option<String>,
+        name: Option<String>,
+        labels: Option<HashMap<String, String>>,
+    ) -> Self {
+        Self {
+            id: id.unwrap_or_default(),
+            name: name.unwrap_or_default(),
+            labels,
+        }
+    }
+}
+
+fn ours_only(
+    list: Vec<Named>,
+    ours: &impl Fn(&str, Option<&HashMap<String, String>>) -> bool,
+) -> Vec<(String, String)> {
+    list.into_iter()
+        .filter(|o| ours(&o.name, o.labels.as_ref()))
+        .map(|o| (o.id, o.name))
+        .collect()
 }
 
 fn ns_filter(stack: &str) -> String {
@@ -681,130 +682,6 @@ pub(crate) fn demux(bytes: &[u8]) -> (String, String) {
     )
 }
 
-// The subset of the Engine API's JSON that the harness reads.
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct ApiService {
-    #[serde(rename = "ID")]
-    id: String,
-    spec: ApiServiceSpec,
-    update_status: Option<ApiUpdateStatus>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct ApiServiceSpec {
-    name: String,
-    #[serde(default)]
-    labels: BTreeMap<String, String>,
-    #[serde(default)]
-    mode: ApiMode,
-    task_template: ApiTaskTemplate,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct ApiMode {
-    replicated: Option<ApiReplicated>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct ApiReplicated {
-    #[serde(default)]
-    replicas: u64,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct ApiTaskTemplate {
-    #[serde(default)]
-    container_spec: ApiContainerSpec,
-    restart_policy: Option<ApiRestartPolicy>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct ApiRestartPolicy {
-    condition: Option<String>,
-    max_attempts: Option<u64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct ApiContainerSpec {
-    healthcheck: Option<ApiHealthcheck>,
-    #[serde(default)]
-    mounts: Vec<ApiMount>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct ApiHealthcheck {
-    test: Option<Vec<String>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct ApiMount {
-    #[serde(rename = "Type", default)]
-    kind: String,
-    source: Option<String>,
-    #[serde(default)]
-    target: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct ApiUpdateStatus {
-    state: Option<String>,
-    message: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct ApiTask {
-    #[serde(rename = "ID")]
-    id: String,
-    #[serde(rename = "ServiceID")]
-    service_id: String,
-    #[serde(default)]
-    slot: Option<u64>,
-    #[serde(default)]
-    desired_state: String,
-    #[serde(default)]
-    created_at: String,
-    status: ApiTaskStatus,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct ApiTaskStatus {
-    #[serde(default)]
-    state: String,
-    message: Option<String>,
-    err: Option<String>,
-    container_status: Option<ApiContainerStatus>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct ApiContainerStatus {
-    #[serde(rename = "ContainerID")]
-    container_id: Option<String>,
-    exit_code: Option<i64>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct ApiContainer {
-    #[serde(rename = "Id")]
-    id: String,
-    #[serde(default)]
-    status: String,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -825,20 +702,5 @@ mod tests {
         assert_eq!(demux(b"plain text").0, "plain text");
         // A truncated frame keeps what is there instead of panicking.
         assert_eq!(demux(&[1, 0, 0, 0, 0, 0, 0, 9, b'x']).0, "x");
-    }
-
-    #[test]
-    fn parses_service_json() {
-        let json = r#"[{"ID":"s1","Spec":{"Name":"st_app","Labels":{"a":"b"},
-            "Mode":{"Replicated":{"Replicas":2}},
-            "TaskTemplate":{"ContainerSpec":{"Healthcheck":{"Test":["CMD","true"]},
-            "Mounts":[{"Type":"volume","Source":"st_data","Target":"/data"}]}}},
-            "UpdateStatus":{"State":"completed"}}]"#;
-        let v: Vec<ApiService> = serde_json::from_str(json).unwrap();
-        assert_eq!(v[0].spec.mode.replicated.as_ref().unwrap().replicas, 2);
-        assert_eq!(
-            v[0].spec.task_template.container_spec.mounts[0].target,
-            "/data"
-        );
     }
 }

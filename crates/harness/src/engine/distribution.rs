@@ -2,20 +2,9 @@
 //! (`GET /distribution/{name}/json`): one registry request, nothing pulled, the engine's own
 //! registry credentials and insecure-registry settings apply.
 
-use serde::Deserialize;
+use cc_ci_engine_api::DistributionInspectResponse;
 
 use super::{Engine, EngineError};
-
-#[derive(Deserialize)]
-struct DistributionInspect {
-    #[serde(rename = "Descriptor")]
-    descriptor: Descriptor,
-}
-
-#[derive(Deserialize)]
-struct Descriptor {
-    digest: String,
-}
 
 /// The path of the distribution endpoint for `image`. The engine routes `{name:.*}`, so the
 /// slashes of a repository stay; anything outside a reference's alphabet is escaped.
@@ -39,8 +28,12 @@ impl Engine {
         if let Some((_, d)) = image.split_once('@') {
             return Ok(d.to_string());
         }
-        let inspect: DistributionInspect = self.get_json(&distribution_path(image)).await?;
-        Ok(inspect.descriptor.digest)
+        let path = distribution_path(image);
+        let inspect: DistributionInspectResponse = self.get(&path).await?.value;
+        inspect.descriptor.digest.ok_or(EngineError::Decode {
+            path,
+            reason: "the answer names no digest".into(),
+        })
     }
 }
 

@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
+use cc_ci_engine_api::{CreateImageInfo, Decoded, Network, Service, Task};
 use hyper::Method;
-use serde_json::Value;
 
-use super::{Engine, EngineError, api_error, encode};
+use super::{Engine, EngineError, api_error, decoded, encode};
 
 /// A pull that did not bring the image onto the node.
 #[derive(Debug, thiserror::Error)]
@@ -43,13 +43,8 @@ fn with_tag(image: &str) -> String {
 /// reports failures inside the stream).
 fn stream_error(body: &str) -> Option<String> {
     body.lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l.trim()).ok())
-        .find_map(|v| {
-            v["errorDetail"]["message"]
-                .as_str()
-                .or_else(|| v["error"].as_str())
-                .map(String::from)
-        })
+        .filter_map(|l| cc_ci_engine_api::decode::<CreateImageInfo>(l.trim().as_bytes()).ok())
+        .find_map(|i| i.value.error)
 }
 
 impl Engine {
@@ -93,21 +88,18 @@ impl Engine {
         value: &str,
     ) -> Result<Vec<String>, EngineError> {
         let f = encode(&serde_json::json!({ "label": [format!("{key}={value}")] }).to_string());
-        let services: Vec<Value> = self.get_json(&format!("/services?filters={f}")).await?;
+        let services: Vec<Service> = self.get_values(&format!("/services?filters={f}")).await?;
         let mut out = Vec::new();
         for s in services {
-            let (Some(id), Some(name)) = (s["ID"].as_str(), s["Spec"]["Name"].as_str()) else {
+            let (Some(id), Some(name)) = (s.id, s.spec.and_then(|s| s.name)) else {
                 continue;
             };
             let tf = encode(
                 &serde_json::json!({ "service": [id], "desired-state": ["running"] }).to_string(),
             );
-            let tasks: Vec<Value> = self.get_json(&format!("/tasks?filters={tf}")).await?;
-            if tasks
-                .iter()
-                .any(|t| t["Status"]["State"].as_str() == Some("running"))
-            {
-                out.push(name.to_string());
+            let tasks: Vec<Decoded<Task>> = self.get_list(&format!("/tasks?filters={tf}")).await?;
+            if tasks.iter().any(|t| t.state() == "running") {
+                out.push(name);
             }
         }
         Ok(out)
@@ -123,13 +115,10 @@ impl Engine {
         match status.as_u16() {
             404 => Ok(None),
             200 => {
-                let v: Value = serde_json::from_slice(&bytes).map_err(|e| EngineError::Decode {
-                    path: path.clone(),
-                    reason: e.to_string(),
-                })?;
+                let n = decoded::<Decoded<Network>>(&path, cc_ci_engine_api::decode(&bytes))?.value;
                 Ok(Some((
-                    v["Driver"].as_str().unwrap_or_default().to_string(),
-                    v["Scope"].as_str().unwrap_or_default().to_string(),
+                    n.driver.unwrap_or_default(),
+                    n.scope.unwrap_or_default(),
                 )))
             }
             _ => Err(api_error("GET", &path, status, &bytes)),
@@ -139,10 +128,10 @@ impl Engine {
     /// Images of the services on the swarm that were resolved from a registry (pinned by digest;
     /// an image that exists only on the node has none), for `cc-ci doctor`'s registry check.
     pub async fn registry_images(&self) -> Result<Vec<String>, EngineError> {
-        let services: Vec<Value> = self.get_json("/services").await?;
+        let services: Vec<Service> = self.get_values("/services").await?;
         let mut out: Vec<String> = services
-            .iter()
-            .filter_map(|s| s["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"].as_str())
+            .into_iter()
+            .filter_map(|s| s.spec?.task_template?.container_spec?.image)
             .filter_map(|i| i.split_once('@').map(|(name, _)| name.to_string()))
             .collect();
         out.sort();
