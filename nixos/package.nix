@@ -10,16 +10,22 @@
 }:
 let
   fs = lib.fileset;
-  # Only what cargo reads, and the overlays shipped with cc-ci (their `.toml` files): editing
-  # docs/, nixos/, tests/ or any Markdown file (overlays/README.md included) does not rebuild.
+  # Only what cargo reads, the overlays shipped with cc-ci (their `.toml` files), and what the
+  # harness's tier unit tests build their fixture recipes from (fixture trees are taken whole:
+  # a fixture's files are committed as they are): editing docs/, nixos/, other tests or any
+  # other Markdown file (overlays/README.md included) does not rebuild.
   src = fs.toSource {
     root = ../.;
-    fileset = fs.difference (fs.unions [
-      ../Cargo.toml
-      ../Cargo.lock
-      ../crates
-      (fs.fileFilter (file: file.hasExt "toml") ../overlays)
-    ]) (fs.fileFilter (file: file.hasExt "md") ../.);
+    fileset = fs.unions [
+      (fs.difference (fs.unions [
+        ../Cargo.toml
+        ../Cargo.lock
+        ../crates
+        (fs.fileFilter (file: file.hasExt "toml") ../overlays)
+      ]) (fs.fileFilter (file: file.hasExt "md") ../.))
+      ../scripts/make-fixture-repo
+      ../tests/fixtures/recipes
+    ];
   };
   workspace = lib.importTOML ../Cargo.toml;
 in
@@ -35,15 +41,18 @@ rustPlatform.buildRustPackage {
   # (crates/harness/src/inputs.rs, `cc_ci_version`).
   CC_CI_REVISION = "src-" + builtins.substring 11 12 (toString src);
 
-  # `-p cc-ci` builds the binary and the two libraries it links; the install hook copies every
-  # executable of the build directory, so abra-standin must not be built at all.
+  # `-p cc-ci` builds the binary and the libraries it links (harness, daemon, envfile,
+  # engine-api); the install hook copies every executable of the build directory, so
+  # abra-standin must not be built at all.
   cargoBuildFlags = [
     "-p"
     "cc-ci"
   ];
 
-  # The pure unit tests only. The integration tests under crates/*/tests need a Docker Swarm and
+  # The unit tests only, the tier tests over the in-memory swarm and abra included (they build
+  # fixture recipes with git). The integration tests under crates/*/tests need a Docker Swarm and
   # are run by scripts/setup-swarm + `cargo test` in CI, and end to end by the NixOS VM tests.
+  nativeCheckInputs = [ git ];
   cargoTestFlags = [
     "-p"
     "cc-ci-harness"
