@@ -6,7 +6,7 @@ use anyhow::{Context, Result, bail};
 use rand::Rng;
 use rand::distributions::Alphanumeric;
 
-use crate::docker::{self, docker};
+use crate::docker::docker;
 use crate::envfile;
 use crate::git;
 use crate::state::{self, AbraDir, stack_name};
@@ -142,63 +142,6 @@ pub fn secret_insert(
         .run()
         .with_context(|| format!("cannot create secret {full}"))?;
     println!("secret {name} (version {version}) inserted into {domain}");
-    Ok(())
-}
-
-pub fn secret_rm_all(dir: &AbraDir, domain: &str) -> Result<()> {
-    let env = state::read(&dir.env_file(domain)?)?;
-    let stack = stack_name(domain);
-    let prefixes: Vec<String> = envfile::secret_decls(&env)
-        .iter()
-        .map(|d| format!("{stack}_{}_", d.name))
-        .collect();
-    let existing = docker::lines(&docker(["secret", "ls", "--format", "{{.Name}}"]).run()?);
-    let doomed: Vec<String> = existing
-        .into_iter()
-        .filter(|n| prefixes.iter().any(|p| n.starts_with(p)))
-        .collect();
-    if doomed.is_empty() {
-        println!("no secrets of `{domain}` to remove");
-        return Ok(());
-    }
-    let mut args = vec!["secret".to_string(), "rm".into()];
-    args.extend(doomed.iter().cloned());
-    docker(args).run().with_context(|| {
-        format!("cannot remove the secrets of `{domain}` (is it still deployed?)")
-    })?;
-    for n in &doomed {
-        println!("secret removed: {n}");
-    }
-    Ok(())
-}
-
-pub fn volume_rm(dir: &AbraDir, domain: &str) -> Result<()> {
-    dir.env_file(domain)?;
-    let stack = stack_name(domain);
-    let vols = docker::stack_volume_names(&stack)?;
-    if vols.is_empty() {
-        println!("no volumes of `{domain}` to remove");
-        return Ok(());
-    }
-    let mut args = vec!["volume".to_string(), "rm".into()];
-    args.extend(vols.iter().cloned());
-    docker(args).run().with_context(|| {
-        format!("cannot remove the volumes of `{domain}` (is it still deployed?)")
-    })?;
-    for v in &vols {
-        println!("volume removed: {v}");
-    }
-    Ok(())
-}
-
-pub fn app_rm(dir: &AbraDir, domain: &str) -> Result<()> {
-    let env_path = dir.env_file(domain)?;
-    let stack = stack_name(domain);
-    if !docker::stack_service_ids(&stack)?.is_empty() {
-        bail!("app `{domain}` is still deployed: run `abra app undeploy {domain}` first");
-    }
-    fs::remove_file(&env_path).with_context(|| format!("cannot remove {}", env_path.display()))?;
-    println!("app `{domain}` removed ({})", env_path.display());
     Ok(())
 }
 

@@ -170,10 +170,6 @@ pub fn stack_config_names(stack: &str) -> Result<Vec<String>> {
     filtered_ids(&["config", "ls", "--format", "{{.Name}}"], stack, &[])
 }
 
-pub fn stack_volume_names(stack: &str) -> Result<Vec<String>> {
-    filtered_ids(&["volume", "ls", "-q"], stack, &[])
-}
-
 /// Tasks of the given services, history included.
 pub fn service_tasks(service_ids: &[String]) -> Result<Vec<Task>> {
     if service_ids.is_empty() {

@@ -108,17 +108,6 @@ enum AppCmd {
         #[command(subcommand)]
         command: SecretCmd,
     },
-    /// Manage app volumes.
-    Volume {
-        #[command(subcommand)]
-        command: VolumeCmd,
-    },
-    /// Remove the app's env file (refused while deployed).
-    Rm {
-        domain: String,
-        #[arg(long, short = 'f')]
-        force: bool,
-    },
     /// Snapshots of the app's volumes (backup-bot-two label semantics).
     Backup {
         #[command(subcommand)]
@@ -140,22 +129,6 @@ enum SecretCmd {
         name: String,
         version: String,
         value: String,
-    },
-    /// Remove the app's secrets.
-    Rm {
-        #[arg(long, short = 'a')]
-        all: bool,
-        domain: String,
-    },
-}
-
-#[derive(Subcommand)]
-enum VolumeCmd {
-    /// Remove the app's volumes.
-    Rm {
-        domain: String,
-        #[arg(long, short = 'f')]
-        force: bool,
     },
 }
 
@@ -238,18 +211,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     },
             } => app::secret_insert(&dir, &domain, &name, &version, &value),
             AppCmd::Undeploy { domain } => deploy::undeploy(&dir, &domain),
-            AppCmd::Secret {
-                command: SecretCmd::Rm { all, domain },
-            } => {
-                if !all {
-                    anyhow::bail!("the stand-in only supports `app secret rm --all <domain>`");
-                }
-                app::secret_rm_all(&dir, &domain)
-            }
-            AppCmd::Volume {
-                command: VolumeCmd::Rm { domain, force: _ },
-            } => app::volume_rm(&dir, &domain),
-            AppCmd::Rm { domain, force: _ } => app::app_rm(&dir, &domain),
             AppCmd::Backup { command } => match command {
                 BackupCmd::Create { domain } => backup::create(&dir, &domain),
                 BackupCmd::List { domain } => backup::list(&dir, &domain),
