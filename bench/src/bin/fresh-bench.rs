@@ -235,10 +235,14 @@ async fn main() {
         arg(&args, "--git-root"),
         arg(&args, "--sha"),
     ) else {
-        eprintln!("usage: fresh-bench --cc-ci PATH --abra PATH --git-root DIR --sha SHA [--rounds N]");
+        eprintln!(
+            "usage: fresh-bench --cc-ci PATH --abra PATH --git-root DIR --sha SHA [--rounds N]"
+        );
         std::process::exit(2);
     };
-    let rounds: usize = arg(&args, "--rounds").and_then(|r| r.parse().ok()).unwrap_or(3);
+    let rounds: usize = arg(&args, "--rounds")
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3);
     let dir = std::env::temp_dir().join(format!("cc-ci-fresh-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("bench directory");
     let forge = Arc::new(Forge {
@@ -265,7 +269,10 @@ async fn main() {
         .expect("start cc-ci serve");
     let deadline = Instant::now() + Duration::from_secs(60);
     while TcpStream::connect(listen).await.is_err() {
-        assert!(Instant::now() < deadline, "the daemon did not listen within 60 s");
+        assert!(
+            Instant::now() < deadline,
+            "the daemon did not listen within 60 s"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
@@ -275,7 +282,10 @@ async fn main() {
     let mut comment = 100;
     let mut failed = None;
     for round in 1..=rounds {
-        for (text, into) in [("!testme install fresh", &mut full), ("!testme install", &mut reused)] {
+        for (text, into) in [
+            ("!testme install fresh", &mut full),
+            ("!testme install", &mut reused),
+        ] {
             comment += 1;
             let t = Instant::now();
             let code = deliver(listen, comment, text).await;

@@ -174,7 +174,9 @@ async fn main() {
     if polls.is_empty() {
         polls.push(250);
     }
-    let engine = match Engine::from_env() {
+    // This binary is its own edge: it reads DOCKER_HOST once, as cc-ci's command line does.
+    let host = cc_ci_harness::hostenv::HostEnv::from_process();
+    let engine = match Engine::connect(host.docker_host.as_deref()) {
         Ok(e) => e,
         Err(e) => {
             eprintln!("wait-latency: {e}");
