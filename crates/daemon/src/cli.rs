@@ -120,7 +120,7 @@ pub fn logs(
     if store.get_run(run)?.is_none() {
         return Err(DaemonError::NoSuchRun(run));
     }
-    let path = crate::runner::run_dir(&dir, run).join("log.txt");
+    let path = crate::runner::run_dir(&dir, run).join(crate::state::RUN_LOG);
     let mut pos = 0u64;
     loop {
         let done = !matches!(store.get_run(run)?, Some(r) if r.state != RunState::Done);

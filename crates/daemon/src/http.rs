@@ -436,7 +436,7 @@ fn log(shared: Arc<State>, id: i64, follow: bool) -> Response<Body> {
             return text(StatusCode::INTERNAL_SERVER_ERROR, "cannot read the run");
         }
     }
-    let path = runner::run_dir(&shared.settings.state_dir, id).join("log.txt");
+    let path = runner::run_dir(&shared.settings.state_dir, id).join(crate::state::RUN_LOG);
     if !follow {
         let body = std::fs::read(&path).unwrap_or_default();
         return full(StatusCode::OK, "text/plain; charset=utf-8", body);

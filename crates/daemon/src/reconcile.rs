@@ -13,14 +13,11 @@ use crate::store::{RunState, RunVerdict};
 pub(crate) fn reconcile_interrupted(state: &Arc<State>) -> Result<(), DaemonError> {
     for run in state.store.runs_in_state(RunState::Running)? {
         let dir = runner::run_dir(&state.settings.state_dir, run.id);
+        // Through the run's own log sink: redacted, and followers of the log see the note.
         let note = |text: &str| {
-            use std::io::Write;
-            if let Ok(mut f) = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(dir.join("log.txt"))
+            if let Ok(sink) = runner::LogSink::open(state.clone(), &dir.join(crate::state::RUN_LOG))
             {
-                let _ = writeln!(f, "cc-ci: {text}");
+                sink.line(&format!("cc-ci: {text}"));
             }
         };
         if run.requeues < state.settings.config.daemon.max_requeues {

@@ -128,7 +128,7 @@ async fn sync_run_at(
     let report = runner::read_report(&dir);
     let progress = runner::read_progress(&dir);
     let tail = if run.state == RunState::Done && report.is_none() {
-        std::fs::read(dir.join("log.txt"))
+        std::fs::read(dir.join(crate::state::RUN_LOG))
             .ok()
             .map(|b| render::tail_lines(&String::from_utf8_lossy(&b), 15))
     } else {

@@ -396,7 +396,7 @@ fn open_run(shared: &Arc<State>, run: &RunRow, dir: &Path) -> Option<LogSink> {
         finish(shared, run, RunVerdict::Error, Some(reason), None);
         return None;
     }
-    let sink = match LogSink::open(shared.clone(), &dir.join("log.txt")) {
+    let sink = match LogSink::open(shared.clone(), &dir.join(crate::state::RUN_LOG)) {
         Ok(s) => s,
         Err(e) => {
             let reason = format!("cannot open the run log: {e}");

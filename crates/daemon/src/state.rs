@@ -84,6 +84,9 @@ pub fn run_dir(state_dir: &Path, id: i64) -> PathBuf {
     state_dir.join("runs").join(id.to_string())
 }
 
+/// The name of a run's log in its folder: the child's output and the daemon's notes about it.
+pub const RUN_LOG: &str = "log.txt";
+
 pub fn database_path(state_dir: &Path) -> PathBuf {
     state_dir.join("cc-ci.sqlite")
 }

@@ -33,7 +33,7 @@ pub(super) fn page(shared: &Arc<State>, id: i64) -> hyper::Response<Body> {
         Err(e) => return store_error(&e),
     };
     let dir = runner::run_dir(&shared.settings.state_dir, id);
-    let (log, log_end) = read_tail(&dir.join("log.txt"), LOG_TAIL);
+    let (log, log_end) = read_tail(&dir.join(crate::state::RUN_LOG), LOG_TAIL);
     let log = shared.settings.redactor.redact(&log);
     let live = run.state != RunState::Done;
     let body = format!(
@@ -93,7 +93,7 @@ pub(super) fn live_html(shared: &State, run: &RunRow) -> String {
         _ => Vec::new(),
     };
     out.push_str(&timeline(run, &tiers));
-    let (log, _) = read_tail(&dir.join("log.txt"), LOG_TAIL);
+    let (log, _) = read_tail(&dir.join(crate::state::RUN_LOG), LOG_TAIL);
     out.push_str(&steps_html(shared, run, &steps(&log)));
     out.push_str(&checks(shared, &tiers));
     if let Some(r) = &report {
@@ -603,7 +603,7 @@ pub(super) fn events(shared: Arc<State>, id: i64, from: u64) -> hyper::Response<
             .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("5"));
         return r;
     };
-    let path = runner::run_dir(&shared.settings.state_dir, id).join("log.txt");
+    let path = runner::run_dir(&shared.settings.state_dir, id).join(crate::state::RUN_LOG);
     let (tx, rx) = mpsc::channel::<Bytes>(16);
     tokio::spawn(async move {
         let _permit = permit;
