@@ -12,8 +12,6 @@ mod forge;
 /// Reuse of results whose inputs still hold, and the drift sweep (issue 15).
 pub mod fresh;
 mod http;
-#[cfg(test)]
-mod import_graph;
 mod intake;
 mod logging;
 mod metrics;

@@ -9,106 +9,19 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::appconfig::{interpolate, parse_env};
 use crate::config::HarnessConfig;
+use crate::contract::Stage;
 use crate::engine::Engine;
-use crate::lifecycle::Stage;
 use crate::overlay;
 use crate::recipe::{self, Checkout};
 use crate::swarm::Swarm;
 
-/// One service's image as a version of the recipe names it, and the digest the registry serves
-/// for it now (`None`: the registry could not be asked; such an input is never fresh).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct ServiceImage {
-    pub service: String,
-    /// As the compose file names it, interpolated (`nginx:1.27`).
-    pub image: String,
-    pub digest: Option<String>,
-    /// Why the digest is missing, when it is.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub unresolved: Option<String>,
-}
-
-impl ServiceImage {
-    /// `name:tag@digest` (or the bare name when no digest is known).
-    pub fn pinned(&self) -> String {
-        match &self.digest {
-            Some(d) if !self.image.contains('@') => format!("{}@{d}", self.image),
-            _ => self.image.clone(),
-        }
-    }
-}
-
-/// Everything a result depends on. `key` digests all other fields.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Inputs {
-    /// The recipe repository (credentials in a URL left out).
-    pub source: String,
-    pub recipe: String,
-    pub head_commit: String,
-    pub base_release: Option<String>,
-    pub base_commit: Option<String>,
-    /// Stages asked for (lifecycle order).
-    pub stages: Vec<Stage>,
-    pub head_images: Vec<ServiceImage>,
-    pub base_images: Vec<ServiceImage>,
-    pub abra_version: Option<String>,
-    pub cc_ci_version: String,
-    /// sha256 of the overlay in force (shipped, operator and allowed repo-local files, scripts inlined).
-    pub overlay_digest: String,
-    /// sha256 of the config keys that change what a run checks ([`checked_config`]).
-    pub config_digest: String,
-    pub key: String,
-}
-
-impl Inputs {
-    /// The key of these inputs: sha256 over every field but `key`, in a fixed order.
-    pub fn derive_key(&self) -> String {
-        let mut h = Sha256::new();
-        let mut part = |name: &str, value: &str| {
-            h.update(name.as_bytes());
-            h.update([0]);
-            h.update((value.len() as u64).to_be_bytes());
-            h.update(value.as_bytes());
-        };
-        part("source", &self.source);
-        part("recipe", &self.recipe);
-        part("head", &self.head_commit);
-        part("base", self.base_release.as_deref().unwrap_or("\u{1}none"));
-        part(
-            "base-commit",
-            self.base_commit.as_deref().unwrap_or("\u{1}none"),
-        );
-        for s in &self.stages {
-            part("stage", s.name());
-        }
-        for (side, list) in [
-            ("head-image", &self.head_images),
-            ("base-image", &self.base_images),
-        ] {
-            for i in list {
-                part(side, &i.service);
-                part("image", &i.image);
-                part("digest", i.digest.as_deref().unwrap_or("\u{1}none"));
-            }
-        }
-        part("abra", self.abra_version.as_deref().unwrap_or("\u{1}none"));
-        part("cc-ci", &self.cc_ci_version);
-        part("overlay", &self.overlay_digest);
-        part("config", &self.config_digest);
-        format!("sha256:{}", hex::encode(h.finalize()))
-    }
-
-    /// Sets `key` from the other fields.
-    pub fn sealed(mut self) -> Self {
-        self.key = self.derive_key();
-        self
-    }
-}
+// The recorded inputs are part of `run.json`, so their types live with the report's; they are
+// re-exported here, where they are resolved.
+pub use crate::report::{Inputs, ServiceImage};
 
 /// This build of cc-ci: the crate version, and the source revision when the build was given one
 /// (`CC_CI_REVISION`, set by the Nix build), so a new build of the same version is told apart.

@@ -24,6 +24,7 @@ pub mod daemon;
 pub mod fixtures;
 pub mod forge;
 pub mod hooks;
+pub mod imports;
 pub mod proxy;
 pub mod sandbox;
 pub mod serve;
