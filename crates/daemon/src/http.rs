@@ -170,10 +170,7 @@ where
     .await;
 }
 
-/// Marks a response that streams for as long as a run goes (`/runs/{id}/log?follow`): its
-/// connection is exempt from the connection deadline (followers have their own limit).
-#[derive(Clone, Copy)]
-struct Streaming;
+use crate::state::Streaming;
 
 async fn serve_conn<I>(
     shared: Arc<State>,

@@ -84,6 +84,12 @@ pub fn run_dir(state_dir: &Path, id: i64) -> PathBuf {
     state_dir.join("runs").join(id.to_string())
 }
 
+/// Marks a response that streams for as long as a run goes (`/runs/{id}/log?follow`, a run
+/// page's live events): its connection is exempt from the connection deadline (followers have
+/// their own limit). Here, so that `http` (which applies it) and `pages` both reach it.
+#[derive(Clone, Copy, Debug)]
+pub struct Streaming;
+
 /// The name of a run's log in its folder: the child's output and the daemon's notes about it.
 pub const RUN_LOG: &str = "log.txt";
 

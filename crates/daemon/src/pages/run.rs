@@ -660,12 +660,53 @@ pub(super) fn events(shared: Arc<State>, id: i64, from: u64) -> hyper::Response<
     });
     let mut r = respond(StatusCode::OK, "text/event-stream", Bytes::new());
     *r.body_mut() = BoxBody::new(super::ChannelBody(rx));
+    // A run page stays open as long as the run goes: no connection deadline for it.
+    r.extensions_mut().insert(crate::state::Streaming);
     r
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_run_pages_live_events_are_exempt_from_the_connection_deadline() {
+        use crate::store::{Ingested, NewTrigger};
+        let (state, _fake, _dir) = crate::testing::state(|_| {});
+        let stored = state.store.ingest_trigger(&NewTrigger {
+            source: "webhook",
+            delivery_id: None,
+            repo: crate::testing::REPO,
+            pr: 4,
+            comment_id: 9,
+            user: "alice",
+            stages: &[],
+            unknown_stages: &[],
+        });
+        let Ok(Ingested::Stored(id)) = stored else {
+            panic!("not stored: {stored:?}")
+        };
+        let t = state.store.get_trigger(id).unwrap().unwrap();
+        let run = state
+            .store
+            .accept_trigger(&t, "0123456789abcdef0123456789abcdef01234567")
+            .unwrap()
+            .run_id;
+        let r = events(state.clone(), run, 0);
+        assert_eq!(r.status(), StatusCode::OK);
+        assert!(
+            r.extensions().get::<crate::state::Streaming>().is_some(),
+            "a live page would be cut after the connection deadline and reconnect"
+        );
+        // An unknown run is answered at once, and is no stream.
+        let missing = events(state, run + 100, 0);
+        assert!(
+            missing
+                .extensions()
+                .get::<crate::state::Streaming>()
+                .is_none()
+        );
+    }
 
     #[test]
     fn progress_lines_become_steps() {
