@@ -47,8 +47,20 @@ fn stage_list(stages: &[String]) -> Vec<Stage> {
     Stage::parse_list(&words.join(",")).unwrap_or_else(|_| Stage::ALL.to_vec())
 }
 
-/// What the run would be made of now.
-async fn current_inputs(shared: &State, run: &RunRow) -> Result<Inputs, String> {
+/// What `abra --version` says now (one call answers a whole sweep).
+async fn current_abra_version(shared: &State) -> Option<String> {
+    let host = &shared.settings.host;
+    let harness = &shared.settings.config.harness;
+    let scratch = work_dir(harness, host).join("inputs");
+    inputs::abra_version(None, harness, &scratch, host).await
+}
+
+/// What the run would be made of now, with abra at `abra_version`.
+async fn current_inputs(
+    shared: &State,
+    run: &RunRow,
+    abra_version: Option<String>,
+) -> Result<Inputs, String> {
     // The daemon's environment is a run's (its runs inherit it), read once by the edge.
     let host = &shared.settings.host;
     let harness = &shared.settings.config.harness;
@@ -60,7 +72,7 @@ async fn current_inputs(shared: &State, run: &RunRow) -> Result<Inputs, String> 
         stages: stage_list(&run.stages),
         config: harness.clone(),
         shipped_overlays: inputs::shipped_overlays(host),
-        abra_version: inputs::abra_version(None, harness, &scratch, host).await,
+        abra_version,
     };
     let engine = cc_ci_harness::engine::Engine::connect(host.docker_host.as_deref())
         .map_err(|e| e.to_string())?
@@ -105,7 +117,8 @@ pub(crate) async fn try_reuse(
         return None;
     }
     let (prev, tracked) = last_result(shared, run)?;
-    let current = match current_inputs(shared, run).await {
+    let abra_version = current_abra_version(shared).await;
+    let current = match current_inputs(shared, run, abra_version).await {
         Ok(i) => i,
         Err(e) => {
             log(&format!(
@@ -222,11 +235,15 @@ pub(crate) async fn sweep_once(
     let Ok(heads) = shared.store.pr_heads() else {
         return out;
     };
+    // Once per sweep, not per pull request: the runs the store knows, and abra's version
+    // (asked only when some result is judged).
+    let Ok(all_runs) = shared.store.list_runs(2000) else {
+        return out;
+    };
+    let mut abra_version: Option<Option<String>> = None;
     for (repo, pr, head) in heads {
         // Latest result for any stages of this pull request at its head.
-        let Ok(runs) = shared.store.list_runs(2000) else {
-            continue;
-        };
+        let runs = &all_runs;
         // Something queued or running for it already answers the question.
         if runs
             .iter()
@@ -234,7 +251,7 @@ pub(crate) async fn sweep_once(
         {
             continue;
         }
-        let Some(latest) = runs.into_iter().find(|r| {
+        let Some(latest) = runs.iter().find(|r| {
             r.repo.eq_ignore_ascii_case(&repo)
                 && r.pr == pr
                 && r.head_sha.eq_ignore_ascii_case(&head)
@@ -250,7 +267,11 @@ pub(crate) async fn sweep_once(
         else {
             continue;
         };
-        let current = match current_inputs(shared, &latest).await {
+        if abra_version.is_none() {
+            abra_version = Some(current_abra_version(shared).await);
+        }
+        let abra = abra_version.clone().flatten();
+        let current = match current_inputs(shared, latest, abra).await {
             Ok(i) => i,
             Err(e) => {
                 tracing::warn!(repo = %repo, pr, error = %e, "drift: cannot resolve the current inputs");
@@ -274,7 +295,7 @@ pub(crate) async fn sweep_once(
             match shared.forge.pull_request(&latest.repo, latest.pr).await {
                 Ok(pr) if pr.state == "open" && pr.head.sha.eq_ignore_ascii_case(&head) => {
                     requeued.insert(latest.id);
-                    requeue(shared, &latest, &moved).await;
+                    requeue(shared, latest, &moved).await;
                 }
                 Ok(_) => {
                     requeued.insert(latest.id);
