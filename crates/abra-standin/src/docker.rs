@@ -244,24 +244,11 @@ impl ServiceExt for Service {
             .unwrap_or_default()
     }
     fn volume_sources(&self) -> Vec<String> {
-        let mounts = self
-            .value
-            .spec
-            .as_ref()
-            .and_then(|s| {
-                s.task_template
-                    .as_ref()?
-                    .container_spec
-                    .as_ref()?
-                    .mounts
-                    .clone()
-            })
-            .unwrap_or_default();
-        mounts
-            .into_iter()
+        self.mounts()
+            .iter()
             .enumerate()
             .filter(|(i, _)| self.mount_type(*i).as_deref() == Some("volume"))
-            .filter_map(|(_, m)| m.source.filter(|s| !s.is_empty()))
+            .filter_map(|(_, m)| m.source.clone().filter(|s| !s.is_empty()))
             .collect()
     }
     fn replicas(&self) -> Option<u64> {

@@ -167,29 +167,12 @@ async fn sync_run_at(
 mod tests {
     use super::*;
     use crate::forge::StatusState;
-    use crate::store::{Ingested, NewTrigger, RunVerdict};
-    use crate::testing::{self, REPO};
+    use crate::store::RunVerdict;
+    use crate::testing::{self, HEAD, REPO};
 
-    const HEAD: &str = "0123456789abcdef0123456789abcdef01234567";
-
-    /// A queued run of `alice`'s `!testme` (comment `comment`) on pull request 4, as the
-    /// intake leaves it, and reported.
+    /// A queued run (`testing::queued_run`), reported.
     async fn queued(state: &Arc<State>, comment: i64) -> i64 {
-        let stored = state.store.ingest_trigger(&NewTrigger {
-            source: "webhook",
-            delivery_id: None,
-            repo: REPO,
-            pr: 4,
-            comment_id: comment,
-            user: "alice",
-            stages: &[],
-            unknown_stages: &[],
-        });
-        let Ok(Ingested::Stored(id)) = stored else {
-            panic!("not stored: {stored:?}")
-        };
-        let t = state.store.get_trigger(id).unwrap().unwrap();
-        let run = state.store.accept_trigger(&t, HEAD).unwrap().run_id;
+        let run = testing::queued_run(state, comment);
         sync_due(state).await;
         run
     }

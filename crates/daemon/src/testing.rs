@@ -49,3 +49,35 @@ pub(crate) fn state(
     let state = Arc::new(State::new(settings, store, fake.clone()));
     (state, fake, dir)
 }
+
+/// The head of pull request 4 in the runs `queued_run` makes.
+pub(crate) const HEAD: &str = "0123456789abcdef0123456789abcdef01234567";
+
+/// A queued run of `alice`'s `!testme` (comment `comment`) on pull request 4 at [`HEAD`], as
+/// the intake leaves it.
+pub(crate) fn queued_run(state: &State, comment: i64) -> i64 {
+    use crate::store::{Ingested, NewTrigger};
+    let stored = state.store.ingest_trigger(&NewTrigger {
+        source: "webhook",
+        delivery_id: None,
+        repo: REPO,
+        pr: 4,
+        comment_id: comment,
+        user: "alice",
+        stages: &[],
+        unknown_stages: &[],
+    });
+    let Ok(Ingested::Stored(id)) = stored else {
+        panic!("not stored: {stored:?}")
+    };
+    let t = state
+        .store
+        .get_trigger(id)
+        .unwrap_or_else(|e| panic!("trigger: {e}"))
+        .unwrap_or_else(|| panic!("trigger {id} vanished"));
+    state
+        .store
+        .accept_trigger(&t, HEAD)
+        .unwrap_or_else(|e| panic!("accept: {e}"))
+        .run_id
+}

@@ -35,10 +35,9 @@ impl Decoded<Service> {
         self.text(known, "Spec.TaskTemplate.RestartPolicy.Condition")
     }
 
-    /// The type of the `i`th mount of the container spec (`volume`, `bind`, ...).
-    pub fn mount_type(&self, i: usize) -> Option<String> {
-        let known = self
-            .value
+    /// The container spec's mounts (`Spec.TaskTemplate.ContainerSpec.Mounts`), empty when none.
+    pub fn mounts(&self) -> &[crate::Mount] {
+        self.value
             .spec
             .as_ref()
             .and_then(|s| {
@@ -47,9 +46,14 @@ impl Decoded<Service> {
                     .container_spec
                     .as_ref()?
                     .mounts
-                    .as_ref()
+                    .as_deref()
             })
-            .and_then(|m| m.get(i)?.typ);
+            .unwrap_or_default()
+    }
+
+    /// The type of the `i`th mount of the container spec (`volume`, `bind`, ...).
+    pub fn mount_type(&self, i: usize) -> Option<String> {
+        let known = self.mounts().get(i).and_then(|m| m.typ);
         self.text(
             known,
             &format!("Spec.TaskTemplate.ContainerSpec.Mounts[{i}].Type"),

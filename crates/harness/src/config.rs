@@ -171,6 +171,21 @@ impl HarnessConfig {
     }
 }
 
+/// The 1-based line a TOML error points at (0 when it points nowhere), for messages naming
+/// file and line. Shared by every TOML file cc-ci reads (the config, overlays).
+pub fn toml_error_line(text: &str, error: &toml::de::Error) -> usize {
+    error
+        .span()
+        .map(|s| {
+            text.as_bytes()[..s.start.min(text.len())]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count()
+                + 1
+        })
+        .unwrap_or(0)
+}
+
 /// The dotted keys (`<section>.<field>`) of a config section, from its defaults. Kept beside
 /// the structs so the NixOS module, the docs and check-config can be tested for agreement.
 pub fn keys_of<T: Serialize + Default>(section: &str) -> Vec<String> {

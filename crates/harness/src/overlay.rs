@@ -132,16 +132,7 @@ impl Overlay {
 pub fn parse(text: &str, file: &Path) -> Result<OverlayFile, OverlayError> {
     let parsed: OverlayFile = toml::from_str(text).map_err(|e| OverlayError {
         file: file.to_path_buf(),
-        line: e
-            .span()
-            .map(|s| {
-                text.as_bytes()[..s.start.min(text.len())]
-                    .iter()
-                    .filter(|&&b| b == b'\n')
-                    .count()
-                    + 1
-            })
-            .unwrap_or(0),
+        line: crate::config::toml_error_line(text, &e),
         message: e.message().to_string(),
     })?;
     let err = |message: String| OverlayError {

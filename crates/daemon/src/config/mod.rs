@@ -167,22 +167,10 @@ pub fn known_keys() -> Vec<String> {
 impl Config {
     /// Parse and validate TOML text; `path` only names the source in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| {
-            let line = e
-                .span()
-                .map(|s| {
-                    text.as_bytes()[..s.start.min(text.len())]
-                        .iter()
-                        .filter(|&&b| b == b'\n')
-                        .count()
-                        + 1
-                })
-                .unwrap_or(0);
-            ConfigError::Parse {
-                path: path.to_path_buf(),
-                line,
-                message: e.message().to_string(),
-            }
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            line: cc_ci_harness::config::toml_error_line(text, &e),
+            message: e.message().to_string(),
         })?;
         config.validate(path)?;
         Ok(config)

@@ -671,27 +671,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_run_pages_live_events_are_exempt_from_the_connection_deadline() {
-        use crate::store::{Ingested, NewTrigger};
         let (state, _fake, _dir) = crate::testing::state(|_| {});
-        let stored = state.store.ingest_trigger(&NewTrigger {
-            source: "webhook",
-            delivery_id: None,
-            repo: crate::testing::REPO,
-            pr: 4,
-            comment_id: 9,
-            user: "alice",
-            stages: &[],
-            unknown_stages: &[],
-        });
-        let Ok(Ingested::Stored(id)) = stored else {
-            panic!("not stored: {stored:?}")
-        };
-        let t = state.store.get_trigger(id).unwrap().unwrap();
-        let run = state
-            .store
-            .accept_trigger(&t, "0123456789abcdef0123456789abcdef01234567")
-            .unwrap()
-            .run_id;
+        let run = crate::testing::queued_run(&state, 9);
         let r = events(state.clone(), run, 0);
         assert_eq!(r.status(), StatusCode::OK);
         assert!(
