@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::abra::{self, Abra, spelling};
-use crate::backupbot_label::{BACKUPBOT_HOW_TO, backupbot_label};
+use cc_ci_engine_api::labels::backupbot::{BACKUPBOT_HOW_TO, backupbot_label};
 use crate::config::HarnessConfig;
 use crate::engine::{Engine, EngineError, registry_of};
 use crate::hostenv::{HostEnv, work_dir};

@@ -41,7 +41,7 @@ pub struct HostEnv {
     pub secrets_fd: Option<String>,
     /// [`NO_PREPULL_ENV`] is `1`.
     pub no_prepull: bool,
-    /// [`crate::backupbot_label::BACKUPBOT_LABEL_ENV`]: `key=value` overriding the label.
+    /// [`cc_ci_engine_api::labels::backupbot::BACKUPBOT_LABEL_ENV`]: `key=value` overriding the label.
     pub backupbot_label: Option<String>,
     /// [`OVERLAYS_ENV`].
     pub overlays: Option<PathBuf>,
@@ -72,7 +72,7 @@ impl HostEnv {
             credentials_directory: std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from),
             secrets_fd: text(crate::redact::SECRETS_FD_ENV),
             no_prepull: std::env::var_os(NO_PREPULL_ENV).is_some_and(|v| v == "1"),
-            backupbot_label: text(crate::backupbot_label::BACKUPBOT_LABEL_ENV),
+            backupbot_label: text(cc_ci_engine_api::labels::backupbot::BACKUPBOT_LABEL_ENV),
             overlays: os(OVERLAYS_ENV).map(PathBuf::from),
             current_exe: std::env::current_exe().ok(),
             journal_stream: std::env::var_os("JOURNAL_STREAM"),

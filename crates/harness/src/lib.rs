@@ -8,7 +8,6 @@
 pub mod abra;
 pub mod abra_cli;
 pub mod appconfig;
-pub mod backupbot_label;
 pub mod checks;
 pub mod config;
 pub mod contract;

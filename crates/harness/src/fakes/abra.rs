@@ -14,7 +14,7 @@ use super::swarm::{FakeSwarm, ServiceSpec};
 use crate::abra::{AbraError, AbraOutput, spelling};
 use crate::abra_cli::{AbraCli, AbraFuture};
 use crate::appconfig::{interpolate, parse_env};
-use crate::backupbot_label::backupbot_label;
+use cc_ci_engine_api::labels::backupbot::backupbot_label;
 use crate::names::stack_name;
 use crate::recipe::{self, Checkout};
 

@@ -9,7 +9,7 @@ use super::job::{Job, Stop, abra_infra, first_line};
 use crate::abra::AbraError;
 use crate::appconfig::parse_env;
 use crate::appconfig::{self, SecretSpec};
-use crate::backupbot_label::{BACKUPBOT_HOW_TO, backupbot_label};
+use cc_ci_engine_api::labels::backupbot::{BACKUPBOT_HOW_TO, backupbot_label};
 use crate::engine::PullError;
 use crate::recipe::{self, Checkout};
 use crate::report::{CheckResult, Verdict};
