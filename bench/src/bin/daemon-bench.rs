@@ -8,7 +8,6 @@
 //! every later trigger stays queued: the benchmark measures the daemon's webhook path, not runs.
 //! Every request goes to 127.0.0.1; everything lives in a temporary directory removed at the end.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -19,7 +18,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -97,27 +95,11 @@ async fn forge_handle(
 }
 
 async fn start_forge() -> (SocketAddr, Arc<ForgeCounts>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind the forge double on 127.0.0.1");
-    let addr = listener.local_addr().expect("forge double address");
     let counts = Arc::new(ForgeCounts::default());
-    let c2 = counts.clone();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = listener.accept().await {
-            let c = c2.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req| {
-                    let c = c.clone();
-                    async move { Ok::<_, Infallible>(forge_handle(c, req).await) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(s), svc)
-                    .await;
-            });
-        }
-    });
-    (addr, counts)
+    (
+        cc_ci_bench::serve(counts.clone(), forge_handle).await,
+        counts,
+    )
 }
 
 fn comment_payload(pr: i64, comment_id: i64, body: &str) -> Vec<u8> {

@@ -9,7 +9,6 @@
 //! (prepared by bench/fresh with `git update-server-info`). Runs are real: the stand-in abra on the
 //! swarm, the test registry's images.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -18,7 +17,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -111,25 +109,7 @@ async fn forge_handle(f: Arc<Forge>, req: Request<hyper::body::Incoming>) -> Res
 }
 
 async fn start_forge(f: Arc<Forge>) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind the forge double on 127.0.0.1");
-    let addr = listener.local_addr().expect("forge double address");
-    tokio::spawn(async move {
-        while let Ok((s, _)) = listener.accept().await {
-            let f = f.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req| {
-                    let f = f.clone();
-                    async move { Ok::<_, Infallible>(forge_handle(f, req).await) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(s), svc)
-                    .await;
-            });
-        }
-    });
-    addr
+    cc_ci_bench::serve(f, forge_handle).await
 }
 
 async fn deliver(addr: SocketAddr, comment_id: i64, text: &str) -> u16 {
