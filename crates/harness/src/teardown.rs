@@ -225,6 +225,8 @@ pub async fn gc(
     let mut report = GcReport::default();
     let root = RunDir::runs_root(work_dir);
     let mut known = std::collections::BTreeSet::new();
+    // What to collect: its name in the report, its run directory (if it has one), its stack.
+    let mut dead: Vec<(String, Option<PathBuf>, String)> = Vec::new();
     if let Ok(entries) = std::fs::read_dir(&root) {
         for entry in entries.flatten() {
             let domain = entry.file_name().to_string_lossy().to_string();
@@ -234,21 +236,16 @@ pub async fn gc(
                 continue;
             }
             let lock_path = entry.path().join("lock");
-            let dead = match File::options().write(true).open(&lock_path) {
+            let is_dead = match File::options().write(true).open(&lock_path) {
                 Ok(f) => f.try_lock().is_ok(),
                 // No lock file: the run died before taking it, or the dir is a remnant.
                 Err(_) => true,
             };
-            if !dead {
+            if is_dead {
+                dead.push((domain, Some(entry.path()), stack));
+            } else {
                 report.alive.push(domain);
-                continue;
             }
-            let left = teardown_settled(engine, &stack, timeout).await?;
-            if left.is_empty() {
-                let _ = std::fs::remove_dir_all(entry.path());
-            }
-            report.leftovers.extend(left);
-            report.collected.push(domain);
         }
     }
     let mut stacks = engine.stack_namespaces().await?;
@@ -262,14 +259,46 @@ pub async fn gc(
     stacks.sort();
     stacks.dedup();
     for stack in stacks {
-        if known.contains(&stack) || !names::is_ci_stack(&stack, domain_suffix) {
-            continue;
+        if !known.contains(&stack) && names::is_ci_stack(&stack, domain_suffix) {
+            dead.push((stack.clone(), None, stack));
         }
-        let left = teardown_settled(engine, &stack, timeout).await?;
+    }
+    for (name, dir, left) in teardown_all(engine, dead, timeout).await? {
+        if left.is_empty()
+            && let Some(dir) = dir
+        {
+            let _ = std::fs::remove_dir_all(dir);
+        }
         report.leftovers.extend(left);
-        report.collected.push(stack);
+        report.collected.push(name);
     }
     Ok(report)
+}
+
+/// Every stack of `dead` torn down at once (each waits out its own [`GC_QUIET`]: one after
+/// another, gc, and with it the daemon's start-up, would take that long per dead run); the
+/// results in the order of `dead`.
+async fn teardown_all(
+    engine: &Engine,
+    dead: Vec<(String, Option<PathBuf>, String)>,
+    timeout: Duration,
+) -> Result<Vec<(String, Option<PathBuf>, Vec<String>)>, TeardownError> {
+    let mut set = tokio::task::JoinSet::new();
+    for (i, (name, dir, stack)) in dead.into_iter().enumerate() {
+        let engine = engine.clone();
+        set.spawn(async move {
+            let left = teardown_settled(&engine, &stack, timeout).await;
+            (i, name, dir, left)
+        });
+    }
+    let mut done = Vec::new();
+    while let Some(joined) = set.join_next().await {
+        let (i, name, dir, left) =
+            joined.map_err(|e| TeardownError::Stuck(format!("a teardown task ended: {e}")))?;
+        done.push((i, name, dir, left?));
+    }
+    done.sort_by_key(|d| d.0);
+    Ok(done.into_iter().map(|(_, n, d, l)| (n, d, l)).collect())
 }
 
 /// `cc-ci teardown <domain>`: removes a kept (or stranded) deployment and its run directory.
