@@ -2,7 +2,6 @@
 //! `/runs/{id}`, `/runs/{id}/log[?follow=1]`). hyper 1, HTTP/1.1, TCP or a unix socket.
 
 use std::convert::Infallible;
-use std::io::{Read, Seek, SeekFrom};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -412,18 +411,6 @@ fn show_run(shared: &State, id: i64) -> Response<Body> {
 }
 
 /// Read what `path` holds beyond `pos` (at most 64 KiB).
-fn read_from(path: &std::path::Path, pos: u64) -> Vec<u8> {
-    let Ok(mut f) = std::fs::File::open(path) else {
-        return Vec::new();
-    };
-    if f.seek(SeekFrom::Start(pos)).is_err() {
-        return Vec::new();
-    }
-    let mut buf = Vec::new();
-    let _ = f.take(64 * 1024).read_to_end(&mut buf);
-    buf
-}
-
 fn log(shared: Arc<State>, id: i64, follow: bool) -> Response<Body> {
     match shared.store.get_run(id) {
         Ok(Some(_)) => {}
@@ -460,7 +447,7 @@ fn log(shared: Arc<State>, id: i64, follow: bool) -> Response<Body> {
                 Ok(Some(r)) if r.state != RunState::Done
             );
             loop {
-                let chunk = read_from(&path, pos);
+                let chunk = runner::read_log_from(&path, pos, false);
                 if chunk.is_empty() {
                     break;
                 }

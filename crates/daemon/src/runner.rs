@@ -42,6 +42,27 @@ pub fn read_progress(dir: &Path) -> Option<Vec<TierReport>> {
         .map(|p| p.tiers)
 }
 
+/// Up to 64 KiB of a run's log from byte `pos` on (empty at its end or without a log). With
+/// `whole_lines`, only up to the last newline, so a line still being written goes out whole later.
+pub fn read_log_from(path: &Path, pos: u64, whole_lines: bool) -> Vec<u8> {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return Vec::new();
+    };
+    if f.seek(SeekFrom::Start(pos)).is_err() {
+        return Vec::new();
+    }
+    let mut buf = Vec::new();
+    let _ = f.take(64 * 1024).read_to_end(&mut buf);
+    if whole_lines {
+        match buf.iter().rposition(|b| *b == b'\n') {
+            Some(i) => buf.truncate(i + 1),
+            None => buf.clear(),
+        }
+    }
+    buf
+}
+
 /// The run's log, append-only, shared by the output pumps. Every write wakes log followers.
 #[derive(Clone)]
 pub struct LogSink {

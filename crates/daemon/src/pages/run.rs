@@ -560,24 +560,6 @@ fn read_tail(path: &Path, max: u64) -> (String, u64) {
 
 /// What the log holds from `pos` on, up to the last complete line unless `all` (at most
 /// 64 KiB per call, so a long log goes out in pieces).
-fn read_lines_from(path: &Path, pos: u64, all: bool) -> Vec<u8> {
-    let Ok(mut f) = std::fs::File::open(path) else {
-        return Vec::new();
-    };
-    if f.seek(SeekFrom::Start(pos)).is_err() {
-        return Vec::new();
-    }
-    let mut buf = Vec::new();
-    let _ = f.take(64 * 1024).read_to_end(&mut buf);
-    if !all {
-        match buf.iter().rposition(|b| *b == b'\n') {
-            Some(i) => buf.truncate(i + 1),
-            None => buf.clear(),
-        }
-    }
-    buf
-}
-
 fn sse(event: &str, id: Option<u64>, data: &serde_json::Value) -> Bytes {
     let id = id.map(|i| format!("id: {i}\n")).unwrap_or_default();
     Bytes::from(format!("event: {event}\n{id}data: {data}\n\n"))
@@ -618,7 +600,7 @@ pub(super) fn events(shared: Arc<State>, id: i64, from: u64) -> hyper::Response<
             };
             let done = run.state == RunState::Done;
             loop {
-                let chunk = read_lines_from(&path, pos, done);
+                let chunk = runner::read_log_from(&path, pos, !done);
                 if chunk.is_empty() {
                     break;
                 }
