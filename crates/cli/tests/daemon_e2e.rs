@@ -177,6 +177,14 @@ impl Suite {
         c.deliver(self.addr, flavour, &delivery).await
     }
 
+    /// Deliver a comment and assert the daemon accepted it (HTTP 202), naming the comment, the
+    /// answer and the daemon's state when it did not.
+    async fn comment_accepted(&self, flavour: Flavour, c: Comment<'_>) {
+        let what = format!("{} #{} comment {}", c.repo, c.pr, c.id);
+        let (code, body) = self.comment(flavour, c).await;
+        assert_eq!(code, 202, "{what}: {body}\n{}", self.state());
+    }
+
     fn statuses(&self, repo: &str, sha: &str) -> Vec<StatusRec> {
         self.gitea
             .statuses()
@@ -428,41 +436,33 @@ async fn full_path_socket_activated_pass_and_fail() {
     let forgejo_web = s.head("forgejo/web", 3);
     let nolabel = s.head("coop/web-nolabel", 2);
     let badcompose = s.head("coop/web-badcompose", 4);
-    let (code, body) = s
-        .comment(
-            Flavour::Gitea,
-            Comment::new("coop/web", 1, 501, "alice", "!testme install"),
-        )
-        .await;
-    assert_eq!(code, 202, "{body}\n{}", s.state());
-    let (code, body) = s
-        .comment(
-            Flavour::Forgejo,
-            Comment::new(
-                "forgejo/web",
-                3,
-                502,
-                "carol",
-                "Looks good.\n\n!testme install\n",
-            ),
-        )
-        .await;
-    assert_eq!(code, 202, "{body}\n{}", s.state());
-    let (code, body) = s
-        .comment(
-            Flavour::Gitea,
-            Comment::new("coop/web-nolabel", 2, 503, "alice", "!testme install"),
-        )
-        .await;
-    assert_eq!(code, 202, "{body}\n{}", s.state());
+    s.comment_accepted(
+        Flavour::Gitea,
+        Comment::new("coop/web", 1, 501, "alice", "!testme install"),
+    )
+    .await;
+    s.comment_accepted(
+        Flavour::Forgejo,
+        Comment::new(
+            "forgejo/web",
+            3,
+            502,
+            "carol",
+            "Looks good.\n\n!testme install\n",
+        ),
+    )
+    .await;
+    s.comment_accepted(
+        Flavour::Gitea,
+        Comment::new("coop/web-nolabel", 2, 503, "alice", "!testme install"),
+    )
+    .await;
 
-    let (code, body) = s
-        .comment(
-            Flavour::Forgejo,
-            Comment::new("coop/web-badcompose", 4, 504, "alice", "!testme"),
-        )
-        .await;
-    assert_eq!(code, 202, "{body}\n{}", s.state());
+    s.comment_accepted(
+        Flavour::Forgejo,
+        Comment::new("coop/web-badcompose", 4, 504, "alice", "!testme"),
+    )
+    .await;
 
     // A recipe the harness refuses (exit 2, nothing deployed): an error, never a pass, and the
     // comment shows the cause from the end of the log.
@@ -645,24 +645,20 @@ async fn sigkill_mid_run_then_restart_leaves_nothing_and_loses_nothing() {
     s.start_plain();
     s.wait_healthy().await;
 
-    let (code, body) = s
-        .comment(
-            Flavour::Gitea,
-            Comment::new("coop/web", 1, 601, "alice", "!testme"),
-        )
-        .await;
-    assert_eq!(code, 202, "{body}\n{}", s.state());
+    s.comment_accepted(
+        Flavour::Gitea,
+        Comment::new("coop/web", 1, 601, "alice", "!testme"),
+    )
+    .await;
     s.wait_status("coop/web", &sha1, 60, |st| {
         st.state == "pending" && st.description.starts_with("running")
     })
     .await;
-    let (code, body) = s
-        .comment(
-            Flavour::Gitea,
-            Comment::new("coop/web", 2, 602, "alice", "!testme install"),
-        )
-        .await;
-    assert_eq!(code, 202, "{body}\n{}", s.state());
+    s.comment_accepted(
+        Flavour::Gitea,
+        Comment::new("coop/web", 2, 602, "alice", "!testme install"),
+    )
+    .await;
     s.wait_status("coop/web", &sha2, 30, |st| {
         st.state == "pending" && st.description.starts_with("queued")
     })
@@ -786,20 +782,16 @@ async fn the_approved_commit_is_the_commit_that_runs() {
     s.start_plain();
     s.wait_healthy().await;
 
-    let (code, body) = s
-        .comment(
-            Flavour::Gitea,
-            Comment::new("coop/web", 1, 901, "alice", "!testme install"),
-        )
-        .await;
-    assert_eq!(code, 202, "{body}\n{}", s.state());
-    let (code, body) = s
-        .comment(
-            Flavour::Forgejo,
-            Comment::new("coop/web", 9, 902, "alice", "!testme install"),
-        )
-        .await;
-    assert_eq!(code, 202, "{body}\n{}", s.state());
+    s.comment_accepted(
+        Flavour::Gitea,
+        Comment::new("coop/web", 1, 901, "alice", "!testme install"),
+    )
+    .await;
+    s.comment_accepted(
+        Flavour::Forgejo,
+        Comment::new("coop/web", 9, 902, "alice", "!testme install"),
+    )
+    .await;
 
     let fin = s.wait_final("coop/web", &approved).await;
     assert_eq!(fin.state, "success", "{fin:?}\n{}", s.state());
@@ -1032,13 +1024,11 @@ async fn supersede_cancel_and_graceful_stop_tear_real_runs_down() {
     let mut stacks = Vec::new();
 
     // Supersede: run 1 deploys, a second comment queues run 2, which stops run 1.
-    let (code, body) = s
-        .comment(
-            Flavour::Gitea,
-            Comment::new("coop/web", 1, 801, "alice", "!testme install"),
-        )
-        .await;
-    assert_eq!(code, 202, "{body}\n{}", s.state());
+    s.comment_accepted(
+        Flavour::Gitea,
+        Comment::new("coop/web", 1, 801, "alice", "!testme install"),
+    )
+    .await;
     stacks.push(s.wait_stack("run 1", &stacks).await);
     let (code, body) = s
         .comment(
@@ -1060,13 +1050,11 @@ async fn supersede_cancel_and_graceful_stop_tear_real_runs_down() {
     )
     .await;
     s.gitea.add_member("coop", "carol");
-    let (code, body) = s
-        .comment(
-            Flavour::Gitea,
-            Comment::new("coop/web", 1, 803, "carol", "!testme install"),
-        )
-        .await;
-    assert_eq!(code, 202, "{body}\n{}", s.state());
+    s.comment_accepted(
+        Flavour::Gitea,
+        Comment::new("coop/web", 1, 803, "carol", "!testme install"),
+    )
+    .await;
     let fin = s.wait_final("coop/web", &sha1).await;
     assert!(
         fin.state == "success" && run_id(&fin) == 2,
@@ -1094,13 +1082,11 @@ async fn supersede_cancel_and_graceful_stop_tear_real_runs_down() {
     assert!(run1.contains("SIGTERM"), "run 1 was stopped:\n{run1}");
 
     // `cc-ci cancel` of a deploying run.
-    let (code, body) = s
-        .comment(
-            Flavour::Forgejo,
-            Comment::new("coop/web", 2, 804, "alice", "!testme install"),
-        )
-        .await;
-    assert_eq!(code, 202, "{body}\n{}", s.state());
+    s.comment_accepted(
+        Flavour::Forgejo,
+        Comment::new("coop/web", 2, 804, "alice", "!testme install"),
+    )
+    .await;
     stacks.push(s.wait_stack("run 3", &stacks).await);
     let (code, out, err) = s.cli(&["cancel", "3"]);
     assert_eq!(code, 0, "cc-ci cancel 3: {out}{err}");
@@ -1126,13 +1112,11 @@ async fn supersede_cancel_and_graceful_stop_tear_real_runs_down() {
     assert_eq!(code, 2, "cancelling a finished run is an error: {err}");
 
     // SIGTERM to the daemon while run 4 deploys.
-    let (code, body) = s
-        .comment(
-            Flavour::Gitea,
-            Comment::new("coop/web", 3, 805, "alice", "!testme install"),
-        )
-        .await;
-    assert_eq!(code, 202, "{body}\n{}", s.state());
+    s.comment_accepted(
+        Flavour::Gitea,
+        Comment::new("coop/web", 3, 805, "alice", "!testme install"),
+    )
+    .await;
     stacks.push(s.wait_stack("run 4", &stacks).await);
     s.stop().await;
     s.assert_no_leftovers(&stacks).await;

@@ -41,9 +41,7 @@ async fn deliver_fixture(addr: std::net::SocketAddr, name: &str, delivery: &str)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn payloads_of_every_supported_forge_version_trigger_runs() {
-    let env = Env::new().await;
-    let d = env.start().await;
-    let addr = d.local_addr().unwrap();
+    let (env, d, addr) = Env::started(None).await;
     for (i, name) in ["gitea-1.20", "gitea-1.23", "forgejo-7", "forgejo-10"]
         .iter()
         .enumerate()
@@ -148,10 +146,7 @@ async fn reports_the_forge_keeps_refusing_are_given_up_visibly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_events_are_checked_against_the_current_head() {
-    let env = Env::new().await;
-    env.set_mode(None, "hang");
-    let d = env.start().await;
-    let addr = d.local_addr().unwrap();
+    let (env, d, addr) = Env::started(Some("hang")).await;
     testme(addr, "coop/web", 1, 220).await;
     env.wait_hanging(1).await;
     let pr_reads = || {
@@ -346,9 +341,7 @@ async fn own_comments_public_members_and_one_refusal_an_hour() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn form_content_type_and_large_descriptions_are_accepted() {
-    let env = Env::new().await;
-    let d = env.start().await;
-    let addr = d.local_addr().unwrap();
+    let (env, d, addr) = Env::started(None).await;
     let json = comment_payload("created", "coop/web", 1, 240, "alice", "!testme", true);
     let (code, body) = deliver_form(addr, "form-1", &json).await;
     assert_eq!(code, 202, "{body}");
@@ -376,11 +369,8 @@ async fn form_content_type_and_large_descriptions_are_accepted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_status_goes_only_on_the_commit_that_was_tested() {
-    let env = Env::new().await;
     // The run reports another commit than the approved one it was given.
-    env.set_mode(None, "othersha");
-    let d = env.start().await;
-    let addr = d.local_addr().unwrap();
+    let (env, d, addr) = Env::started(Some("othersha")).await;
     testme(addr, "coop/web", 1, 250).await;
     let st = env.wait_status(SHA, "error", "").await;
     let c = env.wait_comment(1, "⚠️ error").await;
@@ -479,9 +469,7 @@ async fn connection_and_log_follower_limits_answer_503() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_forge_delays_the_pending_status_but_not_the_answer() {
-    let env = Env::new().await;
-    let d = env.start().await;
-    let addr = d.local_addr().unwrap();
+    let (env, d, addr) = Env::started(None).await;
     eventually(
         "the daemon to read its own login",
         10,

@@ -17,9 +17,7 @@ async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_gitea_trigger_yields_pending_then_success_and_one_comment() {
-    let env = Env::new().await;
-    let d = env.start().await;
-    let addr = d.local_addr().unwrap();
+    let (env, d, addr) = Env::started(None).await;
     let (code, body) = comment(addr, "coop/web", 1, 77, "alice", "Looks good.\n!testme\n").await;
     assert_eq!(code, 202, "{body}");
     assert!(body.contains("accepted"), "{body}");
@@ -91,9 +89,7 @@ async fn signed_gitea_trigger_yields_pending_then_success_and_one_comment() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forgejo_delivery_with_stages_runs_those_stages() {
-    let env = Env::new().await;
-    let d = env.start().await;
-    let addr = d.local_addr().unwrap();
+    let (env, d, addr) = Env::started(None).await;
     let payload = comment_payload(
         "created",
         "coop/web",
@@ -113,9 +109,7 @@ async fn forgejo_delivery_with_stages_runs_those_stages() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_signatures_get_401_and_nothing_else() {
-    let env = Env::new().await;
-    let d = env.start().await;
-    let addr = d.local_addr().unwrap();
+    let (env, d, addr) = Env::started(None).await;
     let payload = comment_payload("created", "coop/web", 1, 80, "alice", "!testme", true);
     let wrong = cc_ci_daemon::trigger::sign(b"not-the-secret", &payload);
     for (i, sig) in [Some(wrong.as_str()), Some(""), Some("zz"), Some("00")]
@@ -159,10 +153,7 @@ async fn bad_signatures_get_401_and_nothing_else() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replays_and_non_triggers_are_acknowledged_and_start_nothing() {
-    let env = Env::new().await;
-    env.set_mode(None, "hang");
-    let d = env.start().await;
-    let addr = d.local_addr().unwrap();
+    let (env, d, addr) = Env::started(Some("hang")).await;
     let cases: Vec<(&str, Vec<u8>, u16)> = vec![
         (
             "issue_comment",
@@ -394,10 +385,7 @@ async fn new_trigger_supersedes_the_running_run() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_commits_cancel_the_running_run() {
-    let env = Env::new().await;
-    env.set_mode(None, "hang");
-    let d = env.start().await;
-    let addr = d.local_addr().unwrap();
+    let (env, d, addr) = Env::started(Some("hang")).await;
     testme(addr, "coop/web", 1, 130).await;
     env.wait_comment(1, "⏳ running").await;
     // The child must be running: a head moved before it starts stops the run with another
@@ -508,11 +496,8 @@ async fn queued_trigger_and_interrupted_run_survive_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forge_outage_delays_reports_but_loses_none() {
-    let env = Env::new().await;
-    env.set_mode(None, "gated");
+    let (env, d, addr) = Env::started(Some("gated")).await;
     env.gate();
-    let d = env.start().await;
-    let addr = d.local_addr().unwrap();
     // One failed status post is retried within the call.
     env.gitea.state.lock().unwrap().fail_statuses = 1;
     testme(addr, "coop/web", 1, 160).await;
@@ -548,12 +533,9 @@ async fn a_forge_outage_delays_reports_but_loses_none() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_log_follow_streams_until_the_run_ends() {
-    let env = Env::new().await;
-    env.set_mode(None, "gated");
+    let (env, d, addr) = Env::started(Some("gated")).await;
     let fifo = env.marks().join("go");
     mkfifo(&fifo);
-    let d = env.start().await;
-    let addr = d.local_addr().unwrap();
     testme(addr, "coop/web", 1, 170).await;
     // The running comment shows the tiers done so far from progress.json.
     let c = env.wait_comment(1, "| install | ✅ pass |").await;

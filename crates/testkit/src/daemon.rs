@@ -2,6 +2,7 @@
 //! directory, and a fake `cc-ci` as the run command whose runs pass, fail, hang or wait as a
 //! test says ([`fake_exe`]).
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -118,6 +119,18 @@ impl Env {
             config,
             exe,
         }
+    }
+
+    /// A new environment with its daemon started ([`Env::start`]) and the address it listens on;
+    /// `mode`, when given, is the fake's mode for every run ([`Env::set_mode`] with no run id).
+    pub async fn started(mode: Option<&str>) -> (Env, Daemon, SocketAddr) {
+        let env = Env::new().await;
+        if let Some(mode) = mode {
+            env.set_mode(None, mode);
+        }
+        let d = env.start().await;
+        let addr = d.local_addr().unwrap();
+        (env, d, addr)
     }
 
     pub fn marks(&self) -> PathBuf {
