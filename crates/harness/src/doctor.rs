@@ -5,11 +5,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::abra::{self, Abra, spelling};
-use cc_ci_engine_api::labels::backupbot::{BACKUPBOT_HOW_TO, backupbot_label};
 use crate::config::HarnessConfig;
 use crate::engine::{Engine, EngineError, registry_of};
 use crate::hostenv::{HostEnv, work_dir};
 use crate::redact::Redactor;
+use cc_ci_engine_api::labels::backupbot::{BACKUPBOT_HOW_TO, backupbot_label};
 
 /// One check's outcome.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -14,9 +14,9 @@ use super::swarm::{FakeSwarm, ServiceSpec};
 use crate::abra::{AbraError, AbraOutput, spelling};
 use crate::abra_cli::{AbraCli, AbraFuture};
 use crate::appconfig::{interpolate, parse_env};
-use cc_ci_engine_api::labels::backupbot::backupbot_label;
 use crate::names::stack_name;
 use crate::recipe::{self, Checkout};
+use cc_ci_engine_api::labels::backupbot::backupbot_label;
 
 /// What the next call of a command does instead of its work.
 #[derive(Debug, Clone)]

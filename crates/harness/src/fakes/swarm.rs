@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use cc_ci_engine_api::labels::backupbot::{BACKUPBOT_LABEL, BACKUPBOT_LABEL_VALUE};
 use crate::checks::{Health, MountInfo, RestartPolicy, ServiceState, StackSnapshot, TaskState};
 use crate::engine::{EngineError, ExecOutput, PortHolder, PullError, StackObjects, registry_of};
 use crate::swarm::{ObjectKind, PullFuture, Swarm, SwarmFuture};
+use cc_ci_engine_api::labels::backupbot::{BACKUPBOT_LABEL, BACKUPBOT_LABEL_VALUE};
 
 /// How the engine is away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,11 +9,11 @@ use super::job::{Job, Stop, abra_infra, first_line};
 use crate::abra::AbraError;
 use crate::appconfig::parse_env;
 use crate::appconfig::{self, SecretSpec};
-use cc_ci_engine_api::labels::backupbot::{BACKUPBOT_HOW_TO, backupbot_label};
 use crate::engine::PullError;
 use crate::recipe::{self, Checkout};
 use crate::report::{CheckResult, Verdict};
 use crate::swarm::Swarm;
+use cc_ci_engine_api::labels::backupbot::{BACKUPBOT_HOW_TO, backupbot_label};
 
 /// Longest time one image pull may take before it counts as failed.
 const PULL_DEADLINE: Duration = Duration::from_secs(600);
